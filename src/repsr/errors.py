@@ -1,0 +1,23 @@
+"""Errors a user can fix. The CLI prints them as one line; the API raises them typed."""
+
+from __future__ import annotations
+
+
+class RepsrError(Exception):
+    """Base class: a problem with the user's input, named in one line."""
+
+
+class ModelFileError(RepsrError):
+    """A model file that is missing, not a model, or does not match what it claims to be."""
+
+
+class ImageError(RepsrError):
+    """An image file that is missing, empty, truncated or not an image."""
+
+
+class DataError(RepsrError):
+    """A data folder with nothing usable in it."""
+
+
+class ConfigError(RepsrError):
+    """A configuration key that is unknown or has the wrong type or value."""
