@@ -1,0 +1,173 @@
+"""Saving and loading models without unpickling arbitrary objects.
+
+`save_model` writes safetensors with the model's spec in the header, so `load_model` rebuilds the right
+module from the file alone. `load_model` also reads
+- `.pth`/`.pt` state dicts of the compact VGG-style layout (Real-ESRGAN's `SRVGGNetCompact` with PReLU,
+  optionally under `params`/`params_ema`), with the spec inferred from the tensor shapes;
+- training checkpoints of `repsr train` (a dict with `spec` and `model`),
+both through `torch.load(..., weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
+from torch import Tensor, nn
+
+from repsr.errors import ConfigError, ModelFileError
+from repsr.network import ModelSpec, PlainSR, RepNet
+
+FORMAT_NAME = "repsr"
+FORMAT_VERSION = "1"
+
+
+def model_metadata(model: nn.Module) -> dict[str, str]:
+    """The safetensors header metadata that describes `model`."""
+    form = "plain" if isinstance(model, PlainSR) else "train"
+    return {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "form": form, **model.spec.to_metadata()}
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call `write(tmp_path)`, fsync, then rename over `path`: a crash never leaves a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_model(model: nn.Module, path: str | Path) -> None:
+    """Write `model` (training or plain form) as safetensors with its spec in the metadata."""
+    if not isinstance(model, RepNet | PlainSR):
+        raise TypeError(f"expected a RepNet or PlainSR, got {type(model).__name__}")
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=model_metadata(model)))
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild a model from a file written by `save_model`, a compact-layout `.pth`, or a checkpoint.
+
+    Raises `ModelFileError` with the file name and the problem for anything that is not a valid model.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise ModelFileError(f"{path}: file is empty")
+    try:
+        if path.suffix in (".pth", ".pt"):
+            model = _from_torch_file(path)
+        else:
+            model = _from_safetensors(path)
+    except ConfigError as error:
+        raise ModelFileError(f"{path}: {error}") from None
+    return model.to(device).eval()
+
+
+def _from_safetensors(path: Path) -> nn.Module:
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as error:
+        raise ModelFileError(f"{path}: not a readable safetensors file ({_first_line(error)})") from None
+    if metadata.get("format") == FORMAT_NAME:
+        if metadata.get("format_version") != FORMAT_VERSION:
+            raise ModelFileError(f"{path}: unsupported format version {metadata.get('format_version')!r}")
+        spec = ModelSpec.from_metadata(metadata)
+        model = PlainSR(spec) if metadata.get("form") == "plain" else RepNet(spec)
+    else:
+        model = PlainSR(infer_plain_spec(state, path))
+    _load_checked(model, state, path)
+    return model
+
+
+def _from_torch_file(path: Path) -> nn.Module:
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for corrupt or unsafe files
+        raise ModelFileError(
+            f"{path}: not a loadable weights-only PyTorch file ({_first_line(error)})"
+        ) from None
+    if not isinstance(data, dict):
+        raise ModelFileError(f"{path}: expected a state dict, found {type(data).__name__}")
+    if "spec" in data and "model" in data:  # a `repsr train` checkpoint
+        model: nn.Module = RepNet(ModelSpec.from_dict(data["spec"]))
+        state = data["model"]
+    else:
+        for key in ("params_ema", "params"):  # Real-ESRGAN / BasicSR release files
+            if isinstance(data.get(key), dict):
+                data = data[key]
+                break
+        state = data
+        model = PlainSR(infer_plain_spec(state, path))
+    _load_checked(model, state, path)
+    return model
+
+
+def infer_plain_spec(state: dict[str, Tensor], path: Path | str = "<state dict>") -> ModelSpec:
+    """Read scale, channels and depth of a compact VGG-style state dict from its tensor shapes."""
+    indices = sorted(
+        int(m.group(1)) for k in state if (m := re.fullmatch(r"body\.(\d+)\.weight", k)) is not None
+    )
+    if not indices or indices[0] != 0:
+        raise ModelFileError(f"{path}: not a compact VGG-style SR model (no 'body.0.weight' key)")
+    first, last = state["body.0.weight"], state[f"body.{indices[-1]}.weight"]
+    if first.ndim != 4 or last.ndim != 4:
+        raise ModelFileError(f"{path}: first and last layers must be convolutions")
+    channels, in_channels = first.shape[:2]
+    if indices != list(range(indices[-1] + 1)):
+        raise ModelFileError(
+            f"{path}: only PReLU activations are supported (activation layers carry no weights)"
+        )
+    num_blocks = (indices[-1] - 2) // 2
+    out = last.shape[0]
+    scale_squared = out // in_channels if in_channels else 0
+    scale = round(scale_squared**0.5)
+    if in_channels * scale * scale != out:
+        raise ModelFileError(f"{path}: last conv has {out} outputs, not in_channels x scale^2")
+    return ModelSpec("plain", scale, num_blocks, channels, in_channels)
+
+
+def _load_checked(model: nn.Module, state: dict[str, Tensor], path: Path) -> None:
+    """Load `state` into `model`, refusing missing/extra keys, wrong shapes and non-finite values."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    extra = [k for k in state if k not in expected]
+    if missing:
+        raise ModelFileError(f"{path}: missing key(s) {_few(missing)}")
+    if extra:
+        raise ModelFileError(f"{path}: unexpected key(s) {_few(extra)}")
+    for key, tensor in state.items():
+        if not isinstance(tensor, Tensor):
+            raise ModelFileError(f"{path}: {key} is not a tensor")
+        if tensor.shape != expected[key].shape:
+            raise ModelFileError(
+                f"{path}: {key} has shape {tuple(tensor.shape)}, expected {tuple(expected[key].shape)}"
+            )
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise ModelFileError(f"{path}: {key} has non-finite values")
+    model.load_state_dict(state)
+
+
+def _few(keys: list[str]) -> str:
+    shown = ", ".join(keys[:3])
+    return shown + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0][:200] if text else type(error).__name__

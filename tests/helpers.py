@@ -1,0 +1,27 @@
+"""Helpers shared by the tests."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from repsr.blocks import RepBN
+
+
+@torch.no_grad()
+def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Random weights AND random BN statistics/affine parameters.
+
+    With PyTorch's default BN init (mean 0, var 1, gamma 1, beta 0) a wrong BN fold can still pass a
+    merge check, so every merge test starts from this.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    for parameter in model.parameters():
+        parameter.copy_(torch.rand(parameter.shape, generator=generator) * 0.4 - 0.2)
+    for module in model.modules():
+        if isinstance(module, RepBN):
+            module.running_mean.copy_(torch.rand(module.running_mean.shape, generator=generator) * 2 - 1)
+            module.running_var.copy_(torch.rand(module.running_var.shape, generator=generator) * 1.5 + 0.25)
+            module.weight.copy_(torch.rand(module.weight.shape, generator=generator) + 0.5)
+            module.bias.copy_(torch.rand(module.bias.shape, generator=generator) - 0.5)
+    return model
