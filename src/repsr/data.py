@@ -151,9 +151,11 @@ def _to_rgb3(arr: np.ndarray) -> np.ndarray:
 
 
 def _to_tensor(arr: np.ndarray) -> torch.Tensor:
-    top = float(np.iinfo(arr.dtype).max)
-    t = torch.from_numpy(np.array(arr, order="C")).permute(2, 0, 1).to(torch.float32)  # copy off the map
-    return t.div_(top)
+    """(H, W, C) integer view (possibly flipped, on a memory map) -> new (C, H, W) float32 in [0, 1]."""
+    top = np.float32(np.iinfo(arr.dtype).max)
+    x = np.ascontiguousarray(arr.transpose(2, 0, 1), dtype=np.float32)  # one strided copy + conversion
+    x /= top
+    return torch.from_numpy(x)
 
 
 def _normalized_stem(path: Path, scale: int) -> str:
