@@ -183,6 +183,11 @@ def test_read_errors_are_one_line_and_name_the_file(tmp_path):
         read_image(tmp_path / "empty.png")
     with pytest.raises(ImageError, match="truncated"):
         read_image(tmp_path / "trunc.png")
+    write_image(tmp_path / "deep.png", _levels((3, 40, 40), 16), bit_depth=16)
+    deep = (tmp_path / "deep.png").read_bytes()
+    (tmp_path / "deep_cut.png").write_bytes(deep[: len(deep) // 2])
+    with pytest.raises(ImageError, match="deep_cut.png"):
+        read_image(tmp_path / "deep_cut.png")
 
 
 def test_write_errors(tmp_path):

@@ -351,6 +351,7 @@ class TrainPatches(torch.utils.data.Dataset):
             except OSError as exc:  # vanished or unreadable between listing and reading
                 skipped.append((sources[i], f"cannot read ({exc.strerror or exc})"))
 
+        log.info("preparing %d training images (cache %s)", len(sources), cache.root)
         workers = max(1, min(4, os.cpu_count() or 1, len(sources)))
         with ThreadPoolExecutor(max_workers=workers) as pool:
             list(pool.map(prepare, range(len(sources))))

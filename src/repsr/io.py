@@ -123,7 +123,10 @@ def _decode(im: Image.Image, path: Path) -> Pixels:
 def _decode_any(im: Image.Image, path: Path) -> Pixels:
     rawmode = _tile_rawmode(im)
     if im.format == "PNG" and rawmode in ("RGB;16B", "RGBA;16B", "LA;16B"):
-        return Pixels(_read_png16_color(path, rawmode), 16)
+        try:
+            return Pixels(_read_png16_color(path, rawmode), 16)
+        except (ValueError, KeyError, AttributeError, TypeError) as exc:  # a Pillow without these unpackers
+            raise ImageError(f"{path}: cannot read this 16-bit PNG at full depth ({exc})") from exc
     if im.format == "TIFF" and im.mode in ("RGB", "RGBA", "LA"):
         bits = im.tag_v2.get(258)
         bits = bits if isinstance(bits, tuple) else (bits,)
