@@ -12,6 +12,8 @@ from typing import TypeVar
 import numpy as np
 import torch
 
+__all__ = ["rgb_to_ycbcr", "rgb_to_y", "ycbcr_to_rgb", "RGB_TO_YCBCR", "YCBCR_OFFSET", "YCBCR_TO_RGB"]
+
 Image = TypeVar("Image", torch.Tensor, np.ndarray)
 
 # Rows: Y, Cb, Cr; columns: R, G, B (R, G, B in [0, 1], result in 0..255 before the offset).
