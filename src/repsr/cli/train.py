@@ -1,0 +1,73 @@
+"""`repsr train CONFIG.yaml`: train a RepSR network and deliver the plain model.
+
+Under `torchrun --nproc_per_node=N -m repsr train ...` the same command trains data-parallel.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+
+from repsr.errors import ConfigError
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="train a model from a YAML config",
+        description="Train a multi-branch RepSR network (BN switch, merged phase 2), save the plain model.",
+    )
+    parser.add_argument("config", type=Path, help="YAML config, e.g. configs/quick.yaml")
+    parser.add_argument("--data", type=Path, help="folder of HR training images (default: sample images)")
+    parser.add_argument(
+        "--val",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="validation set (repeatable); default: the sample validation images",
+    )
+    parser.add_argument("--out", type=Path, help="run folder (default: runs/NAME)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set train.iterations=1000 (repeatable)",
+    )
+    parser.add_argument("--resume", action="store_true", help="continue from the newest valid checkpoint")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run)
+
+
+def parse_val(items: list[str]) -> dict[str, Path]:
+    """`NAME=DIR` strings -> {NAME: DIR}; a bare DIR is named after its folder."""
+    sets: dict[str, Path] = {}
+    for item in items:
+        name, sep, folder = item.partition("=")
+        if not sep:
+            name, folder = Path(item).name, item
+        if not name or not folder:
+            raise ConfigError(f"--val {item!r}: expected NAME=DIR")
+        sets[name] = Path(folder)
+    return sets
+
+
+def run(args: argparse.Namespace) -> int:
+    from repsr.training import load_config, train
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    config = load_config(args.config, args.overrides)
+    result = train(
+        config,
+        data=args.data,
+        val=parse_val(args.val) or None,
+        out=args.out,
+        resume=args.resume,
+        progress=not args.no_progress,
+    )
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"deployed model: {result.model_path}")
+    return 0

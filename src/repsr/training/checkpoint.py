@@ -1,0 +1,92 @@
+"""Training checkpoints: atomic, weights-only loadable, the last K kept, the newest valid one found.
+
+A checkpoint is a `torch.save` dict of plain types only (tensors, dicts, lists, numbers, strings, None),
+so `torch.load(path, weights_only=True)` reads it. Keys: `format`, `spec` (the model spec), `model`
+(training-form state dict), `optimizer`, `scheduler`, `ema` (or None), `iteration`, `bn_phase`, `rng`,
+`config` and `history`, `best`. `repsr.load_model` reads `spec` + `model` as a training-form model.
+
+Files are written with `atomic_write` (temp file, fsync, rename): a run killed while saving leaves the
+previous checkpoints intact and at worst a stray temp file, which the next resume removes.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from repsr.serialization import atomic_write
+
+CHECKPOINT_FORMAT = "repsr-train-checkpoint-1"
+REQUIRED_KEYS = ("format", "spec", "model", "optimizer", "scheduler", "iteration", "bn_phase", "config")
+_NAME = re.compile(r"ckpt_(\d+)\.pt")
+
+log = logging.getLogger("repsr.training")
+
+
+def checkpoint_path(directory: Path, iteration: int) -> Path:
+    return directory / f"ckpt_{iteration:08d}.pt"
+
+
+def list_checkpoints(directory: Path) -> list[tuple[int, Path]]:
+    """(iteration, path) of the checkpoint files in `directory`, newest first."""
+    if not directory.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in directory.iterdir() if (m := _NAME.fullmatch(p.name))]
+    return sorted(found, reverse=True)
+
+
+def save_checkpoint(state: dict[str, Any], directory: Path, keep: int) -> Path:
+    """Write `state` as the checkpoint of its iteration atomically, then drop all but the newest `keep`."""
+    path = checkpoint_path(directory, int(state["iteration"]))
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+    for _, old in list_checkpoints(directory)[keep:]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """Load and check one checkpoint; raises ValueError (with the reason) for anything unusable."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # truncated zip, pickle errors, ... : torch raises many types
+        reason = str(error).strip().splitlines()
+        raise ValueError(reason[0][:200] if reason else type(error).__name__) from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError("not a repsr training checkpoint")
+    missing = [k for k in REQUIRED_KEYS if k not in state]
+    if missing:
+        raise ValueError(f"missing key(s) {', '.join(missing)}")
+    for key, tensor in state["model"].items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise ValueError(f"non-finite values in {key}")
+    return state
+
+
+def newest_valid_checkpoint(directory: Path) -> tuple[Path, dict[str, Any]] | None:
+    """The newest checkpoint in `directory` that loads and checks out; broken ones are skipped (logged)."""
+    for stray in directory.glob(".ckpt_*.tmp") if directory.is_dir() else ():
+        stray.unlink(missing_ok=True)  # left by a run killed while writing
+    for _, path in list_checkpoints(directory):
+        try:
+            return path, read_checkpoint(path)
+        except ValueError as error:
+            log.warning("skipping unusable checkpoint %s: %s", path, error)
+    return None
+
+
+def rng_state() -> dict[str, Any]:
+    """The global RNG states (CPU and CUDA) as tensors."""
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,239 @@
+"""The trainer: learning, the BN switch, merged phase 2, exact resume, atomic checkpoints, bad losses.
+
+Runs are tiny (a 2-block, 8-channel x2 network on 12x12 patches of synthetic images) so the file stays
+within a few seconds per test on a small CPU.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from repsr.blocks import RepBlock, RepBN
+from repsr.data import EvalPair
+from repsr.training import Trainer, TrainingError
+from repsr.training import checkpoint as ckpt
+from repsr.training.bn_switch import precise_statistics
+from repsr.training.config import TrainConfig
+from repsr.training.distributed import Distributed
+from repsr.training.ema import ModelEMA
+
+
+class SyntheticPatches(Dataset):
+    """TrainPatches' interface on smooth random images: `ds[key]` is a pure function of `key`."""
+
+    def __init__(self, scale: int = 2, patch: int = 12, images: int = 3, size: int = 48) -> None:
+        generator = torch.Generator().manual_seed(1234)
+        noise = torch.rand(images, 3, size // 4, size // 4, generator=generator)
+        self.hr = F.interpolate(noise, size=(size, size), mode="bicubic", align_corners=False).clamp(0, 1)
+        self.scale, self.patch = scale, patch
+
+    def __len__(self) -> int:
+        return self.hr.shape[0]
+
+    def __getitem__(self, key: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rng = np.random.default_rng(key)
+        image = self.hr[key % len(self)]
+        side = self.patch * self.scale
+        top, left = (int(v) for v in rng.integers(0, image.shape[-1] - side + 1, size=2))
+        hr = image[:, top : top + side, left : left + side]
+        if rng.random() < 0.5:
+            hr = hr.flip(-1)
+        lr = F.avg_pool2d(hr[None], self.scale)[0]
+        return lr.contiguous(), hr.contiguous()
+
+
+def synthetic_val(scale: int = 2) -> list[EvalPair]:
+    hr = SyntheticPatches(scale, size=32).hr[:2]
+    return [EvalPair(f"img{i}", F.avg_pool2d(h[None], scale)[0], h) for i, h in enumerate(hr)]
+
+
+def tiny_config(**overrides) -> TrainConfig:
+    settings = {
+        "name": "tiny",
+        "seed": 3,
+        "device": "cpu",
+        "model": {"block": "repsr", "scale": 2, "num_blocks": 2, "channels": 8},
+        "data": {"patch_size": 12, "workers": 0},
+        "train": {"iterations": 8, "batch_size": 4, "lr": 2e-3},
+        "bn": {"mode": "switch", "switch_at": 0.5, "precise_batches": 2},
+        "checkpoint": {"every": 4, "keep": 2},
+        "val": {"every": 4},
+        "log": {"every": 2, "tensorboard": False},
+    }
+    config = TrainConfig.from_dict(settings)
+    return config.with_overrides([f"{k}={v}" for k, v in overrides.items()])
+
+
+def make_trainer(tmp_path, config: TrainConfig, name: str = "run", **kwargs) -> Trainer:
+    return Trainer(
+        config,
+        data=SyntheticPatches(config.model.scale),
+        val={"synth": synthetic_val(config.model.scale)},
+        out=tmp_path / name,
+        progress=False,
+        **kwargs,
+    )
+
+
+def states_equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_loss_decreases_on_a_fixed_batch(tmp_path):
+    trainer = make_trainer(tmp_path, tiny_config(**{"train.iterations": 100, "train.scheduler": "constant"}))
+    lr_patch, hr_patch = (torch.stack(t) for t in zip(*(trainer.train_set[k] for k in range(4)), strict=True))
+    trainer.model.train()
+    losses = [float(trainer.train_step(lr_patch, hr_patch)) for _ in range(40)]
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_switch_happens_at_the_configured_iteration(tmp_path):
+    trainer = make_trainer(tmp_path, tiny_config(**{"bn.switch_at": 0.75}))  # after iteration 6 of 8
+    bns = [m for m in trainer.model.modules() if isinstance(m, RepBN)]
+    blocks = [m for m in trainer.model.modules() if isinstance(m, RepBlock)]
+    assert bns and blocks
+    assert trainer.run(until=6) is None
+    assert trainer.bn_phase == "batch"
+    assert all(bn.mode == "batch" for bn in bns)
+    assert not any(block.merged_training for block in blocks)
+    running_before = bns[0].running_var.clone()
+    trainer.run(until=7)
+    assert trainer.bn_phase == "frozen"
+    assert all(bn.mode == "frozen" for bn in bns)
+    assert all(block.merged_training for block in blocks)
+    assert not torch.equal(running_before, bns[0].running_var)  # precise statistics replaced them
+    frozen_stats = bns[0].running_var.clone()
+    result = trainer.run()
+    assert torch.equal(frozen_stats, bns[0].running_var)  # frozen: no longer updated
+    phases = {row["iteration"]: row["bn_phase"] for row in result.history if "bn_phase" in row}
+    assert phases == {2: "batch", 4: "batch", 6: "batch", 8: "frozen"}
+
+
+def test_precise_statistics_are_the_population_statistics():
+    """Mean and variance over all batches together (law of total variance), not averaged per batch."""
+    torch.manual_seed(0)
+    bn = RepBN(3)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 3, 1), bn)
+    with torch.no_grad():
+        model[0].weight.copy_(
+            torch.eye(3)[:, :, None, None] * torch.tensor([1.0, 2.0, 3.0])[:, None, None, None]
+        )
+    batches = [torch.rand(2, 3, 5, 5) * (i + 1) + i for i in range(3)]  # very different batch statistics
+    report = precise_statistics(model, batches, Distributed())
+    with torch.no_grad():
+        inputs = torch.cat([model[0](x) for x in batches]).double()
+    flat = inputs.transpose(0, 1).flatten(1)
+    assert report.batches == 3
+    torch.testing.assert_close(bn.running_mean.double(), flat.mean(1), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(bn.running_var.double(), flat.var(1), rtol=1e-6, atol=1e-6)
+    naive = torch.stack([x.transpose(0, 1).flatten(1).var(1) for x in inputs.split(2)]).mean(0)
+    assert (naive < 0.5 * flat.var(1)).all()  # averaging per-batch variances drops the spread of the means
+
+
+def test_merged_phase_two_equals_branch_phase_two_in_float64(tmp_path):
+    finals = {}
+    for merged in (True, False):
+        config = tiny_config(**{"bn.merged_training": merged, "val.every": 0, "model.rep_head_tail": True})
+        trainer = make_trainer(tmp_path, config, name=f"merged-{merged}", dtype=torch.float64)
+        trainer.run(until=7)
+        blocks = [m for m in trainer.model.modules() if isinstance(m, RepBlock)]
+        assert len(blocks) == 4 and all(b.merged_training == merged for b in blocks)
+        finals[merged] = trainer.run().model.state_dict()
+    assert finals[True].keys() == finals[False].keys()
+    for key, value in finals[True].items():
+        torch.testing.assert_close(value, finals[False][key], rtol=1e-9, atol=1e-11, msg=key)
+
+
+def test_resume_gives_the_same_weights_as_one_run(tmp_path):
+    config = tiny_config(
+        **{"train.iterations": 10, "bn.switch_at": 0.6, "ema.enabled": True, "ema.decay": 0.9}
+    )
+    whole = make_trainer(tmp_path, config, name="whole").run()
+
+    first = make_trainer(tmp_path, config, name="split")
+    assert first.run(until=5) is None  # "killed" after iteration 5; last checkpoint at 4
+    first.close()
+    assert [i for i, _ in ckpt.list_checkpoints(tmp_path / "split" / "checkpoints")] == [4]
+    resumed = make_trainer(tmp_path, config, name="split", resume=True)
+    assert resumed.iteration == 4
+    result = resumed.run()
+
+    assert states_equal(result.model.state_dict(), whole.model.state_dict())  # the EMA, delivered
+    assert states_equal(resumed.model.state_dict(), make_state(whole))
+    assert [row.get("loss") for row in result.history] == [row.get("loss") for row in whole.history]
+    assert torch.equal(result.plain.body[0].weight, whole.plain.body[0].weight)
+
+
+def make_state(result) -> dict:
+    """The raw (non-EMA) weights of a finished run, read back from its last checkpoint."""
+    _, state = ckpt.newest_valid_checkpoint(result.run_dir / "checkpoints")
+    return state["model"]
+
+
+def test_resume_refuses_a_different_model(tmp_path):
+    config = tiny_config()
+    partial = make_trainer(tmp_path, config)
+    partial.run(until=4)
+    partial.close()
+    with pytest.raises(Exception, match="resume"):
+        make_trainer(tmp_path, config.with_overrides(["model.channels=6"]), resume=True)
+    with pytest.raises(Exception, match="--resume"):
+        make_trainer(tmp_path, config)  # same folder without --resume
+
+
+def test_crash_while_checkpointing_keeps_the_previous_one(tmp_path, monkeypatch):
+    config = tiny_config(**{"checkpoint.every": 2, "checkpoint.keep": 5})
+    trainer = make_trainer(tmp_path, config)
+    trainer.run(until=2)
+    folder = tmp_path / "run" / "checkpoints"
+    real_save = torch.save
+
+    def crash_midway(state, path):
+        with open(path, "wb") as handle:
+            handle.write(b"PK\x03\x04 half a zip")  # partial bytes reach the temp file ...
+        raise KeyboardInterrupt  # ... and the process dies before the rename
+
+    monkeypatch.setattr(torch, "save", crash_midway)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.run(until=4)
+    monkeypatch.setattr(torch, "save", real_save)
+    assert [p.name for p in folder.iterdir()] == ["ckpt_00000002.pt"]  # no partial file, no temp file
+    # a hard kill (no cleanup) leaves a temp file; a corrupt newer file may exist on a broken disk
+    (folder / ".ckpt_00000004.pt.abc.tmp").write_bytes(b"partial")
+    (folder / "ckpt_00000006.pt").write_bytes(b"PK\x03\x04 truncated")
+    resumed = make_trainer(tmp_path, config, resume=True)
+    assert resumed.iteration == 2
+    assert not (folder / ".ckpt_00000004.pt.abc.tmp").exists()
+    resumed.run()
+    assert torch.load(folder / "ckpt_00000008.pt", weights_only=True)["iteration"] == 8
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    config = tiny_config(**{"checkpoint.every": 2})
+    trainer = make_trainer(tmp_path, config)
+    trainer.run(until=2)
+    with torch.no_grad():
+        trainer.model.head.weight.fill_(float("nan"))
+    with pytest.raises(TrainingError, match="non-finite in iterations 3-4"):
+        trainer.run()
+    folder = tmp_path / "run" / "checkpoints"
+    assert [i for i, _ in ckpt.list_checkpoints(folder)] == [2]
+    assert ckpt.read_checkpoint(folder / "ckpt_00000002.pt")["iteration"] == 2
+
+
+def test_ema_averages_weights_and_bn_buffers():
+    model = torch.nn.Sequential(torch.nn.Conv2d(2, 2, 1), RepBN(2))
+    ema = ModelEMA(model, decay=0.75)
+    with torch.no_grad():
+        model[0].weight.add_(4.0)
+        model[1].running_mean.fill_(8.0)
+        model[1].set_mode("frozen")
+    old_weight = ema.module[0].weight.clone()
+    ema.update(model)
+    torch.testing.assert_close(ema.module[0].weight, 0.75 * old_weight + 0.25 * model[0].weight)
+    torch.testing.assert_close(ema.module[1].running_mean, torch.full((2,), 2.0))
+    assert ema.module[1].mode == "frozen"  # boolean buffers are copied
