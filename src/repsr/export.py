@@ -1,0 +1,303 @@
+"""From a trained model to deployable files, each checked on a real photograph before it is kept.
+
+- `deploy`: training-form checkpoint -> plain network (safetensors or .pth), refused if the plain network
+  differs from the training form (in eval mode) by more than a tolerance.
+- `export_onnx`: plain network -> ONNX (opset 18, the dynamo-based `torch.onnx.export`, static or
+  dynamic batch/height/width), run in ONNX Runtime and refused if it differs from PyTorch.
+
+Verification uses a crop of a built-in sample photograph (`repsr.data.sample_images()`): random inputs
+hide problems that only show on image statistics (e.g. values near the clamp range), and a crop keeps
+the check to a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from repsr.errors import ConfigError, ModelFileError
+from repsr.network import ModelSpec, PlainSR, reparameterize_model
+from repsr.serialization import atomic_write, load_model, save_model
+
+DEPLOY_TOLERANCE = 1e-4
+ONNX_TOLERANCE = 1e-4
+ONNX_OPSET = 18
+VERIFY_SIZE = (128, 128)  # (height, width) of the photograph crop the checks run on
+ONNX_PACKAGES = ("onnx", "onnxruntime", "onnxscript")
+
+
+# ------------------------------------------------------------------------------------------- the photo
+
+
+def sample_photo(index: int = 0) -> Tensor:
+    """The `index`-th built-in validation photograph (then training ones) as (3, H, W) in [0, 1]."""
+    from repsr.data import sample_images
+    from repsr.io import read_image
+
+    images = sample_images()
+    pool = [*images["val"], *images["train"]]
+    return read_image(pool[index % len(pool)]).rgb
+
+
+def verification_image(
+    in_channels: int, size: tuple[int, int] = VERIFY_SIZE, *, batch: int = 1, index: int = 0
+) -> Tensor:
+    """(batch, in_channels, H, W) centre crop(s) of sample photographs; Y channel for a 1-channel model."""
+    crops = []
+    for offset in range(batch):
+        photo = sample_photo(index + offset)
+        height, width = size
+        if photo.shape[-2] < height or photo.shape[-1] < width:
+            from repsr.resize import imresize
+
+            factor = max(height / photo.shape[-2], width / photo.shape[-1])
+            photo = imresize(photo, factor).clamp(0, 1)
+        top, left = (photo.shape[-2] - height) // 2, (photo.shape[-1] - width) // 2
+        crops.append(photo[:, top : top + height, left : left + width])
+    rgb = torch.stack(crops)
+    if in_channels == 1:
+        from repsr.color import rgb_to_y
+
+        return rgb_to_y(rgb).contiguous()
+    return rgb.contiguous()
+
+
+# ------------------------------------------------------------------------------------------- deploy
+
+
+@dataclass
+class DeployReport:
+    """What `deploy` did: the spec, whether the input was already plain, and the measured difference."""
+
+    source: Path
+    target: Path
+    spec: ModelSpec
+    was_plain: bool
+    max_abs_diff: float
+    tolerance: float
+
+
+def max_abs_difference(reference: nn.Module, candidate: nn.Module, x: Tensor) -> float:
+    """Largest |reference(x) - candidate(x)| with both modules in eval mode."""
+    with torch.inference_mode():
+        return float((reference.eval()(x) - candidate.eval()(x)).abs().max())
+
+
+def save_compact_pth(plain: PlainSR, path: str | Path) -> None:
+    """Write `{"params": state_dict}`, the file layout Real-ESRGAN/BasicSR scripts load with
+    `torch.load(...)["params"]` (no spec: readers infer it from the tensor shapes, as `load_model` does)."""
+    if not isinstance(plain, PlainSR):
+        raise TypeError(f"expected a PlainSR, got {type(plain).__name__}")
+    state = {key: value.detach().cpu().contiguous() for key, value in plain.state_dict().items()}
+    atomic_write(Path(path), lambda tmp: torch.save({"params": state}, tmp))
+
+
+def deploy(
+    checkpoint: str | Path,
+    output: str | Path,
+    *,
+    tolerance: float = DEPLOY_TOLERANCE,
+    device: str | torch.device = "cpu",
+) -> DeployReport:
+    """Re-parameterize `checkpoint` (any file `load_model` reads), verify on a photo crop, save plain.
+
+    `output` ending in .safetensors gets the spec in its header (repsr, spandrel, chaiNNer read it);
+    .pth gets the Real-ESRGAN/BasicSR `{"params": ...}` layout.
+
+    Raises `ModelFileError` and writes nothing when the plain network differs from the training form
+    by more than `tolerance` (max abs difference on [0, 1] images).
+    """
+    source, target = Path(checkpoint), Path(output)
+    if target.suffix not in (".safetensors", ".pth"):
+        raise ConfigError(f"{target}: deployed models are written as .safetensors or .pth")
+    model = load_model(source, device=device)
+    plain = reparameterize_model(model)
+    x = verification_image(model.spec.in_channels).to(device)
+    difference = max_abs_difference(model, plain, x)
+    if not difference <= tolerance:  # also catches NaN
+        raise ModelFileError(
+            f"{source}: plain network differs from the training form by {difference:.3g} "
+            f"(> {tolerance:g}); nothing written"
+        )
+    if target.suffix == ".pth":
+        save_compact_pth(plain, target)
+    else:
+        save_model(plain, target)
+    return DeployReport(source, target, plain.spec, isinstance(model, PlainSR), difference, tolerance)
+
+
+# ------------------------------------------------------------------------------------------- ONNX
+
+
+def require_onnx() -> tuple[Any, Any]:
+    """Import `onnx` and `onnxruntime` (and check `onnxscript`), or say in one line what to install."""
+    missing = []
+    modules = {}
+    for name in ONNX_PACKAGES:
+        try:
+            modules[name] = __import__(name)
+        except ImportError:
+            missing.append(name)
+    if missing:
+        raise ConfigError(
+            f"ONNX support needs {', '.join(missing)}: install it with pip install 'repsr[onnx]'"
+        )
+    return modules["onnx"], modules["onnxruntime"]
+
+
+@dataclass
+class OnnxExportReport:
+    """What `export_onnx` wrote and how well ONNX Runtime reproduced PyTorch on the check image."""
+
+    path: Path
+    opset: int
+    dynamic: bool
+    exporter: str
+    input_shape: tuple[int | str, ...]
+    check_shape: tuple[int, ...]
+    max_abs_diff: float
+    tolerance: float
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    """The dynamo exporter prints progress lines and logs missing optional torchvision ops: mute both."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def onnx_session(path: str | Path, *, threads: int | None = None, device: str = "cpu") -> Any:
+    """An ONNX Runtime session for `path` with all graph optimizations, on CPU (or CUDA if asked)."""
+    _, ort = require_onnx()
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    providers = ["CPUExecutionProvider"]
+    if device == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+        providers.insert(0, "CUDAExecutionProvider")
+    return ort.InferenceSession(str(path), options, providers=providers)
+
+
+def write_onnx(model: PlainSR, path: str | Path, example: Tensor, *, dynamic: bool, opset: int) -> None:
+    """Export `model` with the dynamo-based exporter to `path` (one self-contained file, spec in metadata).
+
+    Input `input` (N, C, H, W) float32, output `output` (N, C, H*s, W*s); with `dynamic` N, H and W
+    are symbolic.
+    """
+    onnx, _ = require_onnx()
+    dynamic_shapes = None
+    if dynamic:
+        dims = torch.export.Dim("batch"), torch.export.Dim("height"), torch.export.Dim("width")
+        dynamic_shapes = ({0: dims[0], 2: dims[1], 3: dims[2]},)
+    with _quiet_exporter():
+        program = torch.onnx.export(
+            model.eval(),
+            (example,),
+            dynamo=True,
+            opset_version=opset,
+            input_names=["input"],
+            output_names=["output"],
+            dynamic_shapes=dynamic_shapes,
+            optimize=True,
+            verbose=False,
+        )
+    proto = program.model_proto
+    for key, value in {"producer": "repsr", **model.spec.to_metadata()}.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.checker.check_model(proto)
+    onnx.save_model(proto, str(path))
+
+
+def export_onnx(
+    model: nn.Module,
+    path: str | Path,
+    *,
+    dynamic: bool = False,
+    size: tuple[int, int] = (256, 256),
+    opset: int = ONNX_OPSET,
+    tolerance: float = ONNX_TOLERANCE,
+) -> OnnxExportReport:
+    """Write `model` (plain, or training form re-parameterized first) as ONNX, verified in ONNX Runtime.
+
+    `size` (height, width) is the static input size; with `dynamic` any batch/height/width is accepted
+    and the check runs on a different size and batch than the export trace, to prove it. The file
+    appears only if ONNX Runtime matches PyTorch within `tolerance`; otherwise `ModelFileError`.
+    """
+    require_onnx()
+    if opset < 17:
+        raise ConfigError(f"opset must be 17 or newer, got {opset}")
+    path = Path(path)
+    if path.suffix != ".onnx":
+        raise ConfigError(f"{path}: ONNX files must end in .onnx")
+    plain = reparameterize_model(model).cpu().float()
+    channels = plain.spec.in_channels
+    example = verification_image(channels, size)
+    if dynamic:
+        example = verification_image(channels, (64, 64))
+        check = verification_image(channels, (size[0] // 2 + 3, size[1] // 2 + 5), batch=2)
+    else:
+        check = example
+    with tempfile.TemporaryDirectory() as tmp:
+        draft = Path(tmp) / path.name
+        try:
+            write_onnx(plain, draft, example, dynamic=dynamic, opset=opset)
+        except ConfigError:
+            raise
+        except Exception as error:  # the exporter raises many types; name it in one line
+            message = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+            raise ModelFileError(f"{path}: ONNX export failed ({message})") from None
+        session = onnx_session(draft)
+        (result,) = session.run(["output"], {"input": check.numpy()})
+        with torch.inference_mode():
+            expected = plain(check).numpy()
+        if result.shape != expected.shape:
+            raise ModelFileError(f"{path}: ONNX output shape {result.shape} != PyTorch {expected.shape}")
+        difference = float(np.abs(result - expected).max())
+        if not difference <= tolerance:
+            raise ModelFileError(
+                f"{path}: ONNX Runtime differs from PyTorch by {difference:.3g} (> {tolerance:g}); not kept"
+            )
+        data = draft.read_bytes()
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+    return OnnxExportReport(
+        path=path,
+        opset=opset,
+        dynamic=dynamic,
+        exporter="torch.onnx.export(dynamo=True)",
+        input_shape=("N", channels, "H", "W") if dynamic else tuple(example.shape),
+        check_shape=tuple(check.shape),
+        max_abs_diff=difference,
+        tolerance=tolerance,
+    )
+
+
+__all__ = [
+    "DeployReport",
+    "OnnxExportReport",
+    "deploy",
+    "export_onnx",
+    "onnx_session",
+    "require_onnx",
+    "verification_image",
+    "write_onnx",
+]
