@@ -1,0 +1,455 @@
+"""What a model costs where it runs: parameters, MACs, latency, throughput, and how close to the device's
+peak it gets. Behind `repsr bench` and `benchmarks/bench_deploy.py`.
+
+Every figure in one report comes from one process and one thread setting, so ratios between rows
+(training vs plain form, backend vs backend, model vs the peak probe) are meaningful even on a noisy,
+shared machine; absolute numbers are not.
+
+- MACs: multiply-accumulates of the convolutions (and linear layers) for one LR input of the given
+  size, i.e. per output frame; counted by forward hooks, so the training form's extra branches count.
+  Element-wise work (BN, PReLU, pixel shuffle, skip) is not counted. FLOP = 2 x MAC.
+- Latency: median wall time of many runs after warm-up runs (CUDA synchronized).
+- Peak: a large fp32 matmul on the same device with the same thread count, the best a dense kernel gets.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from repsr.errors import ConfigError, RepsrError
+from repsr.inference import prepare_model, resolve_device
+from repsr.network import RepNet, build_model, reparameterize_model
+
+BACKENDS = ("eager", "channels-last", "compile", "onnxruntime")
+STANDARD_SIZES = ((4, 16), (10, 32), (16, 64))  # (num_blocks, channels): M4C16, M10C32, M16C64
+DEFAULT_SIZE = (320, 180)  # (width, height) of the LR input: a 1280x720 output frame at x4
+CONFIG_SUFFIXES = (".yaml", ".yml")
+
+
+# ------------------------------------------------------------------------------------------- counting
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of learnable parameters (BN running statistics are buffers and not counted)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_macs(model: nn.Module, height: int, width: int) -> int:
+    """Multiply-accumulates of all convolutions and linear layers for one (1, C, height, width) input."""
+    total = 0
+
+    def conv_hook(module: nn.Conv2d, _inputs: Any, output: Tensor) -> None:
+        nonlocal total
+        kernel = math.prod(module.kernel_size) * module.in_channels // module.groups
+        total += output.numel() * kernel
+
+    def linear_hook(module: nn.Linear, _inputs: Any, output: Tensor) -> None:
+        nonlocal total
+        total += output.numel() * module.in_features
+
+    handles = []
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            handles.append(module.register_forward_hook(conv_hook))
+        elif isinstance(module, nn.Linear):
+            handles.append(module.register_forward_hook(linear_hook))
+    parameter = next(model.parameters())
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.inference_mode():
+            model(torch.zeros(1, model.spec.in_channels, height, width, device=parameter.device))
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    return total
+
+
+# ------------------------------------------------------------------------------------------- timing
+
+
+def _synchronizer(device: torch.device) -> Callable[[], None]:
+    if device.type == "cuda":
+        return lambda: torch.cuda.synchronize(device)
+    return lambda: None
+
+
+def time_runs(
+    fn: Callable[[], Any],
+    *,
+    device: torch.device | None = None,
+    warmup: int = 2,
+    min_runs: int = 5,
+    max_runs: int = 50,
+    budget_s: float = 3.0,
+) -> list[float]:
+    """Seconds per call of `fn` after `warmup` calls: at least `min_runs`, more while within `budget_s`."""
+    sync = _synchronizer(device or torch.device("cpu"))
+    for _ in range(warmup):
+        fn()
+    sync()
+    times: list[float] = []
+    started = time.perf_counter()
+    while len(times) < max_runs and (len(times) < min_runs or time.perf_counter() - started < budget_s):
+        begin = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - begin)
+    return times
+
+
+def measure_peak_gflops(
+    device: str | torch.device = "cpu", *, size: int = 2048, budget_s: float = 2.0
+) -> float:
+    """fp32 GFLOP/s of a (size x size) @ (size x size) matmul: the practical peak of this device now."""
+    device = resolve_device(device)
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(size, size, generator=generator).to(device)
+    b = torch.randn(size, size, generator=generator).to(device)
+    out = torch.empty(size, size, device=device)
+    with torch.inference_mode():
+        seconds = statistics.median(
+            time_runs(lambda: torch.matmul(a, b, out=out), device=device, budget_s=budget_s)
+        )
+    return 2 * size**3 / seconds / 1e9
+
+
+# ------------------------------------------------------------------------------------------- backends
+
+
+class BackendUnavailable(Exception):
+    """A backend that cannot run here (missing package or compiler); the reason goes in the report."""
+
+
+@dataclass
+class Runner:
+    """A ready-to-time forward pass: `call()` runs it on the prepared input; `setup_s` it took to build."""
+
+    call: Callable[[], Any]
+    setup_s: float
+    output: Callable[[], Tensor]
+
+
+def make_runner(model: nn.Module, backend: str, x: Tensor, *, threads: int) -> Runner:
+    """Prepare `backend` for `model` on `x`'s device; raise `BackendUnavailable` if it cannot run here."""
+    device = x.device
+    started = time.perf_counter()
+    if backend == "onnxruntime":
+        return _onnx_runner(model, x, threads=threads, started=started)
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    module = prepare_model(model, backend, device, torch.float32)
+    inp = x if backend == "eager" else x.contiguous(memory_format=torch.channels_last)
+
+    def call() -> Tensor:
+        with torch.inference_mode():
+            return module(inp)
+
+    if backend == "compile":
+        try:
+            call()  # compiling happens on the first call; it belongs to setup, not to latency
+        except Exception as error:  # no C++ compiler, unsupported platform, ...
+            raise BackendUnavailable(f"torch.compile failed: {_first_line(error)}") from None
+    return Runner(call=call, setup_s=time.perf_counter() - started, output=call)
+
+
+def _onnx_runner(model: nn.Module, x: Tensor, *, threads: int, started: float) -> Runner:
+    from repsr.export import onnx_session, require_onnx, write_onnx
+
+    try:
+        require_onnx()
+    except RepsrError as error:
+        raise BackendUnavailable(str(error)) from None
+    if x.device.type != "cpu":
+        raise BackendUnavailable("benchmarked on CPU only")
+    plain = reparameterize_model(model).cpu().float()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.onnx"
+        try:
+            write_onnx(plain, path, x.cpu(), dynamic=False, opset=18)
+        except Exception as error:
+            raise BackendUnavailable(f"ONNX export failed: {_first_line(error)}") from None
+        session = onnx_session(path, threads=threads)
+    feed = {"input": x.cpu().numpy()}
+
+    def call() -> Any:
+        return session.run(["output"], feed)
+
+    return Runner(
+        call=call, setup_s=time.perf_counter() - started, output=lambda: torch.from_numpy(call()[0])
+    )
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0][:160] if text else type(error).__name__
+
+
+# ------------------------------------------------------------------------------------------- models
+
+
+def standard_models(scale: int = 4, seed: int = 0) -> list[tuple[str, nn.Module]]:
+    """The paper's sizes M4C16, M10C32, M16C64 with the repsr block, randomly initialised (timing only)."""
+    torch.manual_seed(seed)
+    models = []
+    for num_blocks, channels in STANDARD_SIZES:
+        model = build_model("repsr", scale=scale, num_blocks=num_blocks, channels=channels)
+        models.append((model.spec.name, model.eval()))
+    return models
+
+
+def model_from_config(path: str | Path) -> nn.Module:
+    """The training-form network a `repsr train` YAML config describes (randomly initialised), built by
+    the trainer's own `build_network` so bench times exactly what training would train."""
+    from repsr.training.config import load_config
+    from repsr.training.trainer import build_network
+
+    return build_network(load_config(path)).eval()
+
+
+def load_target(target: str | Path) -> tuple[str, nn.Module]:
+    """A bench argument: a YAML config (training form from its model section) or a model file."""
+    from repsr.serialization import load_model
+
+    path = Path(target)
+    if path.suffix.lower() in CONFIG_SUFFIXES:
+        model = model_from_config(path)
+    else:
+        model = load_model(path)
+    return f"{path.stem} ({model.spec.name})", model
+
+
+# ------------------------------------------------------------------------------------------- running
+
+
+@dataclass
+class BenchRow:
+    """One model form on one backend."""
+
+    model: str
+    form: str  # "train" or "plain"
+    backend: str
+    params: int
+    macs: int  # per output frame (one LR input of the report's size)
+    latency_ms: float | None = None
+    runs: int = 0
+    fps: float | None = None
+    mpix_s: float | None = None  # output megapixels per second
+    gflops: float | None = None  # achieved, 2 x MACs / latency
+    peak_fraction: float | None = None
+    speedup: float | None = None  # training-form latency / this latency
+    setup_s: float | None = None
+    note: str = ""
+
+
+@dataclass
+class BenchReport:
+    """Everything `repsr bench` prints, measured in one process."""
+
+    device: str
+    threads: int
+    size: tuple[int, int]  # (width, height) of the LR input
+    peak_gflops: float
+    rows: list[BenchRow] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def fastest_plain(self, model: str) -> BenchRow | None:
+        """The plain-form row of `model` with the lowest latency."""
+        timed = [r for r in self.rows if r.model == model and r.form == "plain" and r.latency_ms is not None]
+        return min(timed, key=lambda r: r.latency_ms, default=None)
+
+
+def _fill(row: BenchRow, seconds: list[float], out_pixels: int, peak: float) -> None:
+    latency = statistics.median(seconds)
+    row.latency_ms = latency * 1e3
+    row.runs = len(seconds)
+    row.fps = 1.0 / latency
+    row.mpix_s = out_pixels / latency / 1e6
+    row.gflops = 2 * row.macs / latency / 1e9
+    row.peak_fraction = row.gflops / peak if peak > 0 else None
+
+
+def benchmark(
+    models: Sequence[tuple[str, nn.Module]],
+    *,
+    size: tuple[int, int] = DEFAULT_SIZE,
+    device: str | torch.device = "auto",
+    backends: Sequence[str] = BACKENDS,
+    threads: int | None = None,
+    budget_s: float = 3.0,
+    train_form: bool = True,
+    verify: bool = True,
+    peak_size: int = 2048,
+    progress: Callable[[str], None] | None = None,
+) -> BenchReport:
+    """Measure each model's training form (eager) and plain form on each backend, plus the peak probe.
+
+    `size` is (width, height) of the LR input. A backend that cannot run here is reported with the
+    reason instead of a time. With `verify`, every backend's output is compared with eager PyTorch and
+    a difference above 1e-3 is noted on its row. `peak_size` is the side of the peak probe's matmul.
+    """
+    device = resolve_device(device)
+    unknown = [b for b in backends if b not in BACKENDS]
+    if unknown:
+        raise ConfigError(f"unknown backend(s) {', '.join(unknown)}; choose from {', '.join(BACKENDS)}")
+    width, height = size
+    if width < 1 or height < 1:
+        raise ConfigError(f"size must be positive, got {width}x{height}")
+    if threads is not None and threads < 1:
+        raise ConfigError(f"threads must be >= 1, got {threads}")
+    say = progress or (lambda _message: None)
+    previous_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        threads_used = torch.get_num_threads()
+        say("peak probe (fp32 matmul)")
+        peak = measure_peak_gflops(device, size=peak_size, budget_s=min(2.0, budget_s))
+        report = BenchReport(str(device), threads_used if device.type == "cpu" else 0, (width, height), peak)
+        for label, model in models:
+            report.rows += _bench_model(
+                label,
+                model,
+                (width, height),
+                device,
+                backends,
+                budget_s,
+                train_form,
+                verify,
+                threads_used,
+                peak,
+                say,
+            )
+        return report
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _bench_model(
+    label: str,
+    model: nn.Module,
+    size: tuple[int, int],
+    device: torch.device,
+    backends: Sequence[str],
+    budget_s: float,
+    train_form: bool,
+    verify: bool,
+    threads: int,
+    peak: float,
+    say: Callable[[str], None],
+) -> list[BenchRow]:
+    width, height = size
+    spec = model.spec
+    model = model.to(device).eval()
+    generator = torch.Generator().manual_seed(0)
+    rows: list[BenchRow] = []
+    x = torch.rand(1, spec.in_channels, height, width, generator=generator).to(device)
+    out_pixels = height * width * spec.scale**2
+    plain = reparameterize_model(model)
+    train_latency = None
+    if train_form and isinstance(model, RepNet):
+        say(f"{label}: training form")
+        row = BenchRow(label, "train", "eager", count_parameters(model), count_macs(model, height, width))
+        with torch.inference_mode():
+            _fill(row, time_runs(lambda: model(x), device=device, budget_s=budget_s), out_pixels, peak)
+        row.speedup = 1.0
+        train_latency = row.latency_ms
+        rows.append(row)
+    plain_params, plain_macs = count_parameters(plain), count_macs(plain, height, width)
+    with torch.inference_mode():
+        reference = plain(x) if verify else None
+    for backend in backends:
+        say(f"{label}: plain form, {backend}")
+        row = BenchRow(label, "plain", backend, plain_params, plain_macs)
+        try:
+            runner = make_runner(plain, backend, x, threads=threads)
+        except BackendUnavailable as error:
+            row.note = f"unavailable: {error}"
+            rows.append(row)
+            continue
+        row.setup_s = runner.setup_s
+        _fill(row, time_runs(runner.call, device=device, budget_s=budget_s), out_pixels, peak)
+        if train_latency is not None:
+            row.speedup = train_latency / row.latency_ms
+        if reference is not None:
+            difference = float((runner.output().to(reference) - reference).abs().max())
+            if not difference <= 1e-3:
+                row.note = f"output differs from eager by {difference:.2g}"
+        rows.append(row)
+    return rows
+
+
+# ------------------------------------------------------------------------------------------- printing
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def format_report(report: BenchReport) -> str:
+    """The report as an aligned text table, with the device line on top and notes at the bottom."""
+    width, height = report.size
+    threads = f", {report.threads} threads" if report.threads else ""
+    lines = [
+        f"device {report.device}{threads}; LR input {width}x{height}; "
+        f"peak (fp32 matmul) {report.peak_gflops:.1f} GFLOP/s",
+    ]
+    header = (
+        "model",
+        "form",
+        "backend",
+        "params",
+        "GMAC/frame",
+        "latency ms",
+        "frames/s",
+        "MP/s",
+        "GFLOP/s",
+        "% peak",
+        "vs train",
+    )
+    table = [header]
+    notes = []
+    for row in report.rows:
+        table.append(
+            (
+                row.model,
+                row.form,
+                row.backend,
+                f"{row.params:,}",
+                f"{row.macs / 1e9:.3f}",
+                _fmt(row.latency_ms, ".2f"),
+                _fmt(row.fps, ".1f"),
+                _fmt(row.mpix_s, ".1f"),
+                _fmt(row.gflops, ".1f"),
+                _fmt(None if row.peak_fraction is None else 100 * row.peak_fraction, ".0f"),
+                _fmt(row.speedup, ".2f") + ("x" if row.speedup is not None else ""),
+            )
+        )
+        if row.note:
+            notes.append(f"{row.model} {row.form} {row.backend}: {row.note}")
+        if row.backend == "compile" and row.setup_s is not None:
+            notes.append(f"{row.model} compile: {row.setup_s:.1f} s to compile (not in the latency)")
+    widths = [max(len(str(r[i])) for r in table) for i in range(len(header))]
+    for index, cells in enumerate(table):
+        text = "  ".join(
+            str(c).ljust(w) if i < 3 else str(c).rjust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        )
+        lines.append(text)
+        if index == 0:
+            lines.append("-" * len(text))
+    lines += notes
+    return "\n".join(lines)
