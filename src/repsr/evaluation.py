@@ -1,0 +1,191 @@
+"""Evaluate a model on datasets with the SR literature's protocol, next to the bicubic baseline.
+
+Protocol (`repsr.metrics`): outputs rounded to 8-bit levels, `crop_border = scale` pixels removed on every
+side, PSNR/SSIM on the MATLAB BT.601 Y channel. The bicubic row is MATLAB bicubic upscaling of the same
+LR, measured the same way, so every table carries its own sanity check (x4 Set5 bicubic: 28.42 dB).
+
+A Y-channel model is measured on the RGB image it produces (its Y plus bicubic Cb/Cr, what `repsr
+upscale` writes); its Y channel is the model's own, so the Y-PSNR is the model's.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from repsr.errors import ConfigError, DataError
+from repsr.inference import Upscaler, upscale_rgb
+
+SAMPLE_NAME = "sample"
+
+
+@dataclass
+class ImageScore:
+    """Scores of one image: the model's and the bicubic baseline's."""
+
+    name: str
+    psnr: float
+    ssim: float
+    bicubic_psnr: float
+    bicubic_ssim: float
+
+
+@dataclass
+class DatasetScore:
+    """Per-image scores of one dataset; the means are the table's numbers."""
+
+    name: str
+    images: list[ImageScore] = field(default_factory=list)
+
+    def mean(self, key: str) -> float:
+        """Mean of `psnr`, `ssim`, `bicubic_psnr` or `bicubic_ssim` over the images."""
+        values = [getattr(image, key) for image in self.images]
+        return sum(values) / len(values) if values else float("nan")
+
+
+@dataclass
+class EvalResults:
+    """What `evaluate` returns: the protocol used and one `DatasetScore` per dataset, in order."""
+
+    model: str
+    scale: int
+    crop_border: int
+    y_channel: bool
+    datasets: list[DatasetScore] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: protocol, per-dataset means and per-image values."""
+        data = asdict(self)
+        for entry, dataset in zip(data["datasets"], self.datasets, strict=True):
+            entry["mean"] = {k: dataset.mean(k) for k in ("psnr", "ssim", "bicubic_psnr", "bicubic_ssim")}
+            entry["count"] = len(dataset.images)
+        return data
+
+    def write_json(self, path: str | Path) -> None:
+        """Write `to_dict()` to `path` (atomically)."""
+        from repsr.serialization import atomic_write
+
+        text = json.dumps(self.to_dict(), indent=2)
+        atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text))
+
+
+def _prediction(upscaler: Upscaler, lr: Tensor, hr: Tensor) -> Tensor:
+    """The model's output for `lr`, in the channels `hr` has."""
+    channels = lr.shape[0]
+    if channels == upscaler.in_channels:
+        return upscaler(lr)
+    if channels == 3 and upscaler.in_channels == 1:
+        return upscale_rgb(upscaler, lr)
+    raise DataError(f"dataset gives {channels}-channel images; the model takes {upscaler.in_channels}")
+
+
+def evaluate(
+    model: nn.Module,
+    datasets: Mapping[str, Iterable[Any]],
+    *,
+    device: str | torch.device = "auto",
+    tile: int | str | None = "auto",
+    crop_border: int | None = None,
+    y_channel: bool = True,
+    upscaler: Upscaler | None = None,
+    progress: bool = False,
+) -> EvalResults:
+    """PSNR/SSIM of `model` and of bicubic on each dataset (name -> iterable of `EvalPair`-like items
+    with `.name`, `.lr`, `.hr`); `crop_border` defaults to the scale, metrics on Y by default."""
+    from repsr.metrics import psnr, ssim
+    from repsr.resize import imresize
+
+    upscaler = upscaler or Upscaler(model, device=device, tile=tile)
+    scale = upscaler.scale
+    border = scale if crop_border is None else crop_border
+    results = EvalResults(model.spec.name, scale, border, y_channel)
+    for name, pairs in datasets.items():
+        score = DatasetScore(name)
+        for pair in _progress(pairs, name, progress):
+            lr, hr = pair.lr.float(), pair.hr.float()
+            if tuple(hr.shape[-2:]) != (lr.shape[-2] * scale, lr.shape[-1] * scale):
+                raise DataError(
+                    f"{name}/{pair.name}: HR {tuple(hr.shape[-2:])} is not LR {tuple(lr.shape[-2:])} x{scale}"
+                )
+            prediction = _prediction(upscaler, lr, hr).clamp(0, 1)
+            bicubic = imresize(lr, scale).clamp(0, 1)
+            score.images.append(
+                ImageScore(
+                    name=pair.name,
+                    psnr=psnr(prediction, hr, border, y_channel=y_channel),
+                    ssim=ssim(prediction, hr, border, y_channel=y_channel),
+                    bicubic_psnr=psnr(bicubic, hr, border, y_channel=y_channel),
+                    bicubic_ssim=ssim(bicubic, hr, border, y_channel=y_channel),
+                )
+            )
+        if not score.images:
+            raise DataError(f"dataset {name} has no images")
+        results.datasets.append(score)
+    return results
+
+
+def _progress(pairs: Iterable[Any], name: str, enabled: bool) -> Iterable[Any]:
+    if not enabled:
+        return pairs
+    from tqdm import tqdm
+
+    return tqdm(pairs, desc=name, unit="img", leave=False, total=_length(pairs))
+
+
+def _length(pairs: Iterable[Any]) -> int | None:
+    try:
+        return len(pairs)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
+def sample_dataset(scale: int) -> list[Any]:
+    """The built-in validation photographs as evaluation pairs (LR by MATLAB bicubic, 8-bit rounded)."""
+    from repsr.data import EvalSet, sample_images
+
+    return [EvalSet(path, scale)[0] for path in sample_images()["val"]]
+
+
+def open_datasets(specs: Sequence[str], scale: int) -> dict[str, Any]:
+    """`NAME=DIR` arguments -> {name: EvalSet}; no arguments -> the built-in sample set as `sample`."""
+    from repsr.data import EvalSet
+
+    if not specs:
+        return {SAMPLE_NAME: sample_dataset(scale)}
+    folders: dict[str, str] = {}
+    for spec in specs:
+        name, sep, folder = spec.partition("=")
+        if not sep or not name or not folder:
+            raise ConfigError(f"--data {spec!r}: expected NAME=DIR, e.g. Set5=datasets/Set5")
+        if name in folders:
+            raise ConfigError(f"--data {spec!r}: dataset name {name!r} given twice")
+        folders[name] = folder
+    return {name: EvalSet(folder, scale, name=name) for name, folder in folders.items()}
+
+
+def format_table(results: EvalResults) -> str:
+    """Datasets as columns, model and bicubic as rows: `PSNR / SSIM` in each cell."""
+    names = [d.name for d in results.datasets]
+    rows = [["", *names]]
+    rows.append(
+        [f"{results.model}", *(f"{d.mean('psnr'):.2f} / {d.mean('ssim'):.4f}" for d in results.datasets)]
+    )
+    rows.append(
+        [
+            "bicubic",
+            *(f"{d.mean('bicubic_psnr'):.2f} / {d.mean('bicubic_ssim'):.4f}" for d in results.datasets),
+        ]
+    )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    channel = "Y" if results.y_channel else "RGB"
+    counts = ", ".join(f"{d.name} {len(d.images)}" for d in results.datasets)
+    lines.insert(0, f"x{results.scale}, PSNR (dB) / SSIM on {channel}, border {results.crop_border}")
+    lines.append(f"images: {counts}")
+    return "\n".join(lines)
