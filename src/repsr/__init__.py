@@ -10,6 +10,7 @@ plain = repsr.load_model("model.safetensors")
 
 from repsr.errors import RepsrError
 from repsr.network import ModelSpec, PlainSR, RepNet, build_model, reparameterize_model
+from repsr.resize import imresize
 from repsr.serialization import load_model, save_model
 
 __version__ = "0.1.0"
@@ -20,6 +21,7 @@ __all__ = [
     "RepNet",
     "RepsrError",
     "build_model",
+    "imresize",
     "load_model",
     "reparameterize_model",
     "save_model",
