@@ -17,9 +17,8 @@ SECTIONS = ("bench_data", "bench_train", "bench_deploy")
 
 def main() -> None:
     print(f"# repsr benchmarks  {time.strftime('%Y-%m-%d %H:%M')}")
-    print(
-        f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
-    )
+    cpu = platform.processor() or platform.machine()
+    print(f"# {cpu}, {torch.get_num_threads()} torch threads, torch {torch.__version__}")
     for name in SECTIONS:
         print(f"\n## {name}")
         importlib.import_module(name).main()
