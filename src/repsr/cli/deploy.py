@@ -1,0 +1,40 @@
+"""`repsr deploy CHECKPOINT -o model.safetensors`: merge a training-form model into the plain network."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from repsr.export import DEPLOY_TOLERANCE
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "deploy",
+        help="re-parameterize a checkpoint into the plain network",
+        description="Merge every block into one 3x3 conv, check the plain network against the training "
+        "form on a sample photograph, and save it (.safetensors, or .pth in Real-ESRGAN's layout).",
+    )
+    parser.add_argument("checkpoint", type=Path, help="training checkpoint (.pt) or any saved model")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="plain model to write")
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        default=DEPLOY_TOLERANCE,
+        help=f"largest max-abs difference accepted (default {DEPLOY_TOLERANCE:g})",
+    )
+    parser.add_argument("--device", default="cpu", help="where to run the check (default cpu)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from repsr.export import deploy
+    from repsr.inference import resolve_device
+
+    report = deploy(
+        args.checkpoint, args.output, tolerance=args.tolerance, device=resolve_device(args.device)
+    )
+    origin = "already plain" if report.was_plain else "re-parameterized"
+    print(f"{report.spec.name}: {origin}; max abs difference to the training form {report.max_abs_diff:.2e}")
+    print(f"wrote {report.target}")
+    return 0

@@ -1,0 +1,69 @@
+"""`repsr upscale MODEL INPUT... -o OUT_DIR`: upscale image files, folders and globs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def tile_argument(text: str) -> int | str | None:
+    """`auto`, `none`/`0` (no tiling) or a tile side in LR pixels."""
+    if text == "auto":
+        return "auto"
+    if text in ("none", "0"):
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected auto, none or a number of pixels, got {text!r}") from None
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    from repsr.inference import BACKENDS, OUTPUT_FORMATS
+
+    parser = subparsers.add_parser(
+        "upscale",
+        help="upscale images with a model",
+        description="Upscale images; gray, RGB, RGBA and 16-bit images come out in the same kind. Large "
+        "images are tiled with overlap, so the result equals the untiled one.",
+    )
+    parser.add_argument("model", type=Path, help="model file (.safetensors, .pth, or a checkpoint)")
+    parser.add_argument("inputs", nargs="+", help="image files, folders (recursive) or glob patterns")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="output folder")
+    parser.add_argument(
+        "--tile", type=tile_argument, default="auto", help="tile side in LR pixels, auto (default) or none"
+    )
+    parser.add_argument("--device", default="auto", help="auto (default: cuda if available), cpu, cuda")
+    parser.add_argument("--half", action="store_true", help="fp16 inference (CUDA only)")
+    parser.add_argument(
+        "--backend", choices=BACKENDS, default="auto", help="execution path (default auto: channels-last)"
+    )
+    parser.add_argument(
+        "--format", dest="fmt", choices=OUTPUT_FORMATS, help="output format (default: the input's, else png)"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from repsr.inference import Upscaler, upscale_files
+    from repsr.serialization import load_model
+
+    model = load_model(args.model)
+    upscaler = Upscaler(model, device=args.device, half=args.half, tile=args.tile, backend=args.backend)
+    report = upscale_files(
+        upscaler,
+        args.inputs,
+        args.output,
+        fmt=args.fmt,
+        progress=not args.no_progress and sys.stderr.isatty(),
+    )
+    print(f"{len(report.written)} image(s) written to {args.output}")
+    if report.failed:
+        print(f"{len(report.failed)} input(s) failed:", file=sys.stderr)
+        for path, reason in report.failed:
+            line = reason if str(path) in reason else f"{path}: {reason}"
+            print(f"  {line}", file=sys.stderr)
+        return 1
+    return 0
