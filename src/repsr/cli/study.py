@@ -1,0 +1,57 @@
+"""`repsr study NAME`: the paper's experiments at laptop scale (see `repsr.studies`)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    from repsr.studies import STUDIES
+
+    parser = subparsers.add_parser(
+        "study",
+        help="train and compare variants of the recipe (blocks, bn, switch, design, speed)",
+        description="Train the variants of one study with the same budget over several seeds, evaluate "
+        "the deployed networks, and write results.md, results.json and plots to runs/study-NAME/.",
+    )
+    parser.add_argument("name", choices=sorted(STUDIES), help="which study")
+    parser.add_argument(
+        "--iterations", type=int, help="training iterations per variant (default: the study's)"
+    )
+    parser.add_argument("--seeds", type=int, help="seeds per variant (default: the study's)")
+    parser.add_argument("--data", nargs="*", default=[], metavar="NAME=DIR", help="extra evaluation sets")
+    parser.add_argument("--train-data", type=Path, help="folder of HR training images (default: built-in)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override for every variant (e.g. train.batch_size=32)",
+    )
+    parser.add_argument("--out", type=Path, help="output folder (default: runs/study-NAME)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from repsr.errors import ConfigError
+    from repsr.studies import run_study
+
+    for flag in ("iterations", "seeds"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise ConfigError(f"--{flag} must be at least 1, got {value}")
+    report = run_study(
+        args.name,
+        iterations=args.iterations,
+        seeds=args.seeds,
+        data=args.data,
+        train_data=args.train_data,
+        overrides=args.overrides,
+        out=args.out,
+        progress=not args.no_progress,
+    )
+    print(f"\nresults: {report}")
+    return 0
