@@ -1,0 +1,95 @@
+"""The quickstart and the studies, run tiny: they must produce real, consistent outputs."""
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+import repsr
+from repsr import demo, studies
+from repsr.cli import COMMANDS, main
+from repsr.training import TrainConfig
+
+TINY = (
+    "train.iterations=8",
+    "train.batch_size=4",
+    "data.patch_size=16",
+    "bn.precise_batches=2",
+    "val.every=4",
+    "log.every=2",
+    "checkpoint.every=8",
+)
+
+
+def test_every_registered_command_exists():
+    import importlib.util
+
+    missing = [name for name, module in COMMANDS.items() if importlib.util.find_spec(module) is None]
+    assert not missing
+
+
+def test_demo_writes_model_pictures_and_report(tmp_path, monkeypatch):
+    monkeypatch.setattr(
+        demo,
+        "demo_config",
+        lambda minutes: TrainConfig().with_overrides([*demo.DEMO_SETTINGS, *TINY, "device=cpu"]),
+    )
+    result = demo.run_demo(minutes=1, out=tmp_path / "demo", progress=False)
+    assert result.merge_error < 1e-4
+    plain = repsr.load_model(result.model_path)
+    assert isinstance(plain, repsr.PlainSR) and plain.spec.scale == 4
+    report = result.report_path.read_text()
+    assert f"{result.psnr:.2f}" in report and f"{result.bicubic_psnr:.2f}" in report
+    assert 20 < result.bicubic_psnr < 45  # the sample photographs at x4
+    width, height = Image.open(result.comparison_path).size
+    assert width > 4 * height / 2  # four panels side by side
+    assert Image.open(result.curves_path).size[0] > 0
+
+
+def test_demo_config_fits_the_budget(monkeypatch):
+    monkeypatch.setattr(demo, "seconds_per_iteration", lambda config: 0.1)
+    config = demo.demo_config(minutes=2)
+    assert config.train.iterations == int(2 * 60 * demo.TRAIN_SHARE / 0.1)
+    assert config.model.block == "repsr" and config.bn.mode == "switch"
+
+
+def test_batch_statistics_output_differs_from_population_statistics():
+    model = repsr.build_model("repsr", scale=2, num_blocks=2, channels=4)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, repsr.blocks.RepBN):
+                module.running_mean.uniform_(-1, 1)
+    lr = torch.rand(3, 12, 12)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    own = studies.batch_statistics_output(model, lr)
+    with torch.no_grad():
+        population = model.eval()(lr[None])[0]
+    assert (own - population).abs().max() > 1e-3
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()), "the model must not change"
+
+
+def test_bn_study_runs_and_reports(tmp_path):
+    report = studies.run_study(
+        "bn",
+        iterations=6,
+        seeds=1,
+        out=tmp_path,
+        progress=False,
+        overrides=["train.batch_size=4", "data.patch_size=16", "bn.precise_batches=2"],
+    )
+    text = report.read_text()
+    records = json.loads((tmp_path / "results.json").read_text())
+    assert [r["variant"] for r in records] == ["none", "batch", "switch"]
+    for record in records:
+        assert f"{record['psnr']['sample']:.2f}" in text
+    assert "bn_gap" not in records[0]["extra"] and records[2]["extra"]["bn_gap"]["crop"]
+    assert (tmp_path / "results.png").is_file()
+    assert "Worst image" in text
+
+
+def test_unknown_study_and_bad_budget_are_one_line_errors(capsys):
+    assert main(["study", "blocks", "--iterations", "0"]) == 2
+    assert "--iterations must be at least 1" in capsys.readouterr().err
+    with pytest.raises(repsr.RepsrError, match="unknown study"):
+        studies.run_study("nope")
