@@ -16,6 +16,7 @@ from repsr.benchmark import (
     load_target,
     measure_peak_gflops,
     model_from_config,
+    time_interleaved,
     time_runs,
 )
 from repsr.errors import ConfigError
@@ -42,6 +43,15 @@ def test_time_runs_respects_minimum_runs_and_budget():
     assert len(times) == 4 and len(calls) == 6
     times = time_runs(lambda: None, warmup=0, min_runs=1, max_runs=7, budget_s=10.0)
     assert len(times) == 7
+
+
+def test_interleaved_timing_alternates_workload_and_probe():
+    order = []
+    work, probe = time_interleaved(
+        lambda: order.append("w"), lambda: order.append("p"), warmup=1, min_runs=3, max_runs=3
+    )
+    assert len(work) == len(probe) == 3
+    assert "".join(order) == "wp" * 4
 
 
 def test_peak_probe_measures_a_positive_rate():
@@ -71,7 +81,7 @@ def test_benchmark_rows_for_each_form_and_backend():
         assert row.latency_ms > 0 and row.runs >= 5, row
         assert row.mpix_s == pytest.approx(24 * 16 * 4 / (row.latency_ms / 1e3) / 1e6)
         assert row.gflops == pytest.approx(2 * row.macs / (row.latency_ms / 1e3) / 1e9)
-        assert row.peak_fraction == pytest.approx(row.gflops / report.peak_gflops)
+        assert row.peak_fraction == pytest.approx(row.gflops / row.peak_gflops)
         assert row.note == "", row.note  # every backend reproduces eager PyTorch
     assert report.fastest_plain("tiny").form == "plain"
     text = format_report(report)

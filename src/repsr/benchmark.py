@@ -9,7 +9,8 @@ shared machine; absolute numbers are not.
   size, i.e. per output frame; counted by forward hooks, so the training form's extra branches count.
   Element-wise work (BN, PReLU, pixel shuffle, skip) is not counted. FLOP = 2 x MAC.
 - Latency: median wall time of many runs after warm-up runs (CUDA synchronized).
-- Peak: a large fp32 matmul on the same device with the same thread count, the best a dense kernel gets.
+- Peak: a large fp32 matmul on the same device with the same thread count, the best a dense kernel gets,
+  timed alternately with each row's runs so that both see the same machine load.
 """
 
 from __future__ import annotations
@@ -109,20 +110,60 @@ def time_runs(
     return times
 
 
+class PeakProbe:
+    """A square fp32 matmul on `device`: the best rate a dense kernel reaches there, per call."""
+
+    def __init__(self, device: torch.device, size: int = 1024) -> None:
+        generator = torch.Generator().manual_seed(0)
+        self.a = torch.randn(size, size, generator=generator).to(device)
+        self.b = torch.randn(size, size, generator=generator).to(device)
+        self.out = torch.empty(size, size, device=device)
+        self.flop = 2 * size**3
+
+    def __call__(self) -> None:
+        with torch.inference_mode():
+            torch.matmul(self.a, self.b, out=self.out)
+
+
 def measure_peak_gflops(
-    device: str | torch.device = "cpu", *, size: int = 2048, budget_s: float = 2.0
+    device: str | torch.device = "cpu", *, size: int = 1024, budget_s: float = 2.0
 ) -> float:
     """fp32 GFLOP/s of a (size x size) @ (size x size) matmul: the practical peak of this device now."""
     device = resolve_device(device)
-    generator = torch.Generator().manual_seed(0)
-    a = torch.randn(size, size, generator=generator).to(device)
-    b = torch.randn(size, size, generator=generator).to(device)
-    out = torch.empty(size, size, device=device)
-    with torch.inference_mode():
-        seconds = statistics.median(
-            time_runs(lambda: torch.matmul(a, b, out=out), device=device, budget_s=budget_s)
-        )
-    return 2 * size**3 / seconds / 1e9
+    probe = PeakProbe(device, size)
+    return probe.flop / statistics.median(time_runs(probe, device=device, budget_s=budget_s)) / 1e9
+
+
+def time_interleaved(
+    fn: Callable[[], Any],
+    probe: Callable[[], Any],
+    *,
+    device: torch.device | None = None,
+    warmup: int = 2,
+    min_runs: int = 5,
+    max_runs: int = 50,
+    budget_s: float = 3.0,
+) -> tuple[list[float], list[float]]:
+    """Like `time_runs`, alternating each timed call of `fn` with one of `probe`.
+
+    On a shared machine the load changes from second to second; a peak measured at another moment
+    than the workload can be off by a factor of two either way. Interleaved, both see the same load.
+    """
+    sync = _synchronizer(device or torch.device("cpu"))
+    for _ in range(warmup):
+        fn()
+        probe()
+    sync()
+    fn_times: list[float] = []
+    probe_times: list[float] = []
+    started = time.perf_counter()
+    while len(fn_times) < max_runs and (len(fn_times) < min_runs or time.perf_counter() - started < budget_s):
+        for call, times in ((fn, fn_times), (probe, probe_times)):
+            begin = time.perf_counter()
+            call()
+            sync()
+            times.append(time.perf_counter() - begin)
+    return fn_times, probe_times
 
 
 # ------------------------------------------------------------------------------------------- backends
@@ -248,6 +289,7 @@ class BenchRow:
     mpix_s: float | None = None  # output megapixels per second
     gflops: float | None = None  # achieved, 2 x MACs / latency
     peak_fraction: float | None = None
+    peak_gflops: float | None = None  # the matmul probe, timed interleaved with this row
     speedup: float | None = None  # training-form latency / this latency
     setup_s: float | None = None
     note: str = ""
@@ -272,14 +314,16 @@ class BenchReport:
         return min(timed, key=lambda r: r.latency_ms, default=None)
 
 
-def _fill(row: BenchRow, seconds: list[float], out_pixels: int, peak: float) -> None:
+def _measure(row: BenchRow, fn: Callable[[], Any], probe: PeakProbe, out_pixels: int, **timing: Any) -> None:
+    seconds, probe_seconds = time_interleaved(fn, probe, **timing)
     latency = statistics.median(seconds)
     row.latency_ms = latency * 1e3
     row.runs = len(seconds)
     row.fps = 1.0 / latency
     row.mpix_s = out_pixels / latency / 1e6
     row.gflops = 2 * row.macs / latency / 1e9
-    row.peak_fraction = row.gflops / peak if peak > 0 else None
+    row.peak_gflops = probe.flop / statistics.median(probe_seconds) / 1e9
+    row.peak_fraction = row.gflops / row.peak_gflops
 
 
 def benchmark(
@@ -292,14 +336,15 @@ def benchmark(
     budget_s: float = 3.0,
     train_form: bool = True,
     verify: bool = True,
-    peak_size: int = 2048,
+    peak_size: int = 1024,
     progress: Callable[[str], None] | None = None,
 ) -> BenchReport:
-    """Measure each model's training form (eager) and plain form on each backend, plus the peak probe.
+    """Measure each model's training form (eager) and plain form on each backend, against the peak.
 
-    `size` is (width, height) of the LR input. A backend that cannot run here is reported with the
-    reason instead of a time. With `verify`, every backend's output is compared with eager PyTorch and
-    a difference above 1e-3 is noted on its row. `peak_size` is the side of the peak probe's matmul.
+    `size` is (width, height) of the LR input. Each row's timed runs alternate with runs of a
+    `peak_size` fp32 matmul probe, and its `% peak` is relative to that probe (see `time_interleaved`).
+    A backend that cannot run here is reported with the reason instead of a time. With `verify`, every
+    backend's output is compared with eager PyTorch and a difference above 1e-3 is noted on its row.
     """
     device = resolve_device(device)
     unknown = [b for b in backends if b not in BACKENDS]
@@ -317,78 +362,84 @@ def benchmark(
     try:
         threads_used = torch.get_num_threads()
         say("peak probe (fp32 matmul)")
-        peak = measure_peak_gflops(device, size=peak_size, budget_s=min(2.0, budget_s))
+        probe = PeakProbe(device, peak_size)
+        peak = (
+            probe.flop / statistics.median(time_runs(probe, device=device, budget_s=min(1.0, budget_s))) / 1e9
+        )
         report = BenchReport(str(device), threads_used if device.type == "cpu" else 0, (width, height), peak)
+        timing = {"device": device, "budget_s": budget_s}
         for label, model in models:
-            report.rows += _bench_model(
-                label,
-                model,
-                (width, height),
-                device,
-                backends,
-                budget_s,
-                train_form,
-                verify,
-                threads_used,
-                peak,
-                say,
+            model = model.to(device).eval()
+            x = torch.rand(
+                1, model.spec.in_channels, height, width, generator=torch.Generator().manual_seed(0)
             )
+            x = x.to(device)
+            if train_form and isinstance(model, RepNet):
+                say(f"{label}: training form")
+                report.rows.append(_bench_training_form(label, model, x, probe, timing))
+            report.rows += _bench_plain_form(
+                label, model, x, probe, timing, backends, threads_used, verify, say
+            )
+            train_rows = [r for r in report.rows if r.model == label and r.form == "train"]
+            if train_rows and train_rows[0].latency_ms:
+                for row in report.rows:
+                    if row.model == label and row.latency_ms:
+                        row.speedup = train_rows[0].latency_ms / row.latency_ms
         return report
     finally:
         torch.set_num_threads(previous_threads)
 
 
-def _bench_model(
+def _output_pixels(model: nn.Module, x: Tensor) -> int:
+    return x.shape[-2] * x.shape[-1] * model.spec.scale**2
+
+
+def _bench_training_form(
+    label: str, model: nn.Module, x: Tensor, probe: PeakProbe, timing: dict[str, Any]
+) -> BenchRow:
+    height, width = x.shape[-2:]
+    row = BenchRow(label, "train", "eager", count_parameters(model), count_macs(model, height, width))
+
+    def forward() -> Tensor:
+        with torch.inference_mode():
+            return model(x)
+
+    _measure(row, forward, probe, _output_pixels(model, x), **timing)
+    return row
+
+
+def _bench_plain_form(
     label: str,
     model: nn.Module,
-    size: tuple[int, int],
-    device: torch.device,
+    x: Tensor,
+    probe: PeakProbe,
+    timing: dict[str, Any],
     backends: Sequence[str],
-    budget_s: float,
-    train_form: bool,
-    verify: bool,
     threads: int,
-    peak: float,
+    verify: bool,
     say: Callable[[str], None],
 ) -> list[BenchRow]:
-    width, height = size
-    spec = model.spec
-    model = model.to(device).eval()
-    generator = torch.Generator().manual_seed(0)
-    rows: list[BenchRow] = []
-    x = torch.rand(1, spec.in_channels, height, width, generator=generator).to(device)
-    out_pixels = height * width * spec.scale**2
+    height, width = x.shape[-2:]
     plain = reparameterize_model(model)
-    train_latency = None
-    if train_form and isinstance(model, RepNet):
-        say(f"{label}: training form")
-        row = BenchRow(label, "train", "eager", count_parameters(model), count_macs(model, height, width))
-        with torch.inference_mode():
-            _fill(row, time_runs(lambda: model(x), device=device, budget_s=budget_s), out_pixels, peak)
-        row.speedup = 1.0
-        train_latency = row.latency_ms
-        rows.append(row)
-    plain_params, plain_macs = count_parameters(plain), count_macs(plain, height, width)
+    params, macs = count_parameters(plain), count_macs(plain, height, width)
     with torch.inference_mode():
         reference = plain(x) if verify else None
+    rows = []
     for backend in backends:
         say(f"{label}: plain form, {backend}")
-        row = BenchRow(label, "plain", backend, plain_params, plain_macs)
+        row = BenchRow(label, "plain", backend, params, macs)
+        rows.append(row)
         try:
             runner = make_runner(plain, backend, x, threads=threads)
         except BackendUnavailable as error:
             row.note = f"unavailable: {error}"
-            rows.append(row)
             continue
         row.setup_s = runner.setup_s
-        _fill(row, time_runs(runner.call, device=device, budget_s=budget_s), out_pixels, peak)
-        if train_latency is not None:
-            row.speedup = train_latency / row.latency_ms
+        _measure(row, runner.call, probe, _output_pixels(plain, x), **timing)
         if reference is not None:
             difference = float((runner.output().to(reference) - reference).abs().max())
             if not difference <= 1e-3:
                 row.note = f"output differs from eager by {difference:.2g}"
-        rows.append(row)
     return rows
 
 
@@ -399,13 +450,19 @@ def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _peak_range(report: BenchReport) -> str:
+    peaks = [row.peak_gflops for row in report.rows if row.peak_gflops is not None]
+    return f"{min(peaks):.0f}-{max(peaks):.0f} GFLOP/s" if peaks else "none timed"
+
+
 def format_report(report: BenchReport) -> str:
     """The report as an aligned text table, with the device line on top and notes at the bottom."""
     width, height = report.size
     threads = f", {report.threads} threads" if report.threads else ""
     lines = [
         f"device {report.device}{threads}; LR input {width}x{height}; "
-        f"peak (fp32 matmul) {report.peak_gflops:.1f} GFLOP/s",
+        f"peak (fp32 matmul) {report.peak_gflops:.1f} GFLOP/s at start; "
+        f"% peak is against the probe timed alternately with each row ({_peak_range(report)})",
     ]
     header = (
         "model",
