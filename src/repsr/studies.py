@@ -34,30 +34,13 @@ import torch
 from torch import Tensor, nn
 
 from repsr.blocks import RepBN
+from repsr.demo import DEMO_SETTINGS
 from repsr.errors import ConfigError
 from repsr.network import set_bn_mode, set_merged_training
 
-# Settings shared by every study: x4 RGB RepSR M4C16 (the demo's model), small CPU-sized batches.
-BASE_SETTINGS = (
-    "model.block=repsr",
-    "model.scale=4",
-    "model.num_blocks=4",
-    "model.channels=16",
-    "model.in_channels=3",
-    "data.patch_size=32",
-    "data.workers=0",
-    "train.batch_size=16",
-    "train.lr=2e-3",
-    "train.scheduler=cosine",
-    "bn.mode=switch",
-    "bn.switch_at=0.8",
-    "bn.precise_batches=20",
-    "val.every=0",
-    "log.every=50",
-    "log.tensorboard=false",
-    "checkpoint.keep=1",
-    "device=cpu",
-)
+# Every study starts from the demo's model and recipe (x4 RGB RepSR M4C16, CPU-sized batches), and
+# validates only at the end: each variant is evaluated after training.
+BASE_SETTINGS = (*DEMO_SETTINGS, "val.every=0", "log.every=50", "log.tensorboard=false", "device=cpu")
 
 
 @dataclass(frozen=True)
