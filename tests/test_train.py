@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 
 from repsr.blocks import RepBlock, RepBN
 from repsr.data import EvalPair
-from repsr.training import Trainer, TrainingError
+from repsr.training import Trainer, TrainingError, load_config
 from repsr.training import checkpoint as ckpt
 from repsr.training.bn_switch import precise_statistics
 from repsr.training.config import TrainConfig
@@ -237,3 +237,62 @@ def test_ema_averages_weights_and_bn_buffers():
     torch.testing.assert_close(ema.module[0].weight, 0.75 * old_weight + 0.25 * model[0].weight)
     torch.testing.assert_close(ema.module[1].running_mean, torch.full((2,), 2.0))
     assert ema.module[1].mode == "frozen"  # boolean buffers are copied
+
+
+def _write_images(folder, count: int, size: int, seed: int) -> None:
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        small = rng.integers(0, 256, (size // 4, size // 4, 3), dtype=np.uint8)
+        Image.fromarray(small).resize((size, size), Image.BICUBIC).save(folder / f"img{i}.png")
+
+
+def test_cli_end_to_end_with_real_images_and_sample_validation(tmp_path, capsys):
+    """`repsr train` on a folder of PNGs: artifacts, formats, the deployed model equal to the trained one."""
+    import repsr
+    from repsr.cli import main
+    from repsr.network import PlainSR, RepNet
+
+    _write_images(tmp_path / "hr", 3, 40, seed=0)
+    config = tmp_path / "tiny.yaml"
+    config.write_text(
+        "model: {scale: 2, num_blocks: 1, channels: 4}\n"
+        f"data: {{patch_size: 8, workers: 0, cache_dir: {tmp_path / 'cache'}}}\n"
+        "train: {iterations: 4, batch_size: 2}\n"
+        "bn: {switch_at: 0.5, precise_batches: 1}\n"
+        "device: cpu\n"
+    )
+    out = tmp_path / "run"
+    args = ["train", str(config), "--data", str(tmp_path / "hr"), "--out", str(out), "--no-progress"]
+    assert main([*args, "--set", "log.every=2"]) == 0
+    assert str(out / "model.safetensors") in capsys.readouterr().out
+    names = {p.name for p in out.iterdir()}
+    assert {
+        "config.yaml",
+        "metrics.csv",
+        "train.log",
+        "final.pt",
+        "model.safetensors",
+        "best.safetensors",
+    } <= names
+    assert any((out / "tensorboard").iterdir())
+    header = (out / "metrics.csv").read_text().splitlines()[0]
+    assert header == "iteration,loss,lr,bn_phase,seconds,sample/psnr,sample/ssim"  # sample val by default
+    resolved = load_config(out / "config.yaml")
+    assert resolved.data.root == str(tmp_path / "hr") and resolved.log.every == 2
+
+    trained, plain = repsr.load_model(out / "final.pt"), repsr.load_model(out / "model.safetensors")
+    assert isinstance(trained, RepNet) and isinstance(plain, PlainSR)
+    last = sorted((out / "checkpoints").iterdir())[-1]
+    state = torch.load(last, weights_only=True)
+    assert state["iteration"] == 4 and state["bn_phase"] == "frozen" and state["spec"]["block"] == "repsr"
+    x = torch.rand(1, 3, 9, 7)
+    with torch.no_grad():
+        torch.testing.assert_close(plain(x), trained(x), rtol=1e-4, atol=1e-4)
+
+    # --resume of a finished run only re-delivers; a fresh start in the same folder is refused
+    assert main([*args, "--resume"]) == 0
+    assert main(args) == 2
+    assert "--resume" in capsys.readouterr().err
