@@ -19,7 +19,7 @@ from repsr.inference import (
     receptive_radius,
     resolve_device,
     shuffle_add_skip,
-    tile_spans,
+    tile_windows,
     upscale_files,
 )
 from repsr.io import read_image, read_pixels, write_image
@@ -46,10 +46,26 @@ def test_tiled_equals_untiled_on_an_image_several_tiles_wide(backend, scale, in_
     with torch.inference_mode():
         reference = model(lr)
     tiled = Upscaler(model, device="cpu", tile=16, backend=backend)
-    assert len(tile_spans(83, 16)) >= 5 and len(tile_spans(45, 16)) >= 3
+    assert len(tile_windows(83, 16, 5)) >= 5 and len(tile_windows(45, 16, 5)) >= 3
     out = tiled(lr)
     assert out.shape == reference.shape
     assert (out - reference).abs().max() <= 1e-6
+
+
+@pytest.mark.parametrize(
+    ("length", "tile", "pad"), [(83, 16, 5), (45, 16, 5), (20, 16, 5), (16, 16, 3), (7, 16, 2)]
+)
+def test_tile_windows_cover_once_with_context_and_one_shape(length, tile, pad):
+    windows = tile_windows(length, tile, pad)
+    assert len({stop - start for _, _, start, stop in windows}) == 1
+    covered = [0] * length
+    for core_start, core_stop, start, stop in windows:
+        assert core_stop - core_start <= tile and 0 <= start and stop <= length
+        assert core_start - start >= pad or start == 0
+        assert stop - core_stop >= pad or stop == length
+        for i in range(core_start, core_stop):
+            covered[i] += 1
+    assert covered == [1] * length
 
 
 def test_tiles_with_too_little_overlap_show_seams():
@@ -95,7 +111,7 @@ def test_auto_tile_size_is_bounded(monkeypatch):
     small = auto_tile_size(model, torch.device("cpu"))
     monkeypatch.setattr(inference, "free_memory_bytes", lambda device: 1 << 40)
     large = auto_tile_size(model, torch.device("cpu"))
-    assert 16 <= small < large <= 2048 and small % 8 == 0
+    assert 16 <= small < large <= 512 and small % 8 == 0
 
 
 def test_bad_device_and_half_on_cpu_are_config_errors():

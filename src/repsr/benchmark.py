@@ -11,11 +11,17 @@ shared machine; absolute numbers are not.
 - Latency: median wall time of many runs after warm-up runs (CUDA synchronized).
 - Peak: a large fp32 matmul on the same device with the same thread count, the best a dense kernel gets,
   timed alternately with each row's runs so that both see the same machine load.
+
+On a CPU shared with other processes, run with `OMP_WAIT_POLICY=PASSIVE` (it must be in the environment
+before torch is imported): OpenMP's spinning idle threads otherwise take the cores the working threads
+need, and small convolutions slow down 3-6x (M4C16 x4 at 320x180, 2 shared cores: channels-last 25-37 ms
+passive, 97-160 ms default). The report's header says which policy was in force.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import statistics
 import tempfile
 import time
@@ -459,6 +465,8 @@ def format_report(report: BenchReport) -> str:
     """The report as an aligned text table, with the device line on top and notes at the bottom."""
     width, height = report.size
     threads = f", {report.threads} threads" if report.threads else ""
+    if report.threads:
+        threads += f" (OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')})"
     lines = [
         f"device {report.device}{threads}; LR input {width}x{height}; "
         f"peak (fp32 matmul) {report.peak_gflops:.1f} GFLOP/s at start; "

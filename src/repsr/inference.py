@@ -2,7 +2,8 @@
 
 Tiling keeps memory bounded on large images without seams: each tile is cut with a margin of at least the
 network's receptive radius (one LR pixel per 3x3 conv: `num_blocks + 2`), and only the tile's core is
-kept. Every kept output pixel then saw exactly the input the untiled network would have shown it, so
+kept; all tiles of an image have one input shape (see `tile_windows`). Every kept output pixel then
+saw exactly the input the untiled network would have shown it, so
 the tiled result equals the untiled one up to float rounding.
 
 Backends (`Upscaler(backend=...)`):
@@ -30,9 +31,16 @@ from repsr.errors import ConfigError, DataError, ImageError, RepsrError
 from repsr.network import PlainSR, RepNet
 
 BACKENDS = ("auto", "eager", "channels-last", "compile")
+# What `auto` runs: on CPU the fastest path `repsr bench` finds that needs no warm-up (compile matches it
+# at 1 thread but costs 5-20 s of compiling per process and input shape); on CUDA NHWC is also the
+# layout cuDNN's fp16 tensor-core kernels want.
+AUTO_BACKEND = "channels-last"
 OUTPUT_FORMATS = ("png", "jpg", "webp")
 MIN_TILE = 16
 MAX_TILE = 2048
+# On CPU, tiles beyond a few hundred pixels buy nothing (measured: 192-384 px tiles ran 15-20% faster
+# than one 768x512 piece for M4C16, activations staying in cache), so `auto` stops there.
+CPU_MAX_TILE = 512
 # Fraction of free memory a tile may use; the rest is left to the allocator, the OS and other programs.
 MEMORY_FRACTION = 0.25
 
@@ -152,15 +160,28 @@ def prepare_model(model: nn.Module, backend: str, device: torch.device, dtype: t
 # ------------------------------------------------------------------------------------------- tiling
 
 
-def tile_spans(length: int, tile: int) -> list[tuple[int, int]]:
-    """Core intervals [start, stop) of at most `tile` pixels covering 0..length, nearly equal in size."""
+def tile_windows(length: int, tile: int, pad: int) -> list[tuple[int, int, int, int]]:
+    """Cover 0..length with cores of at most `tile` pixels, each inside an input window of ONE size.
+
+    Returns (core_start, core_stop, window_start, window_stop). Every window is
+    `min(tile + 2 * pad, length)` long, shifted inward at the image borders, so each core keeps at least
+    `pad` pixels of real context on every side that is not an image border. One window size means one
+    input shape for the whole image: convolution backends (oneDNN, cuDNN, inductor) then plan their
+    kernels once instead of once per edge tile, which cost 5x the compute with small tiles on CPU.
+    """
+    window = min(tile + 2 * pad, length)
     count = max(1, math.ceil(length / tile))
     bounds = [round(i * length / count) for i in range(count + 1)]
-    return [(bounds[i], bounds[i + 1]) for i in range(count)]
+    spans = []
+    for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
+        window_start = min(max(0, start - pad), length - window)
+        spans.append((start, stop, window_start, window_start + window))
+    return spans
 
 
 def auto_tile_size(model: nn.Module, device: torch.device, dtype: torch.dtype = torch.float32) -> int:
-    """Largest square tile (LR pixels) whose activations fit in a quarter of the free memory.
+    """Largest square tile (LR pixels) whose activations fit in a quarter of the free memory (capped:
+    2048 on CUDA, 512 on CPU where larger tiles are no faster).
 
     Per LR pixel the widest step holds a conv's input and output plus the scale^2-times larger output
     and skip; twice that covers convolution workspaces.
@@ -172,7 +193,8 @@ def auto_tile_size(model: nn.Module, device: torch.device, dtype: torch.dtype = 
     bytes_per_pixel = 2 * values_per_pixel * bytes_per_value
     budget = free_memory_bytes(device) * MEMORY_FRACTION
     side = int(math.sqrt(max(budget, 0) / bytes_per_pixel))
-    return max(MIN_TILE, min(MAX_TILE, side // 8 * 8))
+    cap = MAX_TILE if device.type == "cuda" else CPU_MAX_TILE
+    return max(MIN_TILE, min(cap, side // 8 * 8))
 
 
 class Upscaler:
@@ -198,7 +220,7 @@ class Upscaler:
         if tile is not None and tile != "auto" and (not isinstance(tile, int) or tile < MIN_TILE):
             raise ConfigError(f"tile must be 'auto', None or an integer >= {MIN_TILE}, got {tile!r}")
         self.dtype = torch.float16 if half else torch.float32
-        self.backend = "channels-last" if backend == "auto" else backend
+        self.backend = AUTO_BACKEND if backend == "auto" else backend
         self.spec = model.spec
         self.scale = model_scale(model)
         self.radius = receptive_radius(model)
@@ -228,10 +250,8 @@ class Upscaler:
             out = self._run(batched).to(lr.device)
             return out if lr.ndim == 4 else out[0]
         out = torch.empty((*batched.shape[:-2], height * s, width * s), dtype=torch.float32, device=lr.device)
-        for y0, y1 in tile_spans(height, self.tile):
-            for x0, x1 in tile_spans(width, self.tile):
-                iy0, iy1 = max(0, y0 - pad), min(height, y1 + pad)
-                ix0, ix1 = max(0, x0 - pad), min(width, x1 + pad)
+        for y0, y1, iy0, iy1 in tile_windows(height, self.tile, pad):
+            for x0, x1, ix0, ix1 in tile_windows(width, self.tile, pad):
                 result = self._run(batched[..., iy0:iy1, ix0:ix1])
                 core = result[..., (y0 - iy0) * s : (y1 - iy0) * s, (x0 - ix0) * s : (x1 - ix0) * s]
                 out[..., y0 * s : y1 * s, x0 * s : x1 * s] = core.to(lr.device)
