@@ -16,6 +16,7 @@ from repsr.inference import (
     Upscaler,
     auto_tile_size,
     collect_inputs,
+    prepare_model,
     receptive_radius,
     resolve_device,
     shuffle_add_skip,
@@ -112,6 +113,21 @@ def test_auto_tile_size_is_bounded(monkeypatch):
     monkeypatch.setattr(inference, "free_memory_bytes", lambda device: 1 << 40)
     large = auto_tile_size(model, torch.device("cpu"))
     assert 16 <= small < large <= 512 and small % 8 == 0
+
+
+def test_fp16_overflow_is_recomputed_in_float32():
+    """fp16 is CUDA-only in the API; the fallback logic is exercised here with CPU fp16 kernels."""
+    model = plain_model(scale=2, num_blocks=1, channels=4)
+    with torch.no_grad():
+        model.body[0].weight.mul_(1e5)  # activations far beyond fp16's 65504
+    upscaler = Upscaler(model, device="cpu", tile=None)
+    lr = torch.rand(1, 3, 12, 12)
+    reference = upscaler(lr)
+    upscaler.dtype, upscaler._model = torch.float16, model
+    upscaler.module = prepare_model(model, upscaler.backend, upscaler.device, torch.float16)
+    assert not torch.isfinite(upscaler._forward(upscaler.module, lr, torch.float16)).all()
+    out = upscaler(lr)
+    assert torch.isfinite(out).all() and torch.equal(out, reference)
 
 
 def test_bad_device_and_half_on_cpu_are_config_errors():

@@ -166,8 +166,8 @@ def tile_windows(length: int, tile: int, pad: int) -> list[tuple[int, int, int, 
     Returns (core_start, core_stop, window_start, window_stop). Every window is
     `min(tile + 2 * pad, length)` long, shifted inward at the image borders, so each core keeps at least
     `pad` pixels of real context on every side that is not an image border. One window size means one
-    input shape for the whole image: convolution backends (oneDNN, cuDNN, inductor) then plan their
-    kernels once instead of once per edge tile, which cost 5x the compute with small tiles on CPU.
+    input shape for the whole image: convolution backends (oneDNN, cuDNN) plan their kernels once per
+    image instead of once per edge-tile shape, and `torch.compile` does not recompile for edge tiles.
     """
     window = min(tile + 2 * pad, length)
     count = max(1, math.ceil(length / tile))
@@ -203,6 +203,7 @@ class Upscaler:
     `upscaler(lr)` takes (C, H, W) or (N, C, H, W) float in [0, 1] on any device and returns the output
     on the same device, in float32 and not clamped (the tiled result equals the untiled one).
     `tile`: core tile side in LR pixels, `None` for no tiling, `"auto"` to size tiles from free memory.
+    `half` runs fp16 (CUDA only); a tile whose fp16 output overflows is recomputed in float32.
     """
 
     def __init__(
@@ -225,6 +226,8 @@ class Upscaler:
         self.scale = model_scale(model)
         self.radius = receptive_radius(model)
         self.module = prepare_model(model, self.backend, self.device, self.dtype)
+        self._model = model if half else None  # kept only for the fp16 overflow fallback
+        self._float_module: nn.Module | None = None
         self.tile = auto_tile_size(model, self.device, self.dtype) if tile == "auto" else tile
 
     @property
@@ -232,10 +235,19 @@ class Upscaler:
         return int(self.spec.in_channels)
 
     def _run(self, lr: Tensor) -> Tensor:
-        x = lr.to(self.device, self.dtype, non_blocking=True)
+        out = self._forward(self.module, lr, self.dtype)
+        if self.dtype == torch.float16 and not bool(torch.isfinite(out).all()):
+            # fp16 overflow (large activations in deep nets): redo this piece in float32
+            if self._float_module is None:
+                self._float_module = prepare_model(self._model, self.backend, self.device, torch.float32)
+            out = self._forward(self._float_module, lr, torch.float32)
+        return out
+
+    def _forward(self, module: nn.Module, lr: Tensor, dtype: torch.dtype) -> Tensor:
+        x = lr.to(self.device, dtype, non_blocking=True)
         if self.backend != "eager":
             x = x.contiguous(memory_format=torch.channels_last)
-        return self.module(x).float()
+        return module(x).float()
 
     @torch.no_grad()  # not inference_mode: callers may modify the result in place
     def __call__(self, lr: Tensor) -> Tensor:
