@@ -129,3 +129,22 @@ def test_onnx_file_is_not_kept_when_onnx_runtime_disagrees(tmp_path, monkeypatch
     with pytest.raises(ModelFileError, match="differs from PyTorch"):
         export_onnx(training_model(), tmp_path / "x.onnx", size=(32, 32))
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_deploy_prefers_a_checkpoints_ema_weights(tmp_path):
+    model, ema = training_model(), randomize(training_model(), seed=7).eval()
+    checkpoint = tmp_path / "ckpt.pt"
+    torch.save(
+        {"spec": model.spec.to_dict(), "model": model.state_dict(), "ema": ema.state_dict()}, checkpoint
+    )
+    x = verification_image(3, (24, 24))
+    for weights, expected in (("auto", ema), ("ema", ema), ("model", model)):
+        report = deploy(checkpoint, tmp_path / f"{weights}.safetensors", weights=weights)
+        assert report.weights == ("model" if weights == "model" else "ema")
+        with torch.inference_mode():
+            out = load_model(tmp_path / f"{weights}.safetensors")(x)
+            assert (out - expected(x)).abs().max() <= 1e-5
+    torch.save({"spec": model.spec.to_dict(), "model": model.state_dict(), "ema": None}, checkpoint)
+    with pytest.raises(ModelFileError, match="no EMA"):
+        deploy(checkpoint, tmp_path / "x.safetensors", weights="ema")
+    assert deploy(checkpoint, tmp_path / "x.safetensors").weights == "model"

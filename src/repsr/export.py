@@ -85,6 +85,7 @@ class DeployReport:
     was_plain: bool
     max_abs_diff: float
     tolerance: float
+    weights: str = "model"  # "ema" when a checkpoint's EMA weights were deployed
 
 
 def max_abs_difference(reference: nn.Module, candidate: nn.Module, x: Tensor) -> float:
@@ -102,17 +103,58 @@ def save_compact_pth(plain: PlainSR, path: str | Path) -> None:
     atomic_write(Path(path), lambda tmp: torch.save({"params": state}, tmp))
 
 
+WEIGHTS_CHOICES = ("auto", "ema", "model")
+
+
+def _checkpoint_ema(path: Path) -> dict[str, Tensor] | None:
+    """The EMA state dict of a `repsr train` checkpoint (.pt/.pth with `spec`, `model`, `ema`), if any."""
+    if path.suffix not in (".pt", ".pth"):
+        return None
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # load_model has already read it; anything else is not a checkpoint with EMA
+        return None
+    ema = data.get("ema") if isinstance(data, dict) and "spec" in data else None
+    return ema if isinstance(ema, dict) and ema else None
+
+
+def load_for_deploy(
+    path: str | Path, weights: str = "auto", device: str | torch.device = "cpu"
+) -> tuple[nn.Module, str]:
+    """`load_model`, but a training checkpoint's EMA weights replace the raw ones when `weights` is
+    `ema`, or `auto` and the checkpoint has them (the trainer also delivers EMA weights when enabled).
+    Returns the model and which weights it carries (`ema` or `model`)."""
+    if weights not in WEIGHTS_CHOICES:
+        raise ConfigError(f"weights must be one of {', '.join(WEIGHTS_CHOICES)}, got {weights!r}")
+    path = Path(path)
+    model = load_model(path, device=device)
+    ema = _checkpoint_ema(path) if weights != "model" else None
+    if ema is None:
+        if weights == "ema":
+            raise ModelFileError(f"{path}: no EMA weights in this file (use --weights model)")
+        return model, "model"
+    try:
+        model.load_state_dict(ema)
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()[0][:200]
+        raise ModelFileError(f"{path}: EMA weights do not fit the model ({first})") from None
+    if any(t.is_floating_point() and not torch.isfinite(t).all() for t in ema.values()):
+        raise ModelFileError(f"{path}: EMA weights have non-finite values")
+    return model.eval(), "ema"
+
+
 def deploy(
     checkpoint: str | Path,
     output: str | Path,
     *,
     tolerance: float = DEPLOY_TOLERANCE,
     device: str | torch.device = "cpu",
+    weights: str = "auto",
 ) -> DeployReport:
     """Re-parameterize `checkpoint` (any file `load_model` reads), verify on a photo crop, save plain.
 
     `output` ending in .safetensors gets the spec in its header (repsr, spandrel, chaiNNer read it);
-    .pth gets the Real-ESRGAN/BasicSR `{"params": ...}` layout.
+    .pth gets the Real-ESRGAN/BasicSR `{"params": ...}` layout. `weights`: see `load_for_deploy`.
 
     Raises `ModelFileError` and writes nothing when the plain network differs from the training form
     by more than `tolerance` (max abs difference on [0, 1] images).
@@ -120,7 +162,7 @@ def deploy(
     source, target = Path(checkpoint), Path(output)
     if target.suffix not in (".safetensors", ".pth"):
         raise ConfigError(f"{target}: deployed models are written as .safetensors or .pth")
-    model = load_model(source, device=device)
+    model, used = load_for_deploy(source, weights, device)
     plain = reparameterize_model(model)
     x = verification_image(model.spec.in_channels).to(device)
     difference = max_abs_difference(model, plain, x)
@@ -133,7 +175,8 @@ def deploy(
         save_compact_pth(plain, target)
     else:
         save_model(plain, target)
-    return DeployReport(source, target, plain.spec, isinstance(model, PlainSR), difference, tolerance)
+    was_plain = isinstance(model, PlainSR)
+    return DeployReport(source, target, plain.spec, was_plain, difference, tolerance, weights=used)
 
 
 # ------------------------------------------------------------------------------------------- ONNX
@@ -171,16 +214,19 @@ class OnnxExportReport:
 
 @contextlib.contextmanager
 def _quiet_exporter():
-    """The dynamo exporter prints progress lines and logs missing optional torchvision ops: mute both."""
-    logger = logging.getLogger("torch.onnx")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    """The dynamo exporter prints progress lines and logs missing optional torchvision ops and opset
+    conversions: mute them (errors still raise)."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             yield
     finally:
-        logger.setLevel(level)
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 def onnx_session(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from repsr.export import DEPLOY_TOLERANCE
+from repsr.export import DEPLOY_TOLERANCE, WEIGHTS_CHOICES
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -23,6 +23,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default=DEPLOY_TOLERANCE,
         help=f"largest max-abs difference accepted (default {DEPLOY_TOLERANCE:g})",
     )
+    parser.add_argument(
+        "--weights",
+        choices=WEIGHTS_CHOICES,
+        default="auto",
+        help="a checkpoint's EMA or raw weights (default auto: EMA when the checkpoint has it)",
+    )
     parser.add_argument("--device", default="cpu", help="where to run the check (default cpu)")
     parser.set_defaults(func=run)
 
@@ -32,9 +38,13 @@ def run(args: argparse.Namespace) -> int:
     from repsr.inference import resolve_device
 
     report = deploy(
-        args.checkpoint, args.output, tolerance=args.tolerance, device=resolve_device(args.device)
+        args.checkpoint,
+        args.output,
+        tolerance=args.tolerance,
+        device=resolve_device(args.device),
+        weights=args.weights,
     )
-    origin = "already plain" if report.was_plain else "re-parameterized"
+    origin = "already plain" if report.was_plain else f"re-parameterized ({report.weights} weights)"
     print(f"{report.spec.name}: {origin}; max abs difference to the training form {report.max_abs_diff:.2e}")
     print(f"wrote {report.target}")
     return 0
