@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import importlib
+import os
 import platform
 import sys
 import time
 from pathlib import Path
 
-import torch
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `import repsr` does; must precede torch
+
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from repsr import build_model, load_model, save_model
-from repsr.errors import ConfigError, ModelFileError
+from repsr.errors import ConfigError, DependencyError, ModelFileError
 from repsr.export import deploy, export_onnx, onnx_session, verification_image
 from repsr.network import PlainSR
 from tests.helpers import randomize
@@ -107,7 +107,7 @@ def test_missing_onnx_packages_give_one_install_line(tmp_path, monkeypatch):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_onnxruntime)
-    with pytest.raises(ConfigError, match=r"repsr\[onnx\]") as error:
+    with pytest.raises(DependencyError, match=r"repsr\[onnx\]") as error:
         export_onnx(training_model(), tmp_path / "x.onnx")
     assert "\n" not in str(error.value)
     assert not (tmp_path / "x.onnx").exists()

@@ -8,10 +8,17 @@ repsr.save_model(plain, "model.safetensors")
 plain = repsr.load_model("model.safetensors")
 """
 
-from repsr.errors import RepsrError
-from repsr.network import ModelSpec, PlainSR, RepNet, build_model, reparameterize_model
-from repsr.resize import imresize
-from repsr.serialization import load_model, save_model
+import os
+
+# Idle OpenMP threads that spin take the cores from the working ones when a CPU is shared (or has as
+# few cores as the machines this toolkit targets): measured 2-6x slower inference. It must be set
+# before torch is first imported; users can still choose another policy in their environment.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from repsr.errors import RepsrError  # noqa: E402
+from repsr.network import ModelSpec, PlainSR, RepNet, build_model, reparameterize_model  # noqa: E402
+from repsr.resize import imresize  # noqa: E402
+from repsr.serialization import load_model, save_model  # noqa: E402
 
 __version__ = "0.1.0"
 

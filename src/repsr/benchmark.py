@@ -211,6 +211,15 @@ def make_runner(model: nn.Module, backend: str, x: Tensor, *, threads: int) -> R
     return Runner(call=call, setup_s=time.perf_counter() - started, output=call)
 
 
+def median_latency(
+    model: nn.Module, height: int, width: int, *, backend: str = "eager", budget_s: float = 2.0
+) -> float:
+    """Median seconds of one forward of `model` on a (1, C, height, width) CPU frame through `backend`."""
+    x = torch.rand(1, model.spec.in_channels, height, width)
+    runner = make_runner(model, backend, x, threads=torch.get_num_threads())
+    return statistics.median(time_runs(runner.call, budget_s=budget_s))
+
+
 def _onnx_runner(model: nn.Module, x: Tensor, *, threads: int, started: float) -> Runner:
     from repsr.export import onnx_session, require_onnx, write_onnx
 

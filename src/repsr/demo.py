@@ -135,17 +135,17 @@ def write_comparison(plain: nn.Module, pair, path: Path, *, crop: int = 128) -> 
 
 
 def measure_speed(model: nn.Module, plain: nn.Module, size: tuple[int, int] = (180, 320)) -> dict[str, float]:
-    """Median CPU latency (ms) of the training form and the plain form on one LR frame."""
-    from repsr.benchmark import count_macs, count_parameters, time_runs
+    """Parameters, GMACs and median CPU latency (ms) on one LR frame: training form, plain form, and the
+    plain form through the backend `repsr upscale` uses."""
+    from repsr.benchmark import count_macs, count_parameters, median_latency
+    from repsr.inference import AUTO_BACKEND
 
-    x = torch.rand(1, model.spec.in_channels, *size)
     speed: dict[str, float] = {}
     for name, network in (("train", model.eval()), ("plain", plain.eval())):
-        with torch.no_grad():
-            times = sorted(time_runs(lambda network=network: network(x), budget_s=2.0))
-        speed[f"{name}_ms"] = 1000 * times[len(times) // 2]
+        speed[f"{name}_ms"] = 1000 * median_latency(network, *size)
         speed[f"{name}_params"] = count_parameters(network)
         speed[f"{name}_gmacs"] = count_macs(network, *size) / 1e9
+    speed["deployed_ms"] = 1000 * median_latency(plain, *size, backend=AUTO_BACKEND)
     return speed
 
 
@@ -231,6 +231,7 @@ network over the validation images: **{merge_error:.2e}** (float32).
 |---|---|---|---|
 | training (multi-branch) | {speed["train_params"]:,} | {speed["train_gmacs"]:.2f} | {speed["train_ms"]:.1f} |
 | deployed (plain 3x3) | {speed["plain_params"]:,} | {speed["plain_gmacs"]:.2f} | {speed["plain_ms"]:.1f} |
+| deployed, channels-last (what `repsr upscale` runs) | | | {speed["deployed_ms"]:.1f} |
 
 Files: `model.safetensors` (deployed, SRVGGNetCompact layout), `comparison.png` (LR nearest /
 bicubic / RepSR / HR), `curves.png` (loss and validation PSNR; the dotted line is the BN switch),

@@ -21,3 +21,7 @@ class DataError(RepsrError):
 
 class ConfigError(RepsrError):
     """A configuration key that is unknown or has the wrong type or value."""
+
+
+class DependencyError(RepsrError):
+    """An optional package the requested feature needs is not installed."""

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from repsr.errors import ConfigError, ModelFileError
+from repsr.errors import ConfigError, DependencyError, ModelFileError, RepsrError
 from repsr.network import ModelSpec, PlainSR, reparameterize_model
 from repsr.serialization import atomic_write, load_model, save_model
 
@@ -192,7 +192,7 @@ def require_onnx() -> tuple[Any, Any]:
         except ImportError:
             missing.append(name)
     if missing:
-        raise ConfigError(
+        raise DependencyError(
             f"ONNX support needs {', '.join(missing)}: install it with pip install 'repsr[onnx]'"
         )
     return modules["onnx"], modules["onnxruntime"]
@@ -315,7 +315,7 @@ def export_onnx(
         draft = Path(tmp) / path.name
         try:
             write_onnx(plain, draft, example, dynamic=dynamic, opset=opset)
-        except ConfigError:
+        except RepsrError:
             raise
         except Exception as error:  # the exporter raises many types; name it in one line
             message = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__

@@ -209,13 +209,11 @@ def _bn_gap(model: nn.Module, sets: Mapping[str, list[Any]], out_dir: Path, labe
 
 
 def _throughput(plain: nn.Module, size: tuple[int, int] = (180, 320)) -> float:
-    """Frames per second of the deployed network on one CPU LR frame (median latency)."""
-    from repsr.benchmark import time_runs
+    """Frames per second of the deployed network on one CPU LR frame, as `repsr upscale` runs it."""
+    from repsr.benchmark import median_latency
+    from repsr.inference import AUTO_BACKEND
 
-    x = torch.rand(1, plain.spec.in_channels, *size)
-    with torch.no_grad():
-        times = sorted(time_runs(lambda: plain(x), budget_s=2.0))
-    return 1.0 / times[len(times) // 2]
+    return 1.0 / median_latency(plain, *size, backend=AUTO_BACKEND)
 
 
 def _slug(text: str) -> str:
