@@ -58,7 +58,7 @@ def tiny_config(**overrides) -> TrainConfig:
         "device": "cpu",
         "model": {"block": "repsr", "scale": 2, "num_blocks": 2, "channels": 8},
         "data": {"patch_size": 12, "workers": 0},
-        "train": {"iterations": 8, "batch_size": 4, "lr": 2e-3},
+        "train": {"iterations": 8, "batch_size": 4, "lr": 2e-3, "threads": 1},  # tiny ops: 1 thread
         "bn": {"mode": "switch", "switch_at": 0.5, "precise_batches": 2},
         "checkpoint": {"every": 4, "keep": 2},
         "val": {"every": 4},
@@ -85,7 +85,8 @@ def states_equal(a: dict, b: dict) -> bool:
 
 def test_loss_decreases_on_a_fixed_batch(tmp_path):
     trainer = make_trainer(tmp_path, tiny_config(**{"train.iterations": 100, "train.scheduler": "constant"}))
-    lr_patch, hr_patch = (torch.stack(t) for t in zip(*(trainer.train_set[k] for k in range(4)), strict=True))
+    batch = (torch.stack(t) for t in zip(*(trainer.train_set[k] for k in range(4)), strict=True))
+    lr_patch, hr_patch = (trainer._to_device(t) for t in batch)
     trainer.model.train()
     losses = [float(trainer.train_step(lr_patch, hr_patch)) for _ in range(40)]
     assert losses[-1] < 0.5 * losses[0]
@@ -137,7 +138,8 @@ def test_precise_statistics_are_the_population_statistics():
 def test_merged_phase_two_equals_branch_phase_two_in_float64(tmp_path):
     finals = {}
     for merged in (True, False):
-        config = tiny_config(**{"bn.merged_training": merged, "val.every": 0, "model.rep_head_tail": True})
+        settings = {"bn.merged_training": merged, "val.every": 0, "model.rep_head_tail": True}
+        config = tiny_config(**settings, **{"train.channels_last": False})  # no fast float64 CL convs
         trainer = make_trainer(tmp_path, config, name=f"merged-{merged}", dtype=torch.float64)
         trainer.run(until=7)
         blocks = [m for m in trainer.model.modules() if isinstance(m, RepBlock)]
@@ -260,7 +262,7 @@ def test_cli_end_to_end_with_real_images_and_sample_validation(tmp_path, capsys)
     config.write_text(
         "model: {scale: 2, num_blocks: 1, channels: 4}\n"
         f"data: {{patch_size: 8, workers: 0, cache_dir: {tmp_path / 'cache'}}}\n"
-        "train: {iterations: 4, batch_size: 2}\n"
+        "train: {iterations: 4, batch_size: 2, threads: 1}\n"
         "bn: {switch_at: 0.5, precise_batches: 1}\n"
         "device: cpu\n"
     )

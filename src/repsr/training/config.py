@@ -85,7 +85,7 @@ class OptimConfig:
     loss: str = "l1"  # l1 | l2
     grad_clip: float = 0.0  # max gradient norm, 0 = off
     amp: bool = False  # bfloat16 autocast on CUDA (ignored on CPU)
-    channels_last: bool = False  # channels-last memory format for activations and weights
+    channels_last: bool | None = None  # channels-last memory format; None = on for CPU, off for CUDA
     compile: bool = False  # torch.compile the training forward
     threads: int = 0  # CPU intra-op threads, 0 = PyTorch's default
 

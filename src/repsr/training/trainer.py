@@ -224,6 +224,8 @@ class Trainer:
         self.checkpoint_dir = self.run_dir / "checkpoints"
         self.total = config.train.iterations
         self.switch_at = config.switch_iteration if model_has_bn(config) else None
+        channels_last = config.train.channels_last
+        self.channels_last = self.device.type == "cpu" if channels_last is None else channels_last
         self._threads_before = torch.get_num_threads()
         if config.train.threads:
             torch.set_num_threads(config.train.threads)
@@ -268,7 +270,7 @@ class Trainer:
                     folders,
                     config.model.scale,
                     y_channel=config.model.in_channels == 1,
-                    sample=config.val.sample and not ready,
+                    sample=config.val.sample and val is None,
                 )
             )
             eval_sets.update(ready)
@@ -340,7 +342,7 @@ class Trainer:
 
     def _wrap(self) -> None:
         """The module the training forward goes through: DDP and/or torch.compile around the model."""
-        if self.config.train.channels_last:
+        if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
         module: nn.Module = self.model
         if self.dist.enabled:
@@ -386,7 +388,7 @@ class Trainer:
 
     def _to_device(self, x: Tensor) -> Tensor:
         x = x.to(self.device, self.dtype, non_blocking=True)
-        return x.contiguous(memory_format=torch.channels_last) if self.config.train.channels_last else x
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     # ------------------------------------------------------------------------------------- steps
 
@@ -677,7 +679,8 @@ def train(
 
     `data`: a folder (or file) of HR images, or a ready `TrainPatches`-like dataset; default
     `config.data.root`, else the built-in sample images. `val`: name -> folder (or iterable of
-    `EvalPair`); default `config.val.sets`, else the sample validation images (set "sample").
+    `EvalPair`), added to `config.val.sets`; with `val=None` and no sets in the config, the sample
+    validation images (set "sample", when `val.sample`); `val={}` validates on the config's sets only.
     `out`: the run folder (default `runs/NAME`). Under `torchrun` this runs DistributedDataParallel.
     """
     dist_info = Distributed.from_env(config.device)
