@@ -12,6 +12,8 @@ Run: ``python benchmarks/bench_train.py [--model M4C16] [--scale 4] [--batch 16]
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import statistics
 import sys
 import tempfile
@@ -21,12 +23,13 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
-
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `import repsr` does; must precede torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from repsr.blocks import RepSRBlock  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from repsr.blocks import RepBN, RepSRBlock  # noqa: E402
 from repsr.training.config import TrainConfig  # noqa: E402
 from repsr.training.trainer import Trainer  # noqa: E402
 
@@ -58,6 +61,15 @@ def _separate_paths(self: RepSRBlock, x: torch.Tensor) -> torch.Tensor:
     return y
 
 
+def _forward_without_graph_break(self: RepBN, x: torch.Tensor) -> torch.Tensor:
+    """RepBN.forward deciding on a Python attribute (set from the buffer when the step is built)."""
+    if self._frozen_flag:
+        return F.batch_norm(
+            x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
+        )
+    return torch.nn.BatchNorm2d.forward(self, x)
+
+
 def make_step(
     block: str,
     size: tuple[int, int],
@@ -67,7 +79,7 @@ def make_step(
     *,
     phase: int = 1,
     merged: bool = True,
-    channels_last: bool = False,
+    channels_last: bool = True,
     compile_model: bool = False,
     separate_paths: bool = False,
     folder: Path,
@@ -102,6 +114,9 @@ def make_step(
     if phase == 2 and trainer.bn_phase == "batch":
         trainer.switch_bn()
     trainer.model.train()
+    for module in trainer.model.modules():
+        if isinstance(module, RepBN):
+            module._frozen_flag = bool(module.frozen)
     generator = torch.Generator().manual_seed(0)
     lr = trainer._to_device(torch.rand(batch, 3, patch, patch, generator=generator))
     hr = trainer._to_device(torch.rand(batch, 3, patch * scale, patch * scale, generator=generator))
@@ -143,6 +158,7 @@ def run(
     compile_model: bool = True,
 ) -> None:
     warnings.filterwarnings("ignore")
+    logging.getLogger("torch._dynamo").setLevel(logging.ERROR)  # graph-break notices (measured below)
     name = f"M{size[0]}C{size[1]} x{scale}"
     print(
         f"training iteration time, {name}, batch {batch} x {patch}x{patch} LR patches, "
@@ -157,7 +173,7 @@ def run(
 
         groups: list[tuple[str, dict[str, Callable[[], None]], str]] = [
             (
-                "phases (eager, contiguous)",
+                "phases (the trainer's CPU defaults: eager, channels-last)",
                 {
                     "plain network": step("plain"),
                     "repsr phase 1 (batch BN, fused paths)": step("repsr"),
@@ -168,20 +184,19 @@ def run(
                 "plain network",
             ),
             (
-                "channels-last memory format",
+                "contiguous memory format (channels-last off)",
                 {
-                    "plain network, channels-last": step("plain", channels_last=True),
-                    "repsr phase 1, channels-last": step("repsr", channels_last=True),
-                    "repsr phase 2 merged, channels-last": step("repsr", phase=2, channels_last=True),
+                    "plain network, contiguous": step("plain", channels_last=False),
+                    "repsr phase 1, contiguous": step("repsr", channels_last=False),
+                    "repsr phase 2 merged, contiguous": step("repsr", phase=2, channels_last=False),
                 },
-                "plain network, channels-last",
+                "plain network, contiguous",
             ),
         ]
         if compile_model:
             compiled = {
                 "plain network, torch.compile": step("plain", compile_model=True),
                 "repsr phase 1, torch.compile": step("repsr", compile_model=True),
-                "repsr phase 2 merged, torch.compile": step("repsr", phase=2, compile_model=True),
             }
             groups.append(("torch.compile (inductor)", compiled, "plain network, torch.compile"))
         for title, steps, base in groups:
@@ -195,7 +210,30 @@ def run(
                 verdict = "met" if phase1 <= TARGET_RATIO else "NOT met"
                 print(f"  target: phase 1 <= {TARGET_RATIO}x plain (min times): {phase1:.2f}x -> {verdict}")
 
-        print(" threads (eager, contiguous)")
+        if compile_model:
+            # Prototype of a proposed core change: RepBN branches on a tensor (`bool(self.frozen)`), which
+            # makes torch.compile break the graph at every BN. With a Python-level flag it does not.
+            original = RepBN.forward
+            RepBN.forward = _forward_without_graph_break
+            try:
+                steps = {
+                    "plain network, torch.compile": step("plain", compile_model=True),
+                    "repsr phase 1, torch.compile, no BN graph break": step(
+                        "repsr", compile_model=True, channels_last=True
+                    ),
+                    "repsr phase 2 merged, torch.compile, no graph break": step(
+                        "repsr", phase=2, compile_model=True, channels_last=True
+                    ),
+                }
+                print(" torch.compile with RepBN's graph break removed (prototype of a core change)")
+                times = time_interleaved(steps, rounds, per_round)
+                for row, values in times.items():
+                    base = times["plain network, torch.compile"]
+                    print(_row(row, values, base if row != "plain network, torch.compile" else None))
+            finally:
+                RepBN.forward = original
+
+        print(" threads")
         before = torch.get_num_threads()
         for threads in sorted({1, before}):
             torch.set_num_threads(threads)
@@ -204,7 +242,7 @@ def run(
             print(_row(f"{threads} thread(s): repsr phase 1", times["phase 1"], times["plain"]))
         torch.set_num_threads(before)
 
-        print(" patch shapes (eager, contiguous; same pixels per batch where possible)")
+        print(" batch and patch shapes (same LR pixels per batch)")
         for shape_batch, shape_patch in (
             (batch * 4, patch // 2),
             (batch, patch),

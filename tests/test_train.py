@@ -151,6 +151,7 @@ def test_merged_phase_two_equals_branch_phase_two_in_float64(tmp_path):
 
 
 def test_resume_gives_the_same_weights_as_one_run(tmp_path):
+    """Killed before the switch and again after it: twice resumed, the run ends exactly as the whole one."""
     config = tiny_config(
         **{"train.iterations": 10, "bn.switch_at": 0.6, "ema.enabled": True, "ema.decay": 0.9}
     )
@@ -160,12 +161,16 @@ def test_resume_gives_the_same_weights_as_one_run(tmp_path):
     assert first.run(until=5) is None  # "killed" after iteration 5; last checkpoint at 4
     first.close()
     assert [i for i, _ in ckpt.list_checkpoints(tmp_path / "split" / "checkpoints")] == [4]
-    resumed = make_trainer(tmp_path, config, name="split", resume=True)
-    assert resumed.iteration == 4
-    result = resumed.run()
+    second = make_trainer(tmp_path, config, name="split", resume=True)
+    assert second.iteration == 4 and second.bn_phase == "batch"
+    assert second.run(until=9) is None  # switched after 6, killed after 9; last checkpoint at 8
+    second.close()
+    third = make_trainer(tmp_path, config, name="split", resume=True)
+    assert third.iteration == 8 and third.bn_phase == "frozen"
+    result = third.run()
 
     assert states_equal(result.model.state_dict(), whole.model.state_dict())  # the EMA, delivered
-    assert states_equal(resumed.model.state_dict(), make_state(whole))
+    assert states_equal(third.model.state_dict(), make_state(whole))
     assert [row.get("loss") for row in result.history] == [row.get("loss") for row in whole.history]
     assert torch.equal(result.plain.body[0].weight, whole.plain.body[0].weight)
 

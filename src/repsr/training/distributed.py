@@ -104,23 +104,38 @@ def combine_moments(count: Tensor, mean: Tensor, m2: Tensor, dist_info: Distribu
     return global_mean, global_m2 / (total - 1).clamp_min(1)
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over processes whose gradient is the sum of the processes' gradients (each one's output
+    feeds every process's loss)."""
+
+    @staticmethod
+    def forward(ctx, tensor: Tensor) -> Tensor:
+        out = tensor.clone()
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad
+
+
 class SyncRepBN(RepBN):
     """`RepBN` whose batch-mode statistics are computed over all processes (any backend, CPU too).
 
-    Frozen mode and evaluation behave exactly as `RepBN`. Gradients flow through the all-reduce
-    (`torch.distributed.nn.all_reduce`), so each process gets the gradient of the global normalization.
+    Frozen mode and evaluation behave exactly as `RepBN`. Gradients flow through the all-reduce, so each
+    process gets the gradient of the global normalization.
     """
 
     def forward(self, x: Tensor) -> Tensor:
         if bool(self.frozen) or not self.training or not dist.is_initialized() or dist.get_world_size() == 1:
             return super().forward(x)
-        from torch.distributed.nn import all_reduce  # differentiable collective
-
         channels = x.shape[1]
         local_count = x.numel() // channels
         stats = torch.cat([x.sum((0, 2, 3)), (x * x).sum((0, 2, 3))])
         count = torch.tensor([float(local_count)], dtype=x.dtype, device=x.device)
-        reduced = all_reduce(torch.cat([stats, count]))
+        reduced = _AllReduceSum.apply(torch.cat([stats, count]))
         total = reduced[-1]
         mean = reduced[:channels] / total
         var = (reduced[channels : 2 * channels] / total - mean * mean).clamp_min(0)

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from repsr.blocks import BLOCKS
+from repsr.blocks import BLOCKS, RepBlock
 from repsr.data import EvalPair
 from repsr.errors import ConfigError, RepsrError
 from repsr.network import PlainSR, RepNet, build_model, reparameterize_model, set_merged_training
@@ -280,6 +280,7 @@ class Trainer:
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(config, self.run_dir / "config.yaml")
+        self._set_memory_format()
         self.log = RunLog(
             self.run_dir if self.dist.is_main else None,
             metric_columns,
@@ -340,10 +341,17 @@ class Trainer:
             freeze_bn_affine(self.model)
         set_merged_training(self.model, self.config.bn.merged_training)
 
+    def _set_memory_format(self) -> None:
+        """Channels-last weights (when on), except branch weights that only feed a merged kernel."""
+        if not self.channels_last:
+            return
+        self.model.to(memory_format=torch.channels_last)
+        for module in self.model.modules():
+            if isinstance(module, RepBlock) and module.merged_training:
+                module.to(memory_format=torch.contiguous_format)  # their gradients come out contiguous
+
     def _wrap(self) -> None:
         """The module the training forward goes through: DDP and/or torch.compile around the model."""
-        if self.channels_last:
-            self.model.to(memory_format=torch.channels_last)
         module: nn.Module = self.model
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel
@@ -427,6 +435,7 @@ class Trainer:
         if self.ema is not None:
             self.ema.copy_buffers(self.model)
         self._apply_phase()
+        self._set_memory_format()
         self._wrap()
         if self.dist.is_main:
             how = (
