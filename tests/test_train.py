@@ -303,3 +303,18 @@ def test_cli_end_to_end_with_real_images_and_sample_validation(tmp_path, capsys)
     assert main([*args, "--resume"]) == 0
     assert main(args) == 2
     assert "--resume" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("block,mode", [("ecb", "switch"), ("repsr", "none")])
+def test_networks_without_bn_train_merged_from_the_start(tmp_path, block, mode):
+    trainer = make_trainer(tmp_path, tiny_config(**{"model.block": block, "bn.mode": mode}))
+    assert trainer.bn_phase == "none" and trainer.switch_at is None
+    assert all(m.merged_training for m in trainer.model.modules() if isinstance(m, RepBlock))
+    trainer.close()
+
+
+def test_switch_at_the_very_end_still_delivers_population_statistics(tmp_path):
+    result = make_trainer(tmp_path, tiny_config(**{"bn.switch_at": 1.0})).run()
+    bns = [m for m in result.model.modules() if isinstance(m, RepBN)]
+    assert bns and all(bn.mode == "frozen" for bn in bns)
+    assert torch.load(result.checkpoint_path, weights_only=True)["bn_phase"] == "frozen"
