@@ -226,9 +226,6 @@ class Trainer:
         self.switch_at = config.switch_iteration if model_has_bn(config) else None
         channels_last = config.train.channels_last
         self.channels_last = self.device.type == "cpu" if channels_last is None else channels_last
-        self._threads_before = torch.get_num_threads()
-        if config.train.threads:
-            torch.set_num_threads(config.train.threads)
 
         torch.manual_seed(config.seed)
         self.model = build_network(config).to(device=self.device, dtype=dtype)
@@ -261,21 +258,8 @@ class Trainer:
         self.train_set = build_train_set(config, data)
         if len(self.train_set) == 0:
             raise ConfigError("data: the training set is empty")
-        eval_sets: dict[str, Iterable[EvalPair]] = {}
-        if self.dist.is_main:  # only rank 0 validates
-            ready = {k: v for k, v in (val or {}).items() if k not in val_paths}
-            folders = {name: Path(root) for name, root in config.val.sets.items()}
-            eval_sets.update(
-                build_eval_sets(
-                    folders,
-                    config.model.scale,
-                    y_channel=config.model.in_channels == 1,
-                    sample=config.val.sample and val is None,
-                )
-            )
-            eval_sets.update(ready)
-        self.eval_sets = eval_sets
-        metric_columns = [f"{name}/{m}" for name in eval_sets for m in ("psnr", "ssim")]
+        self.eval_sets = self._eval_sets(val) if self.dist.is_main else {}  # only rank 0 validates
+        metric_columns = [f"{name}/{m}" for name in self.eval_sets for m in ("psnr", "ssim")]
 
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -288,7 +272,24 @@ class Trainer:
             history=history,
             start_iteration=self.iteration,
         )
+        self._threads_before = torch.get_num_threads()
+        if config.train.threads:
+            torch.set_num_threads(config.train.threads)
         self._wrap()
+
+    def _eval_sets(self, val: dict[str, Path | Iterable[EvalPair]] | None) -> dict[str, Iterable[EvalPair]]:
+        """Folders from `val.sets` (which include `val`'s folders), ready sets from `val`, else samples."""
+        config = self.config
+        sets: dict[str, Iterable[EvalPair]] = dict(
+            build_eval_sets(
+                {name: Path(root) for name, root in config.val.sets.items()},
+                config.model.scale,
+                y_channel=config.model.in_channels == 1,
+                sample=config.val.sample and val is None,
+            )
+        )
+        sets.update({k: v for k, v in (val or {}).items() if not isinstance(v, str | Path)})
+        return sets
 
     # ------------------------------------------------------------------------------------- state
 
@@ -439,8 +440,8 @@ class Trainer:
         self._wrap()
         if self.dist.is_main:
             how = (
-                f"recomputed over {report.batches} batches (running averages were off by "
-                f"{report.mean_shift:.3f} std in mean, x{report.var_ratio:.3f} in variance)"
+                f"recomputed over {report.batches} batches (vs the running averages: mean shift "
+                f"{report.mean_shift:.3f} std, variance ratio {report.var_ratio:.3f})"
                 if report.batches
                 else "taken from the running averages"
             )
@@ -479,84 +480,81 @@ class Trainer:
         self.log.close()
         torch.set_num_threads(self._threads_before)
 
+    @contextlib.contextmanager
+    def _progress_bar(self, stop: int) -> Iterator[Any]:
+        """A tqdm bar on rank 0 (iterations/s, ETA, loss, LR), with log lines routed around it."""
+        if not (self.progress and self.dist.is_main and self.iteration < stop):
+            yield None
+            return
+        from tqdm import tqdm
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
+        bar = tqdm(total=self.total, initial=self.iteration, unit="it", dynamic_ncols=True, smoothing=0.05)
+        try:
+            with logging_redirect_tqdm(loggers=[logging.getLogger()]):
+                yield bar
+        finally:
+            bar.close()
+
+    def _tick(self) -> None:
+        """Add the wall time since the last tick to `seconds` (training time, validation included)."""
+        now = time.perf_counter()
+        self.seconds += now - self._last_tick
+        self._last_tick = now
+
     def _loop(self, stop: int) -> None:
-        config = self.config
-        show_bar = self.progress and self.dist.is_main and self.iteration < stop
-        bar = None
-        if show_bar:
-            from tqdm import tqdm
-
-            bar = tqdm(
-                total=self.total, initial=self.iteration, unit="it", dynamic_ncols=True, smoothing=0.05
-            )
-        redirect: Any = contextlib.nullcontext()
-        if bar is not None:
-            from tqdm.contrib.logging import logging_redirect_tqdm
-
-            redirect = logging_redirect_tqdm(loggers=[logging.getLogger()])
-        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        loss_count = 0
+        self._loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        self._loss_count = 0
         self._bad = torch.zeros((), dtype=torch.bool, device=self.device)
         self._checked_at = self.iteration
         self.model.train()
-        start = self.iteration
-        with redirect:
-            batches = iter(self._loader(TRAIN_STREAM, start, self.total)) if start < stop else iter(())
-            tick = time.perf_counter()
-            try:
-                while self.iteration < stop:
-                    if (
-                        self.switch_at is not None
-                        and self.bn_phase == "batch"
-                        and self.iteration >= self.switch_at
-                    ):
-                        self.switch_bn()
-                    lr_patch, hr_patch = next(batches)
-                    loss = self.train_step(self._to_device(lr_patch), self._to_device(hr_patch))
-                    self._bad |= ~torch.isfinite(loss)
-                    loss_sum += loss
-                    loss_count += 1
-                    self.iteration += 1
-                    it = self.iteration
-                    if bar is not None:
-                        bar.update(1)
-                    if it % config.log.every == 0 or it == self.total:
-                        now = time.perf_counter()
-                        self.seconds += now - tick
-                        tick = now
-                        self._check_finite()
-                        mean_loss = self._mean_loss(loss_sum, loss_count)
-                        loss_sum.zero_()
-                        loss_count = 0
-                        lr = self.optimizer.param_groups[0]["lr"]
-                        self.log.record(
-                            it, loss=mean_loss, lr=lr, bn_phase=self.bn_phase, seconds=round(self.seconds, 3)
-                        )
-                        if bar is not None:
-                            bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", bn=self.bn_phase)
-                        if self.dist.is_main:
-                            log.info(
-                                "iter %d/%d loss %.5f lr %.3e bn %s",
-                                it,
-                                self.total,
-                                mean_loss,
-                                lr,
-                                self.bn_phase,
-                            )
-                    if it == self.total and self.switch_at is not None and self.bn_phase == "batch":
-                        self.switch_bn()  # bn.switch_at 1.0: precise statistics for the delivered model
-                    if config.val.every and it % config.val.every == 0 or it == self.total:
-                        self.validate()
-                    self.log.flush()  # before the checkpoint, which stores the history
-                    if it % config.checkpoint.every == 0 or it == self.total:
-                        self.seconds += time.perf_counter() - tick
-                        tick = time.perf_counter()
-                        self.save_checkpoint()
-                self.seconds += time.perf_counter() - tick
-            finally:
+        if self.iteration >= stop:
+            return
+        batches = iter(self._loader(TRAIN_STREAM, self.iteration, self.total))
+        self._last_tick = time.perf_counter()
+        with self._progress_bar(stop) as bar:
+            while self.iteration < stop:
+                if (
+                    self.switch_at is not None
+                    and self.bn_phase == "batch"
+                    and self.iteration >= self.switch_at
+                ):
+                    self.switch_bn()
+                lr_patch, hr_patch = next(batches)
+                loss = self.train_step(self._to_device(lr_patch), self._to_device(hr_patch))
+                self._bad |= ~torch.isfinite(loss)
+                self._loss_sum += loss
+                self._loss_count += 1
+                self.iteration += 1
                 if bar is not None:
-                    bar.close()
-                del batches
+                    bar.update(1)
+                self._after_step(bar)
+        self._tick()
+
+    def _after_step(self, bar: Any) -> None:
+        """What happens between iterations: log, the switch at the very end, validation, checkpoint."""
+        it, config = self.iteration, self.config
+        last = it == self.total
+        if it % config.log.every == 0 or last:
+            self._tick()
+            self._check_finite()
+            mean_loss = self._mean_loss(self._loss_sum, self._loss_count)
+            self._loss_sum.zero_()
+            self._loss_count = 0
+            lr = config.train.lr * lr_factor(config, it - 1)  # the rate of the step just taken
+            self.log.record(it, loss=mean_loss, lr=lr, bn_phase=self.bn_phase, seconds=round(self.seconds, 3))
+            if bar is not None:
+                bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", bn=self.bn_phase)
+            if self.dist.is_main:
+                log.info("iter %d/%d loss %.5f lr %.3e bn %s", it, self.total, mean_loss, lr, self.bn_phase)
+        if last and self.switch_at is not None and self.bn_phase == "batch":
+            self.switch_bn()  # bn.switch_at 1.0: precise statistics for the delivered model
+        if (config.val.every and it % config.val.every == 0) or last:
+            self.validate()
+        self.log.flush()  # before the checkpoint, which stores the history
+        if it % config.checkpoint.every == 0 or last:
+            self._tick()
+            self.save_checkpoint()
 
     def _mean_loss(self, loss_sum: Tensor, count: int) -> float:
         packed = torch.stack([loss_sum, torch.tensor(float(count), dtype=torch.float64, device=self.device)])
