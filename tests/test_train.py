@@ -318,3 +318,13 @@ def test_switch_at_the_very_end_still_delivers_population_statistics(tmp_path):
     bns = [m for m in result.model.modules() if isinstance(m, RepBN)]
     assert bns and all(bn.mode == "frozen" for bn in bns)
     assert torch.load(result.checkpoint_path, weights_only=True)["bn_phase"] == "frozen"
+
+
+def test_freeze_affine_stops_gamma_beta_after_the_switch(tmp_path):
+    trainer = make_trainer(tmp_path, tiny_config(**{"bn.freeze_affine": True}))
+    trainer.run(until=5)  # switched after 4
+    bn = next(m for m in trainer.model.modules() if isinstance(m, RepBN))
+    gamma, conv = bn.weight.detach().clone(), trainer.model.head.weight.detach().clone()
+    result = trainer.run()
+    assert not bn.weight.requires_grad and torch.equal(bn.weight, gamma)
+    assert not torch.equal(result.model.head.weight, conv)  # the convolutions still train
