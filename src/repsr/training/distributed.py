@@ -133,8 +133,9 @@ class SyncRepBN(RepBN):
             return super().forward(x)
         channels = x.shape[1]
         local_count = x.numel() // channels
-        stats = torch.cat([x.sum((0, 2, 3)), (x * x).sum((0, 2, 3))])
-        count = torch.tensor([float(local_count)], dtype=x.dtype, device=x.device)
+        xf = x if x.dtype == torch.float64 else x.float()  # statistics in at least float32 (autocast)
+        stats = torch.cat([xf.sum((0, 2, 3)), (xf * xf).sum((0, 2, 3))])
+        count = torch.tensor([float(local_count)], dtype=xf.dtype, device=x.device)
         reduced = _AllReduceSum.apply(torch.cat([stats, count]))
         total = reduced[-1]
         mean = reduced[:channels] / total
@@ -146,8 +147,8 @@ class SyncRepBN(RepBN):
             self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), momentum)
             self.running_var.lerp_(unbiased.detach().to(self.running_var.dtype), momentum)
         shape = (1, channels, 1, 1)
-        normalized = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
-        return normalized * self.weight.view(shape) + self.bias.view(shape)
+        normalized = (xf - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        return (normalized * self.weight.view(shape) + self.bias.view(shape)).to(x.dtype)
 
 
 def enable_sync_bn(model: nn.Module) -> int:
