@@ -66,9 +66,11 @@ def bench_decode(img: torch.Tensor, folder: Path) -> None:
     t_decode = _time(lambda: read_pixels(path), repeat=3)
     pixels = read_pixels(path).array
     t_lr = _time(lambda: make_lr(pixels, 4), repeat=3)
-    print(f"decode 2K PNG: {t_decode * 1e3:.0f} ms; make LR x4 (float64): {t_lr * 1e3:.0f} ms "
-          f"(paid once per image thanks to the cache; decoding per patch would cap a loader "
-          f"at ~{1 / t_decode:.0f} patches/s per worker)")
+    print(
+        f"decode 2K PNG: {t_decode * 1e3:.0f} ms; make LR x4 (float64): {t_lr * 1e3:.0f} ms "
+        f"(paid once per image thanks to the cache; decoding per patch would cap a loader "
+        f"at ~{1 / t_decode:.0f} patches/s per worker)"
+    )
 
 
 def bench_loader(folder: Path) -> None:
@@ -90,7 +92,10 @@ def bench_loader(folder: Path) -> None:
         single = n / (time.perf_counter() - start)
         batch, workers, batches = 32, 2, 60
         loader = torch.utils.data.DataLoader(
-            ds, batch_size=batch, sampler=range(10_000, 10_000 + batch * batches), num_workers=workers,
+            ds,
+            batch_size=batch,
+            sampler=range(10_000, 10_000 + batch * batches),
+            num_workers=workers,
             persistent_workers=False,
         )
         it = iter(loader)
@@ -98,10 +103,12 @@ def bench_loader(folder: Path) -> None:
         start = time.perf_counter()
         count = sum(lr.shape[0] for lr, _ in it)
         multi = count / (time.perf_counter() - start)
-        print(f"loader x{scale} LR {patch}px / HR {patch * scale}px ({len(ds)} sample images): "
-              f"cache build {build:.1f} s, cached reopen {reopen * 1e3:.0f} ms, "
-              f"{single:.0f} patches/s in-process, {multi:.0f} patches/s DataLoader({workers} workers, "
-              f"batch {batch}) = {multi / batch:.0f} batches/s")
+        print(
+            f"loader x{scale} LR {patch}px / HR {patch * scale}px ({len(ds)} sample images): "
+            f"cache build {build:.1f} s, cached reopen {reopen * 1e3:.0f} ms, "
+            f"{single:.0f} patches/s in-process, {multi:.0f} patches/s DataLoader({workers} workers, "
+            f"batch {batch}) = {multi / batch:.0f} batches/s"
+        )
 
 
 def bench_metrics(img: torch.Tensor) -> None:

@@ -35,6 +35,7 @@ def _as_uint8_hwc(img: torch.Tensor) -> np.ndarray:
 
 def _reference_psnr_y(sr: np.ndarray, hr: np.ndarray, border: int) -> float:
     """Written from the protocol's definition: uint8 HWC RGB, crop, unrounded Y, 0..255 PSNR."""
+
     def y(img):
         img = img[border:-border, border:-border].astype(np.float64)
         return 16.0 + img @ np.array([65.481, 128.553, 24.966]) / 255.0

@@ -519,7 +519,7 @@ class EvalSet:
 
     @property
     def layout(self) -> str:
-        """"paired" when LR files are read, "generated" when LR is made by imresize."""
+        """ "paired" when LR files are read, "generated" when LR is made by imresize."""
         return "paired" if self.lr_files is not None else "generated"
 
     def __len__(self) -> int:
