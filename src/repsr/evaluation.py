@@ -11,6 +11,7 @@ upscale` writes); its Y channel is the model's own, so the Y-PSNR is the model's
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -95,9 +96,11 @@ def evaluate(
     y_channel: bool = True,
     upscaler: Upscaler | None = None,
     progress: bool = False,
+    baseline: bool = True,
 ) -> EvalResults:
     """PSNR/SSIM of `model` and of bicubic on each dataset (name -> iterable of `EvalPair`-like items
-    with `.name`, `.lr`, `.hr`); `crop_border` defaults to the scale, metrics on Y by default."""
+    with `.name`, `.lr`, `.hr`); `crop_border` defaults to the scale, metrics on Y by default.
+    `baseline=False` skips the bicubic row (its fields are NaN), as validation during training does."""
     from repsr.metrics import psnr, ssim
     from repsr.resize import imresize
 
@@ -114,14 +117,14 @@ def evaluate(
                     f"{name}/{pair.name}: HR {tuple(hr.shape[-2:])} is not LR {tuple(lr.shape[-2:])} x{scale}"
                 )
             prediction = _prediction(upscaler, lr, hr).clamp(0, 1)
-            bicubic = imresize(lr, scale).clamp(0, 1)
+            bicubic = imresize(lr, scale).clamp(0, 1) if baseline else None
             score.images.append(
                 ImageScore(
                     name=pair.name,
                     psnr=psnr(prediction, hr, border, y_channel=y_channel),
                     ssim=ssim(prediction, hr, border, y_channel=y_channel),
-                    bicubic_psnr=psnr(bicubic, hr, border, y_channel=y_channel),
-                    bicubic_ssim=ssim(bicubic, hr, border, y_channel=y_channel),
+                    bicubic_psnr=psnr(bicubic, hr, border, y_channel=y_channel) if baseline else math.nan,
+                    bicubic_ssim=ssim(bicubic, hr, border, y_channel=y_channel) if baseline else math.nan,
                 )
             )
         if not score.images:
@@ -152,21 +155,26 @@ def sample_dataset(scale: int) -> list[Any]:
     return [EvalSet(path, scale)[0] for path in sample_images()["val"]]
 
 
+def parse_named_folders(specs: Sequence[str], flag: str = "--data") -> dict[str, Path]:
+    """`NAME=DIR` command-line arguments -> {NAME: DIR}; malformed or repeated names are `ConfigError`s."""
+    folders: dict[str, Path] = {}
+    for spec in specs:
+        name, sep, folder = spec.partition("=")
+        if not sep or not name or not folder:
+            raise ConfigError(f"{flag} {spec!r}: expected NAME=DIR, e.g. Set5=datasets/Set5")
+        if name in folders:
+            raise ConfigError(f"{flag} {spec!r}: dataset name {name!r} given twice")
+        folders[name] = Path(folder)
+    return folders
+
+
 def open_datasets(specs: Sequence[str], scale: int) -> dict[str, Any]:
     """`NAME=DIR` arguments -> {name: EvalSet}; no arguments -> the built-in sample set as `sample`."""
     from repsr.data import EvalSet
 
     if not specs:
         return {SAMPLE_NAME: sample_dataset(scale)}
-    folders: dict[str, str] = {}
-    for spec in specs:
-        name, sep, folder = spec.partition("=")
-        if not sep or not name or not folder:
-            raise ConfigError(f"--data {spec!r}: expected NAME=DIR, e.g. Set5=datasets/Set5")
-        if name in folders:
-            raise ConfigError(f"--data {spec!r}: dataset name {name!r} given twice")
-        folders[name] = folder
-    return {name: EvalSet(folder, scale, name=name) for name, folder in folders.items()}
+    return {name: EvalSet(folder, scale, name=name) for name, folder in parse_named_folders(specs).items()}
 
 
 def format_table(results: EvalResults) -> str:

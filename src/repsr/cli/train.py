@@ -10,8 +10,6 @@ import logging
 import os
 from pathlib import Path
 
-from repsr.errors import ConfigError
-
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -42,20 +40,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def parse_val(items: list[str]) -> dict[str, Path]:
-    """`NAME=DIR` strings -> {NAME: DIR}; a bare DIR is named after its folder."""
-    sets: dict[str, Path] = {}
-    for item in items:
-        name, sep, folder = item.partition("=")
-        if not sep:
-            name, folder = Path(item).name, item
-        if not name or not folder:
-            raise ConfigError(f"--val {item!r}: expected NAME=DIR")
-        sets[name] = Path(folder)
-    return sets
-
-
 def run(args: argparse.Namespace) -> int:
+    from repsr.evaluation import parse_named_folders
     from repsr.training import load_config, train
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -63,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     result = train(
         config,
         data=args.data,
-        val=parse_val(args.val) or None,
+        val=parse_named_folders(args.val, "--val") or None,
         out=args.out,
         resume=args.resume,
         progress=not args.no_progress,

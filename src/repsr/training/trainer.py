@@ -284,7 +284,6 @@ class Trainer:
             build_eval_sets(
                 {name: Path(root) for name, root in config.val.sets.items()},
                 config.model.scale,
-                y_channel=config.model.in_channels == 1,
                 sample=config.val.sample and val is None,
             )
         )

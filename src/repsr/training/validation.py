@@ -12,8 +12,9 @@ from pathlib import Path
 
 import torch
 
-from repsr import data, metrics
+from repsr import evaluation
 from repsr.data import EvalPair, EvalSet
+from repsr.evaluation import sample_dataset
 from repsr.network import RepNet, reparameterize_model
 
 SAMPLE_SET = "sample"
@@ -50,18 +51,17 @@ class CachedEvalSet:
             self._cache, self._complete = kept, True
 
 
-def build_eval_sets(
-    val: dict[str, Path], scale: int, *, y_channel: bool, sample: bool
-) -> dict[str, CachedEvalSet]:
-    """Named evaluation sets from folders; the built-in sample images as set "sample" when `val` is empty."""
-    sets = {
-        name: CachedEvalSet(name, [EvalSet(root, scale, name=name, y_channel=y_channel)])
-        for name, root in val.items()
+def build_eval_sets(val: dict[str, Path], scale: int, *, sample: bool) -> dict[str, Iterable[EvalPair]]:
+    """Named evaluation sets from folders; the built-in sample images as set "sample" when `val` is empty.
+
+    Sets are RGB whatever the model: a Y model is measured on the RGB image it produces, exactly as
+    `repsr eval` measures it.
+    """
+    sets: dict[str, Iterable[EvalPair]] = {
+        name: CachedEvalSet(name, [EvalSet(root, scale, name=name)]) for name, root in val.items()
     }
     if not sets and sample:
-        paths = data.sample_images()["val"]
-        sources = [EvalSet(p, scale, name=p.stem, y_channel=y_channel) for p in paths]
-        sets[SAMPLE_SET] = CachedEvalSet(SAMPLE_SET, sources)
+        sets[SAMPLE_SET] = sample_dataset(scale)
     return sets
 
 
@@ -76,18 +76,14 @@ def evaluate(
 ) -> dict[str, float]:
     """Mean PSNR and SSIM per set of the deployed (re-parameterized) form of `model`.
 
-    Returns `{"NAME/psnr": ..., "NAME/ssim": ...}`. `y_channel` measures on Y (RGB models); a 1-channel
-    model's output already is Y.
+    Returns `{"NAME/psnr": ..., "NAME/ssim": ...}`, measured by `repsr.evaluation.evaluate`.
     """
-    plain = reparameterize_model(model).to(device=device, dtype=torch.float32)
+    plain = reparameterize_model(model)
+    scores = evaluation.evaluate(
+        plain, sets, device=device, tile=None, crop_border=crop_border, y_channel=y_channel, baseline=False
+    )
     results: dict[str, float] = {}
-    for name, pairs in sets.items():
-        psnrs, ssims = [], []
-        for pair in pairs:
-            sr = plain(pair.lr[None].to(device)).clamp_(0, 1)[0].cpu()
-            psnrs.append(metrics.psnr(sr, pair.hr, crop_border, y_channel=y_channel))
-            ssims.append(metrics.ssim(sr, pair.hr, crop_border, y_channel=y_channel))
-        if psnrs:
-            results[f"{name}/psnr"] = float(sum(psnrs) / len(psnrs))
-            results[f"{name}/ssim"] = float(sum(ssims) / len(ssims))
+    for dataset in scores.datasets:
+        results[f"{dataset.name}/psnr"] = dataset.mean("psnr")
+        results[f"{dataset.name}/ssim"] = dataset.mean("ssim")
     return results
