@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from repsr.errors import ConfigError, RepsrError
+from repsr.errors import ConfigError, RepsrError, first_line
 from repsr.inference import prepare_model, resolve_device
 from repsr.network import RepNet, build_model, reparameterize_model
 
@@ -207,7 +207,7 @@ def make_runner(model: nn.Module, backend: str, x: Tensor, *, threads: int) -> R
         try:
             call()  # compiling happens on the first call; it belongs to setup, not to latency
         except Exception as error:  # no C++ compiler, unsupported platform, ...
-            raise BackendUnavailable(f"torch.compile failed: {_first_line(error)}") from None
+            raise BackendUnavailable(f"torch.compile failed: {first_line(error)}") from None
     return Runner(call=call, setup_s=time.perf_counter() - started, output=call)
 
 
@@ -235,7 +235,7 @@ def _onnx_runner(model: nn.Module, x: Tensor, *, threads: int, started: float) -
         try:
             write_onnx(plain, path, x.cpu(), dynamic=False, opset=18)
         except Exception as error:
-            raise BackendUnavailable(f"ONNX export failed: {_first_line(error)}") from None
+            raise BackendUnavailable(f"ONNX export failed: {first_line(error)}") from None
         session = onnx_session(path, threads=threads)
     feed = {"input": x.cpu().numpy()}
 
@@ -245,11 +245,6 @@ def _onnx_runner(model: nn.Module, x: Tensor, *, threads: int, started: float) -
     return Runner(
         call=call, setup_s=time.perf_counter() - started, output=lambda: torch.from_numpy(call()[0])
     )
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0][:160] if text else type(error).__name__
 
 
 # ------------------------------------------------------------------------------------------- models

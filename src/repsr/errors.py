@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 
+def first_line(error: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (or its type name): for one-line error reports."""
+    lines = str(error).strip().splitlines()
+    return lines[0][:limit] if lines else type(error).__name__
+
+
 class RepsrError(Exception):
     """Base class: a problem with the user's input, named in one line."""
 

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from repsr.errors import ConfigError, DependencyError, ModelFileError, RepsrError
+from repsr.errors import ConfigError, DependencyError, ModelFileError, RepsrError, first_line
 from repsr.network import ModelSpec, PlainSR, reparameterize_model
 from repsr.serialization import atomic_write, load_model, save_model
 
@@ -136,8 +136,7 @@ def load_for_deploy(
     try:
         model.load_state_dict(ema)
     except RuntimeError as error:
-        first = str(error).strip().splitlines()[0][:200]
-        raise ModelFileError(f"{path}: EMA weights do not fit the model ({first})") from None
+        raise ModelFileError(f"{path}: EMA weights do not fit the model ({first_line(error)})") from None
     if any(t.is_floating_point() and not torch.isfinite(t).all() for t in ema.values()):
         raise ModelFileError(f"{path}: EMA weights have non-finite values")
     return model.eval(), "ema"
@@ -318,8 +317,7 @@ def export_onnx(
         except RepsrError:
             raise
         except Exception as error:  # the exporter raises many types; name it in one line
-            message = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
-            raise ModelFileError(f"{path}: ONNX export failed ({message})") from None
+            raise ModelFileError(f"{path}: ONNX export failed ({first_line(error)})") from None
         session = onnx_session(draft)
         (result,) = session.run(["output"], {"input": check.numpy()})
         with torch.inference_mode():

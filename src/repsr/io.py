@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from repsr.errors import DataError, ImageError
+from repsr.errors import DataError, ImageError, first_line
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -180,8 +180,7 @@ def read_pixels(path: str | Path) -> Pixels:
     except UnidentifiedImageError as exc:
         raise ImageError(f"{path}: not an image, or a format Pillow cannot read") from exc
     except (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, IndexError) as exc:
-        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ImageError(f"{path}: truncated or corrupt image ({detail})") from exc
+        raise ImageError(f"{path}: truncated or corrupt image ({first_line(exc)})") from exc
     arr = pixels.array
     if arr.ndim != 3 or arr.shape[0] == 0 or arr.shape[1] == 0 or arr.shape[2] not in (1, 2, 3, 4):
         raise ImageError(f"{path}: unsupported image layout {arr.shape}")

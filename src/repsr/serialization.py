@@ -20,7 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 from torch import Tensor, nn
 
-from repsr.errors import ConfigError, ModelFileError
+from repsr.errors import ConfigError, ModelFileError, first_line
 from repsr.network import ModelSpec, PlainSR, RepNet
 
 FORMAT_NAME = "repsr"
@@ -90,7 +90,7 @@ def _from_safetensors(path: Path) -> nn.Module:
             metadata = handle.metadata() or {}
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as error:
-        raise ModelFileError(f"{path}: not a readable safetensors file ({_first_line(error)})") from None
+        raise ModelFileError(f"{path}: not a readable safetensors file ({first_line(error)})") from None
     if metadata.get("format") == FORMAT_NAME:
         if metadata.get("format_version") != FORMAT_VERSION:
             raise ModelFileError(f"{path}: unsupported format version {metadata.get('format_version')!r}")
@@ -107,7 +107,7 @@ def _from_torch_file(path: Path) -> nn.Module:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for corrupt or unsafe files
         raise ModelFileError(
-            f"{path}: not a loadable weights-only PyTorch file ({_first_line(error)})"
+            f"{path}: not a loadable weights-only PyTorch file ({first_line(error)})"
         ) from None
     if not isinstance(data, dict):
         raise ModelFileError(f"{path}: expected a state dict, found {type(data).__name__}")
@@ -173,8 +173,3 @@ def _load_checked(model: nn.Module, state: dict[str, Tensor], path: Path) -> Non
 def _few(keys: list[str]) -> str:
     shown = ", ".join(keys[:3])
     return shown + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0][:200] if text else type(error).__name__

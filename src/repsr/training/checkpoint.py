@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from repsr.errors import first_line
 from repsr.serialization import atomic_write
 
 CHECKPOINT_FORMAT = "repsr-train-checkpoint-1"
@@ -53,8 +54,7 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # truncated zip, pickle errors, ... : torch raises many types
-        reason = str(error).strip().splitlines()
-        raise ValueError(reason[0][:200] if reason else type(error).__name__) from None
+        raise ValueError(first_line(error)) from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError("not a repsr training checkpoint")
     missing = [k for k in REQUIRED_KEYS if k not in state]

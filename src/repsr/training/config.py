@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 from repsr.blocks import BLOCKS
-from repsr.errors import ConfigError
+from repsr.errors import ConfigError, first_line
 from repsr.network import IN_CHANNELS, SCALES
 
 BN_MODES = ("batch", "switch", "none")
@@ -186,8 +186,7 @@ def load_config(path: str | Path, overrides: typing.Iterable[str] = ()) -> Train
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else "invalid YAML"
-        raise ConfigError(f"{path}: not valid YAML ({first})") from None
+        raise ConfigError(f"{path}: not valid YAML ({first_line(error)})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of keys at the top level")
     data.setdefault("name", path.stem)
