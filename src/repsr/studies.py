@@ -228,16 +228,25 @@ def run_study(
     data: Sequence[str] = (),
     train_data: Path | None = None,
     overrides: Sequence[str] = (),
+    only: Sequence[str] = (),
     out: Path | None = None,
     progress: bool = True,
 ) -> Path:
-    """Run study `name` (see the module docstring); returns the path of its `results.md`."""
+    """Run study `name` (see the module docstring); returns the path of its `results.md`.
+
+    `only` restricts the study to the variants with these labels (e.g. a longer rerun of two of them).
+    """
     from repsr.evaluation import evaluate
     from repsr.training import TrainConfig, train
 
     if name not in STUDIES:
         raise ConfigError(f"unknown study {name!r}; choose one of {', '.join(STUDIES)}")
     study = STUDIES[name]
+    labels = [variant.label for variant in study.variants]
+    unknown = [label for label in only if label not in labels]
+    if unknown:
+        raise ConfigError(f"study {name} has no variant {unknown[0]!r}; its variants: {', '.join(labels)}")
+    variants = [variant for variant in study.variants if not only or variant.label in only]
     iterations = iterations or study.iterations
     seeds = seeds or study.seeds
     out = Path(out or Path("runs") / f"study-{name}")
@@ -246,7 +255,7 @@ def run_study(
     sets = _validation_sets(base.model.scale, data)
     records: list[RunRecord] = []
     started = time.perf_counter()
-    runs = [(variant, seed) for variant in study.variants for seed in range(seeds)]
+    runs = [(variant, seed) for variant in variants for seed in range(seeds)]
     for index, (variant, seed) in enumerate(runs, 1):
         print(f"[{index}/{len(runs)}] {name}: {variant.label}, seed {seed}", flush=True)
         config = base.with_overrides(

@@ -30,6 +30,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="KEY=VALUE",
         help="config override for every variant (e.g. train.batch_size=32)",
     )
+    parser.add_argument(
+        "--only", action="append", default=[], metavar="LABEL", help="run only this variant (repeatable)"
+    )
     parser.add_argument("--out", type=Path, help="output folder (default: runs/study-NAME)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
@@ -50,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
         data=args.data,
         train_data=args.train_data,
         overrides=args.overrides,
+        only=args.only,
         out=args.out,
         progress=not args.no_progress,
     )
