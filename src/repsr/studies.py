@@ -100,7 +100,6 @@ STUDIES: dict[str, Study] = {
             for precise in (0, 20)
         ),
         iterations=600,
-        seeds=1,
     ),
     "design": Study(
         "design",
@@ -114,7 +113,6 @@ STUDIES: dict[str, Study] = {
             Variant("BN after squeeze", ("model.squeeze_bn=true",)),
         ),
         iterations=600,
-        seeds=1,
     ),
     "speed": Study(
         "speed",
