@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from repsr.network import reparameterize_model, set_bn_mode, set_merged_training
+from repsr.network import set_bn_mode, set_merged_training
 
 DEMO_SETTINGS = (
     "name=demo",
@@ -174,7 +174,7 @@ def run_demo(minutes: float = 5.0, out: Path | None = None, progress: bool = Tru
 
     validation = sample_dataset(config.model.scale)
     model = result.model.eval()
-    plain = reparameterize_model(model)
+    plain = result.plain  # the network the trainer merged and saved: the one the check must cover
     with torch.no_grad():
         merge_error = max(float((model(p.lr[None]) - plain(p.lr[None])).abs().max()) for p in validation)
     scores = evaluate(plain, {"sample": validation}, device="cpu", tile=None)
