@@ -84,7 +84,7 @@ class OptimConfig:
     warmup: int = 0  # iterations of linear warm-up
     loss: str = "l1"  # l1 | l2
     grad_clip: float = 0.0  # max gradient norm, 0 = off
-    amp: bool = False  # bfloat16 autocast on CUDA (ignored on CPU)
+    amp: bool = False  # bfloat16 autocast of the forward pass (CPU and CUDA); loss and optimizer in float32
     channels_last: bool | None = None  # channels-last memory format; None = on for CPU, off for CUDA
     compile: bool = False  # torch.compile the training forward
     threads: int = 0  # CPU intra-op threads, 0 = PyTorch's default

@@ -402,8 +402,7 @@ class Trainer:
 
     def train_step(self, lr_patch: Tensor, hr_patch: Tensor) -> Tensor:
         """One optimisation step on a batch; returns the (detached) loss."""
-        use_amp = self.config.train.amp and self.device.type == "cuda"
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.train.amp):
             sr = self.forward_model(lr_patch)
         sr = sr.to(hr_patch.dtype)
         if self.config.train.loss == "l1":
