@@ -105,12 +105,12 @@ def test_fused_tail_equals_pixel_shuffle_plus_nearest_skip():
 
 
 def test_auto_tile_size_is_bounded(monkeypatch):
-    import repsr.inference as inference
+    import repsr.inference.devices as devices
 
     model = plain_model()
-    monkeypatch.setattr(inference, "free_memory_bytes", lambda device: 64 << 20)
+    monkeypatch.setattr(devices, "free_memory_bytes", lambda device: 64 << 20)
     small = auto_tile_size(model, torch.device("cpu"))
-    monkeypatch.setattr(inference, "free_memory_bytes", lambda device: 1 << 40)
+    monkeypatch.setattr(devices, "free_memory_bytes", lambda device: 1 << 40)
     large = auto_tile_size(model, torch.device("cpu"))
     assert 16 <= small < large <= 512 and small % 8 == 0
 

@@ -34,10 +34,9 @@ import torch
 from torch import Tensor, nn
 
 from repsr.errors import ConfigError, RepsrError, first_line
-from repsr.inference import prepare_model, resolve_device
+from repsr.inference import BENCH_BACKENDS, prepare_input, prepare_model, resolve_device
 from repsr.network import RepNet, build_model, reparameterize_model
 
-BACKENDS = ("eager", "channels-last", "compile", "onnxruntime")
 STANDARD_SIZES = ((4, 16), (10, 32), (16, 64))  # (num_blocks, channels): M4C16, M10C32, M16C64
 DEFAULT_SIZE = (320, 180)  # (width, height) of the LR input: a 1280x720 output frame at x4
 CONFIG_SUFFIXES = (".yaml", ".yml")
@@ -194,10 +193,10 @@ def make_runner(model: nn.Module, backend: str, x: Tensor, *, threads: int) -> R
     started = time.perf_counter()
     if backend == "onnxruntime":
         return _onnx_runner(model, x, threads=threads, started=started)
-    if backend not in BACKENDS:
-        raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if backend not in BENCH_BACKENDS:
+        raise ConfigError(f"backend must be one of {', '.join(BENCH_BACKENDS)}, got {backend!r}")
     module = prepare_model(model, backend, device, torch.float32)
-    inp = x if backend == "eager" else x.contiguous(memory_format=torch.channels_last)
+    inp = prepare_input(x, backend)
 
     def call() -> Tensor:
         with torch.inference_mode():
@@ -341,7 +340,7 @@ def benchmark(
     *,
     size: tuple[int, int] = DEFAULT_SIZE,
     device: str | torch.device = "auto",
-    backends: Sequence[str] = BACKENDS,
+    backends: Sequence[str] = BENCH_BACKENDS,
     threads: int | None = None,
     budget_s: float = 3.0,
     train_form: bool = True,
@@ -357,9 +356,9 @@ def benchmark(
     backend's output is compared with eager PyTorch and a difference above 1e-3 is noted on its row.
     """
     device = resolve_device(device)
-    unknown = [b for b in backends if b not in BACKENDS]
+    unknown = [b for b in backends if b not in BENCH_BACKENDS]
     if unknown:
-        raise ConfigError(f"unknown backend(s) {', '.join(unknown)}; choose from {', '.join(BACKENDS)}")
+        raise ConfigError(f"unknown backend(s) {', '.join(unknown)}; choose from {', '.join(BENCH_BACKENDS)}")
     width, height = size
     if width < 1 or height < 1:
         raise ConfigError(f"size must be positive, got {width}x{height}")

@@ -11,7 +11,7 @@ from repsr.cli.export import size_argument
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from repsr.benchmark import BACKENDS
+    from repsr.inference import BENCH_BACKENDS
 
     parser = subparsers.add_parser(
         "bench",
@@ -26,7 +26,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
     parser.add_argument("--threads", type=int, help="CPU threads (default: PyTorch's default)")
     parser.add_argument(
-        "--backend", dest="backends", action="append", choices=BACKENDS, help="only these (repeatable)"
+        "--backend", dest="backends", action="append", choices=BENCH_BACKENDS, help="only these (repeatable)"
     )
     parser.add_argument("--budget", type=float, default=3.0, help="seconds of timed runs per row (default 3)")
     parser.add_argument("--no-train-form", action="store_true", help="skip the training-form rows")
@@ -35,14 +35,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from repsr.benchmark import BACKENDS, benchmark, format_report, load_target, standard_models
+    from repsr.benchmark import benchmark, format_report, load_target, standard_models
+    from repsr.inference import BENCH_BACKENDS
 
     models = [load_target(target) for target in args.targets] if args.targets else standard_models()
     report = benchmark(
         models,
         size=args.size,
         device=args.device,
-        backends=args.backends or BACKENDS,
+        backends=args.backends or BENCH_BACKENDS,
         threads=args.threads,
         budget_s=args.budget,
         train_form=not args.no_train_form,
