@@ -33,7 +33,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from repsr.errors import ConfigError, RepsrError, first_line
+from repsr.equivalence import BACKEND_TOLERANCE, check_deviation, deviation
+from repsr.errors import ConfigError, EquivalenceError, RepsrError, first_line
 from repsr.inference import BENCH_BACKENDS, prepare_input, prepare_model, resolve_device
 from repsr.network import RepNet, build_model, reparameterize_model
 
@@ -353,7 +354,8 @@ def benchmark(
     `size` is (width, height) of the LR input. Each row's timed runs alternate with runs of a
     `peak_size` fp32 matmul probe, and its `% peak` is relative to that probe (see `time_interleaved`).
     A backend that cannot run here is reported with the reason instead of a time. With `verify`, every
-    backend's output is compared with eager PyTorch and a difference above 1e-3 is noted on its row.
+    backend's output is compared with eager PyTorch and a difference above `BACKEND_TOLERANCE` (see
+    `repsr.equivalence`) is noted on its row.
     """
     device = resolve_device(device)
     unknown = [b for b in backends if b not in BENCH_BACKENDS]
@@ -446,9 +448,11 @@ def _bench_plain_form(
         row.setup_s = runner.setup_s
         _measure(row, runner.call, probe, _output_pixels(plain, x), **timing)
         if reference is not None:
-            difference = float((runner.output().to(reference) - reference).abs().max())
-            if not difference <= 1e-3:
-                row.note = f"output differs from eager by {difference:.2g}"
+            try:
+                error = deviation(reference, runner.output())
+                check_deviation(error, BACKEND_TOLERANCE, "output differs from eager")
+            except EquivalenceError as mismatch:
+                row.note = str(mismatch)
     return rows
 
 

@@ -163,6 +163,7 @@ def measure_speed(model: nn.Module, plain: nn.Module, size: tuple[int, int] = (1
 
 def run_demo(minutes: float = 5.0, out: Path | None = None, progress: bool = True) -> DemoResult:
     """Run the whole quickstart within about `minutes` of CPU time; see the module docstring."""
+    from repsr.equivalence import IMAGE_TOLERANCE, verify_equivalence
     from repsr.evaluation import evaluate, sample_dataset
     from repsr.training import train
     from repsr.visualize import plot_history
@@ -175,8 +176,9 @@ def run_demo(minutes: float = 5.0, out: Path | None = None, progress: bool = Tru
     validation = sample_dataset(config.model.scale)
     model = result.model.eval()
     plain = result.plain  # the network the trainer merged and saved: the one the check must cover
-    with torch.no_grad():
-        merge_error = max(float((model(p.lr[None]) - plain(p.lr[None])).abs().max()) for p in validation)
+    merge_error = max(
+        verify_equivalence(model, plain, pair.lr[None], tolerance=IMAGE_TOLERANCE) for pair in validation
+    )
     scores = evaluate(plain, {"sample": validation}, device="cpu", tile=None)
     dataset = scores.datasets[0]
     comparison = write_comparison(plain, validation[0], result.run_dir / "comparison.png")

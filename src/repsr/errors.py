@@ -31,3 +31,7 @@ class ConfigError(RepsrError):
 
 class DependencyError(RepsrError):
     """An optional package the requested feature needs is not installed."""
+
+
+class EquivalenceError(ModelFileError):
+    """A converted model (merged, exported, another backend) that does not compute what its source does."""

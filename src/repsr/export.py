@@ -21,16 +21,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
-from repsr.errors import ConfigError, DependencyError, ModelFileError, RepsrError, first_line
+from repsr.equivalence import IMAGE_TOLERANCE, check_deviation, max_deviation, verify_equivalence
+from repsr.errors import (
+    ConfigError,
+    DependencyError,
+    EquivalenceError,
+    ModelFileError,
+    RepsrError,
+    first_line,
+)
 from repsr.network import ModelSpec, PlainSR, reparameterize_model
 from repsr.serialization import atomic_write, load_model, save_model
 
-DEPLOY_TOLERANCE = 1e-4
-ONNX_TOLERANCE = 1e-4
+DEPLOY_TOLERANCE = IMAGE_TOLERANCE
+ONNX_TOLERANCE = IMAGE_TOLERANCE
 ONNX_OPSET = 18
 VERIFY_SIZE = (128, 128)  # (height, width) of the photograph crop the checks run on
 ONNX_PACKAGES = ("onnx", "onnxruntime", "onnxscript")
@@ -86,12 +93,6 @@ class DeployReport:
     max_abs_diff: float
     tolerance: float
     weights: str = "model"  # "ema" when a checkpoint's EMA weights were deployed
-
-
-def max_abs_difference(reference: nn.Module, candidate: nn.Module, x: Tensor) -> float:
-    """Largest |reference(x) - candidate(x)| with both modules in eval mode."""
-    with torch.inference_mode():
-        return float((reference.eval()(x) - candidate.eval()(x)).abs().max())
 
 
 def save_compact_pth(plain: PlainSR, path: str | Path) -> None:
@@ -163,13 +164,11 @@ def deploy(
         raise ConfigError(f"{target}: deployed models are written as .safetensors or .pth")
     model, used = load_for_deploy(source, weights, device)
     plain = reparameterize_model(model)
-    x = verification_image(model.spec.in_channels).to(device)
-    difference = max_abs_difference(model, plain, x)
-    if not difference <= tolerance:  # also catches NaN
-        raise ModelFileError(
-            f"{source}: plain network differs from the training form by {difference:.3g} "
-            f"(> {tolerance:g}); nothing written"
-        )
+    x = verification_image(model.spec.in_channels)
+    try:
+        difference = verify_equivalence(model, plain, x, tolerance=tolerance)
+    except EquivalenceError as error:
+        raise EquivalenceError(f"{source}: {error}; nothing written") from None
     if target.suffix == ".pth":
         save_compact_pth(plain, target)
     else:
@@ -319,16 +318,15 @@ def export_onnx(
         except Exception as error:  # the exporter raises many types; name it in one line
             raise ModelFileError(f"{path}: ONNX export failed ({first_line(error)})") from None
         session = onnx_session(draft)
-        (result,) = session.run(["output"], {"input": check.numpy()})
-        with torch.inference_mode():
-            expected = plain(check).numpy()
-        if result.shape != expected.shape:
-            raise ModelFileError(f"{path}: ONNX output shape {result.shape} != PyTorch {expected.shape}")
-        difference = float(np.abs(result - expected).max())
-        if not difference <= tolerance:
-            raise ModelFileError(
-                f"{path}: ONNX Runtime differs from PyTorch by {difference:.3g} (> {tolerance:g}); not kept"
-            )
+
+        def onnx_runtime(x: Tensor) -> Tensor:
+            return torch.from_numpy(session.run(["output"], {"input": x.numpy()})[0])
+
+        try:
+            difference = max_deviation(plain, onnx_runtime, check)
+            check_deviation(difference, tolerance, "ONNX Runtime differs from PyTorch")
+        except EquivalenceError as error:
+            raise EquivalenceError(f"{path}: {error}; not kept") from None
         data = draft.read_bytes()
     atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
     return OnnxExportReport(
