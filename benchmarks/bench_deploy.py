@@ -6,17 +6,18 @@ come from one process; on a shared machine compare the ratios, not the absolute 
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from repsr.runtime import use_passive_omp_wait  # noqa: E402
+
 # Idle OpenMP threads sleep instead of spinning: on a shared CPU spinning costs 3-6x on small convs (see
-# repsr.benchmark). Only effective when this file is the program (torch not imported yet).
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# repsr.runtime). Only effective when this file is the program (torch not imported yet).
+use_passive_omp_wait()
 
 import torch  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from repsr.benchmark import benchmark, format_report, standard_models  # noqa: E402
 from repsr.inference import AUTO_BACKEND  # noqa: E402

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import statistics
 import sys
 import tempfile
@@ -23,8 +22,11 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `import repsr` does; must precede torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from repsr.runtime import use_passive_omp_wait  # noqa: E402
+
+use_passive_omp_wait()  # as the `repsr` CLI does; must precede torch
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402

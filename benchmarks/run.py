@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import importlib
-import os
 import platform
 import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `import repsr` does; must precede torch
+sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from repsr.runtime import use_passive_omp_wait  # noqa: E402
+
+use_passive_omp_wait()  # as the `repsr` CLI does; must precede torch
 
 import torch  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).parent))
 
 SECTIONS = ("bench_data", "bench_train", "bench_deploy")
 

@@ -8,17 +8,42 @@ repsr.save_model(plain, "model.safetensors")
 plain = repsr.load_model("model.safetensors")
 """
 
-import os
+import importlib
+from typing import Any
 
-# Idle OpenMP threads that spin take the cores from the working ones when a CPU is shared (or has as
-# few cores as the machines this toolkit targets): measured 2-6x slower inference. It must be set
-# before torch is first imported; users can still choose another policy in their environment.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from repsr.errors import RepsrError
 
-from repsr.errors import RepsrError  # noqa: E402
-from repsr.network import ModelSpec, PlainSR, RepNet, build_model, reparameterize_model  # noqa: E402
-from repsr.resize import imresize  # noqa: E402
-from repsr.serialization import load_model, save_model  # noqa: E402
+# The public names below load on first use: `import repsr` alone imports no torch and changes nothing
+# in the process (entry points choose thread settings, see `repsr.runtime`).
+_EXPORTS = {
+    "ModelSpec": "repsr.network",
+    "PlainSR": "repsr.network",
+    "RepNet": "repsr.network",
+    "build_model": "repsr.network",
+    "reparameterize_model": "repsr.network",
+    "imresize": "repsr.resize",
+    "load_model": "repsr.serialization",
+    "save_model": "repsr.serialization",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    else:
+        try:  # submodules (`repsr.metrics`, `repsr.data`, ...) without importing them first
+            value = importlib.import_module(f"repsr.{name}")
+        except ModuleNotFoundError as error:
+            if error.name != f"repsr.{name}":
+                raise
+            raise AttributeError(f"module 'repsr' has no attribute {name!r}") from None
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
 
 __version__ = "0.1.0"
 

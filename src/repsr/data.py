@@ -18,7 +18,6 @@ import logging
 import operator
 import os
 import re
-import threading
 import warnings
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
@@ -31,6 +30,7 @@ import numpy as np
 import torch
 
 from repsr import io as rio
+from repsr.atomic import atomic_write_stream
 from repsr.color import rgb_to_y
 from repsr.errors import DataError, ImageError, RepsrError
 from repsr.resize import imresize
@@ -193,18 +193,11 @@ class CacheError(DataError):
 
 
 def _atomic_write(path: Path, write) -> None:
-    """Write under a temporary name, then rename: readers never see a partial file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    """`repsr.atomic.atomic_write_stream` (write(handle), fsync, rename); failures are `CacheError`s."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
+        atomic_write_stream(path, write)
     except OSError as exc:
         raise CacheError(f"{path.parent}: cannot write the data cache ({exc.strerror or exc})") from exc
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 class _Cache:

@@ -6,13 +6,19 @@ LR, measured the same way, so every table carries its own sanity check (x4 Set5 
 
 A Y-channel model is measured on the RGB image it produces (its Y plus bicubic Cb/Cr, what `repsr
 upscale` writes); its Y channel is the model's own, so the Y-PSNR is the model's.
+
+`evaluate` is the one measurement; `repsr eval`, the studies and validation during training all call
+it. Training validates with `validation_metrics`: `evaluate` on the deployed (re-parameterized) form,
+without the bicubic row, as flat `{"NAME/psnr": ..., "NAME/ssim": ...}` for the run log. Evaluating the
+training form in `train()` mode would normalize each image with its own statistics and hide exactly the
+artifacts the BN switch is about; the plain network shows what a user of the delivered model gets.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +30,7 @@ from repsr.errors import ConfigError, DataError
 from repsr.inference import Upscaler, upscale_rgb
 
 SAMPLE_NAME = "sample"
+_CACHE_BYTES = 256 * 2**20  # images kept decoded in memory per cached set (re-read beyond that)
 
 
 @dataclass
@@ -68,9 +75,17 @@ class EvalResults:
             entry["count"] = len(dataset.images)
         return data
 
+    def metrics(self) -> dict[str, float]:
+        """Mean PSNR and SSIM per dataset as `{"NAME/psnr": ..., "NAME/ssim": ...}` (the run log's keys)."""
+        results: dict[str, float] = {}
+        for dataset in self.datasets:
+            results[f"{dataset.name}/psnr"] = dataset.mean("psnr")
+            results[f"{dataset.name}/ssim"] = dataset.mean("ssim")
+        return results
+
     def write_json(self, path: str | Path) -> None:
         """Write `to_dict()` to `path` (atomically)."""
-        from repsr.serialization import atomic_write
+        from repsr.atomic import atomic_write
 
         text = json.dumps(self.to_dict(), indent=2)
         atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text))
@@ -133,6 +148,30 @@ def evaluate(
     return results
 
 
+def validation_metrics(
+    model: nn.Module,
+    sets: Mapping[str, Iterable[Any]],
+    *,
+    crop_border: int,
+    y_channel: bool,
+    device: str | torch.device,
+) -> dict[str, float]:
+    """`evaluate` of the deployed (re-parameterized, untiled) form of `model` without the bicubic row,
+    as `EvalResults.metrics()`: what training records at each validation."""
+    from repsr.network import reparameterize_model
+
+    scores = evaluate(
+        reparameterize_model(model),
+        sets,
+        device=device,
+        tile=None,
+        crop_border=crop_border,
+        y_channel=y_channel,
+        baseline=False,
+    )
+    return scores.metrics()
+
+
 def _progress(pairs: Iterable[Any], name: str, enabled: bool) -> Iterable[Any]:
     if not enabled:
         return pairs
@@ -168,13 +207,59 @@ def parse_named_folders(specs: Sequence[str], flag: str = "--data") -> dict[str,
     return folders
 
 
-def open_datasets(specs: Sequence[str], scale: int) -> dict[str, Any]:
-    """`NAME=DIR` arguments -> {name: EvalSet}; no arguments -> the built-in sample set as `sample`."""
+class CachedEvalSet:
+    """An evaluation set whose pairs are decoded once and kept in memory (up to a budget): training
+    validates on the same images many times."""
+
+    def __init__(self, name: str, sources: Iterable[Any]) -> None:
+        self.name = name
+        self.sources = list(sources)
+        self._cache: list[Any] = []
+        self._complete = False
+
+    def __len__(self) -> int:
+        return sum(len(s) for s in self.sources)
+
+    def __iter__(self) -> Iterator[Any]:
+        if self._complete:
+            yield from self._cache
+            return
+        kept, budget = [], _CACHE_BYTES
+        for source in self.sources:
+            for pair in source:
+                size = (pair.lr.numel() + pair.hr.numel()) * pair.hr.element_size()
+                if budget >= size:
+                    kept.append(pair)
+                    budget -= size
+                else:
+                    budget = -1
+                yield pair
+        if budget >= 0:
+            self._cache, self._complete = kept, True
+
+
+def build_eval_sets(
+    folders: Mapping[str, Path], scale: int, *, sample: bool = True, cached: bool = False
+) -> dict[str, Iterable[Any]]:
+    """Named evaluation sets from folders (kept decoded in memory with `cached`); the built-in sample
+    images as set `sample` when `folders` is empty and `sample` is set.
+
+    Sets are RGB whatever the model: a Y model is measured on the RGB image it produces.
+    """
     from repsr.data import EvalSet
 
-    if not specs:
-        return {SAMPLE_NAME: sample_dataset(scale)}
-    return {name: EvalSet(folder, scale, name=name) for name, folder in parse_named_folders(specs).items()}
+    sets: dict[str, Iterable[Any]] = {}
+    for name, folder in folders.items():
+        dataset = EvalSet(folder, scale, name=name)
+        sets[name] = CachedEvalSet(name, [dataset]) if cached else dataset
+    if not sets and sample:
+        sets[SAMPLE_NAME] = sample_dataset(scale)
+    return sets
+
+
+def open_datasets(specs: Sequence[str], scale: int) -> dict[str, Any]:
+    """`NAME=DIR` arguments -> {name: EvalSet}; no arguments -> the built-in sample set as `sample`."""
+    return build_eval_sets(parse_named_folders(specs), scale)
 
 
 def format_table(results: EvalResults) -> str:

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from repsr.atomic import atomic_write
 from repsr.equivalence import IMAGE_TOLERANCE, check_deviation, max_deviation, verify_equivalence
 from repsr.errors import (
     ConfigError,
@@ -34,7 +35,7 @@ from repsr.errors import (
     first_line,
 )
 from repsr.network import ModelSpec, PlainSR, reparameterize_model
-from repsr.serialization import atomic_write, load_model, save_model
+from repsr.serialization import load_model, save_model
 
 DEPLOY_TOLERANCE = IMAGE_TOLERANCE
 ONNX_TOLERANCE = IMAGE_TOLERANCE

@@ -10,9 +10,7 @@ both through `torch.load(..., weights_only=True)`.
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import torch
@@ -20,6 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 from torch import Tensor, nn
 
+from repsr.atomic import atomic_write
 from repsr.errors import ConfigError, ModelFileError, first_line
 from repsr.network import ModelSpec, PlainSR, RepNet
 
@@ -31,29 +30,6 @@ def model_metadata(model: nn.Module) -> dict[str, str]:
     """The safetensors header metadata that describes `model`."""
     form = "plain" if isinstance(model, PlainSR) else "train"
     return {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "form": form, **model.spec.to_metadata()}
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call `write(tmp_path)`, fsync, then rename over `path`: a crash never leaves a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give what a plain open() would
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def save_model(model: nn.Module, path: str | Path) -> None:

@@ -2,6 +2,11 @@
 
 Each sub-command lives in its own module with `add_parser(subparsers)` and `run(args) -> int`.
 Errors the user can fix (`RepsrError`) are printed as one line, never as a traceback.
+
+Process settings: `main` calls `repsr.runtime.use_passive_omp_wait()` before any command module (and so
+torch) is imported. That works for the console script and `python -m repsr` because neither `repsr`
+nor `repsr.cli` imports torch at import time (the package's names load lazily); when a program imports
+torch before calling `main`, OpenMP keeps the policy it started with.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import importlib.util
 import sys
 
 from repsr.errors import RepsrError
+from repsr.runtime import use_passive_omp_wait
 
 # name -> module; each module defines add_parser() and run().
 COMMANDS: dict[str, str] = {
@@ -31,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit status."""
+    use_passive_omp_wait()  # before build_parser: command modules import torch
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
