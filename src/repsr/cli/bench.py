@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from repsr.cli.export import size_argument
+from repsr.cli.args import add_device, add_size
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -20,10 +20,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "repsr, randomly initialised). All figures come from one run: compare ratios, not absolutes.",
     )
     parser.add_argument("targets", nargs="*", type=Path, help="model files or YAML configs")
-    parser.add_argument(
-        "--size", type=size_argument, default=(320, 180), help="LR input WxH (default 320x180)"
-    )
-    parser.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    add_size(parser, (320, 180), "LR input")
+    add_device(parser)
     parser.add_argument("--threads", type=int, help="CPU threads (default: PyTorch's default)")
     parser.add_argument(
         "--backend", dest="backends", action="append", choices=BENCH_BACKENDS, help="only these (repeatable)"

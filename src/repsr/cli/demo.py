@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from repsr.cli.args import add_progress
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -15,7 +17,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--minutes", type=float, default=5.0, help="time budget (default: 5)")
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="run folder (default: runs/demo)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_progress(parser)
     parser.set_defaults(func=run)
 
 

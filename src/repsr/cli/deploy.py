@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from repsr.cli.args import add_device
 from repsr.export import DEPLOY_TOLERANCE, WEIGHTS_CHOICES
 
 
@@ -29,7 +30,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default="auto",
         help="a checkpoint's EMA or raw weights (default auto: EMA when the checkpoint has it)",
     )
-    parser.add_argument("--device", default="cpu", help="where to run the check (default cpu)")
+    add_device(parser, "cpu", " the check")
     parser.set_defaults(func=run)
 
 

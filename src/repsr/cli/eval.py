@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from repsr.cli.args import add_device, add_named_folders, add_progress
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -14,17 +16,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "rounding). Without --data, the built-in sample validation photographs are used.",
     )
     parser.add_argument("model", type=Path, help="model file (.safetensors, .pth, or a checkpoint)")
-    parser.add_argument(
-        "--data",
-        nargs="+",
-        default=[],
-        metavar="NAME=DIR",
-        help="datasets: folders of HR images, or HR/ + LR_bicubic/X{scale}/ layouts",
+    add_named_folders(
+        parser, "--data", "datasets: folders of HR images, or HR/ + LR_bicubic/X{scale}/ layouts", nargs="+"
     )
     parser.add_argument("--json", type=Path, help="also write means and per-image values here")
-    parser.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    add_device(parser)
     parser.add_argument("--rgb", action="store_true", help="measure on RGB instead of Y (not comparable)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress(parser)
     parser.set_defaults(func=run)
 
 

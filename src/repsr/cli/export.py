@@ -5,18 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from repsr.cli.args import add_size
 from repsr.errors import ConfigError
-
-
-def size_argument(text: str) -> tuple[int, int]:
-    """`WxH` -> (width, height)."""
-    width, sep, height = text.lower().partition("x")
-    try:
-        if not sep or int(width) < 1 or int(height) < 1:
-            raise ValueError
-        return int(width), int(height)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, e.g. 320x180, got {text!r}") from None
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -31,9 +21,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("model", type=Path, help="model file (a training form is re-parameterized first)")
     parser.add_argument("--onnx", type=Path, required=True, help="ONNX file to write")
     parser.add_argument("--dynamic", action="store_true", help="dynamic batch, height and width")
-    parser.add_argument(
-        "--size", type=size_argument, default=(256, 256), help="static input WxH (default 256x256)"
-    )
+    add_size(parser, (256, 256), "static input")
     parser.add_argument("--opset", type=int, default=ONNX_OPSET, help=f"ONNX opset (default {ONNX_OPSET})")
     parser.add_argument(
         "--tolerance",

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from repsr.cli.args import add_named_folders, add_overrides, add_progress
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     from repsr.studies import STUDIES
@@ -20,21 +22,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--iterations", type=int, help="training iterations per variant (default: the study's)"
     )
     parser.add_argument("--seeds", type=int, help="seeds per variant (default: the study's)")
-    parser.add_argument("--data", nargs="*", default=[], metavar="NAME=DIR", help="extra evaluation sets")
+    add_named_folders(parser, "--data", "extra evaluation sets", nargs="*")
     parser.add_argument("--train-data", type=Path, help="folder of HR training images (default: built-in)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="config override for every variant (e.g. train.batch_size=32)",
-    )
+    add_overrides(parser, "config override for every variant (e.g. train.batch_size=32)")
     parser.add_argument(
         "--only", action="append", default=[], metavar="LABEL", help="run only this variant (repeatable)"
     )
     parser.add_argument("--out", type=Path, help="output folder (default: runs/study-NAME)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_progress(parser)
     parser.set_defaults(func=run)
 
 

@@ -10,6 +10,8 @@ import logging
 import os
 from pathlib import Path
 
+from repsr.cli.args import add_named_folders, add_overrides, add_progress
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -19,24 +21,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("config", type=Path, help="YAML config, e.g. configs/quick.yaml")
     parser.add_argument("--data", type=Path, help="folder of HR training images (default: sample images)")
-    parser.add_argument(
-        "--val",
-        action="append",
-        default=[],
-        metavar="NAME=DIR",
-        help="validation set (repeatable); default: the sample validation images",
+    add_named_folders(
+        parser, "--val", "validation set (repeatable); default: the sample validation images", action="append"
     )
     parser.add_argument("--out", type=Path, help="run folder (default: runs/NAME)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key, e.g. --set train.iterations=1000 (repeatable)",
-    )
+    add_overrides(parser, "override a config key, e.g. --set train.iterations=1000 (repeatable)")
     parser.add_argument("--resume", action="store_true", help="continue from the newest valid checkpoint")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress(parser)
     parser.set_defaults(func=run)
 
 

@@ -6,17 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-
-def tile_argument(text: str) -> int | str | None:
-    """`auto`, `none`/`0` (no tiling) or a tile side in LR pixels."""
-    if text == "auto":
-        return "auto"
-    if text in ("none", "0"):
-        return None
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected auto, none or a number of pixels, got {text!r}") from None
+from repsr.cli.args import add_device, add_progress, tile_type
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -32,9 +22,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("inputs", nargs="+", help="image files, folders (recursive) or glob patterns")
     parser.add_argument("-o", "--output", type=Path, required=True, help="output folder")
     parser.add_argument(
-        "--tile", type=tile_argument, default="auto", help="tile side in LR pixels, auto (default) or none"
+        "--tile", type=tile_type, default="auto", help="tile side in LR pixels, auto (default) or none"
     )
-    parser.add_argument("--device", default="auto", help="auto (default: cuda if available), cpu, cuda")
+    add_device(parser)
     parser.add_argument("--half", action="store_true", help="fp16 inference (CUDA only)")
     parser.add_argument(
         "--backend", choices=BACKENDS, default="auto", help="execution path (default auto: channels-last)"
@@ -42,7 +32,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--format", dest="fmt", choices=OUTPUT_FORMATS, help="output format (default: the input's, else png)"
     )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress(parser)
     parser.set_defaults(func=run)
 
 

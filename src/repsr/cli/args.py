@@ -1,0 +1,60 @@
+"""Argument declarations shared by the sub-commands: one spelling, parser and help text for each."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def size_type(text: str) -> tuple[int, int]:
+    """`WxH` -> (width, height)."""
+    width, sep, height = text.lower().partition("x")
+    try:
+        if not sep or int(width) < 1 or int(height) < 1:
+            raise ValueError
+        return int(width), int(height)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, e.g. 320x180, got {text!r}") from None
+
+
+def tile_type(text: str) -> int | str | None:
+    """`auto`, `none`/`0` (no tiling) or a tile side in LR pixels."""
+    if text == "auto":
+        return "auto"
+    if text in ("none", "0"):
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected auto, none or a number of pixels, got {text!r}") from None
+
+
+def add_size(parser: argparse.ArgumentParser, default: tuple[int, int], what: str) -> None:
+    """`--size WxH` (width, height)."""
+    width, height = default
+    text = f"{what} WxH (default {width}x{height})"
+    parser.add_argument("--size", type=size_type, default=default, help=text)
+
+
+def add_device(parser: argparse.ArgumentParser, default: str = "auto", what: str = "") -> None:
+    """`--device auto|cpu|cuda[:N]`."""
+    text = f"where to run{what} (default {default}" + (": cuda if available)" if default == "auto" else ")")
+    parser.add_argument("--device", default=default, help=f"{text}; auto, cpu or cuda")
+
+
+def add_progress(parser: argparse.ArgumentParser) -> None:
+    """`--no-progress` (sets `args.no_progress`)."""
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def add_overrides(parser: argparse.ArgumentParser, help: str) -> None:
+    """`--set KEY=VALUE`, repeatable, collected in `args.overrides`."""
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help
+    )
+
+
+def add_named_folders(parser: argparse.ArgumentParser, flag: str, help: str, **how: Any) -> None:
+    """`FLAG NAME=DIR ...` (parsed later by `repsr.evaluation.parse_named_folders`); `how` says whether
+    it repeats (`action="append"`) or takes several values (`nargs`); the default is an empty list."""
+    parser.add_argument(flag, default=[], metavar="NAME=DIR", help=help, **how)
