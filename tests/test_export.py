@@ -148,3 +148,19 @@ def test_deploy_prefers_a_checkpoints_ema_weights(tmp_path):
     with pytest.raises(ModelFileError, match="no EMA"):
         deploy(checkpoint, tmp_path / "x.safetensors", weights="ema")
     assert deploy(checkpoint, tmp_path / "x.safetensors").weights == "model"
+
+
+def test_deploy_reads_a_checkpoint_once_and_takes_its_ema(tmp_path, monkeypatch):
+    model = training_model()
+    ema = randomize(training_model(), seed=5).state_dict()
+    checkpoint = tmp_path / "ckpt.pt"
+    torch.save({"spec": model.spec.to_dict(), "model": model.state_dict(), "ema": ema}, checkpoint)
+    real, calls = torch.load, []
+
+    def counting(*args, **kwargs):
+        calls.append(args[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", counting)
+    report = deploy(checkpoint, tmp_path / "plain.safetensors")
+    assert calls == [checkpoint] and report.weights == "ema"

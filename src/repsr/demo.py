@@ -19,25 +19,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from repsr.network import set_bn_mode, set_merged_training
+from repsr.recipes import DEMO_SETTINGS
 
-DEMO_SETTINGS = (
-    "name=demo",
-    "model.block=repsr",
-    "model.scale=4",
-    "model.num_blocks=4",
-    "model.channels=16",
-    "model.in_channels=3",
-    "data.patch_size=32",
-    "data.workers=0",
-    "train.batch_size=16",
-    "train.lr=2e-3",
-    "train.scheduler=cosine",
-    "bn.mode=switch",
-    "bn.switch_at=0.8",
-    "bn.precise_batches=20",
-    "checkpoint.keep=1",
-)
 # Share of the budget spent on training steps; the rest is data caching, validation, the final
 # evaluation and the speed measurement.
 TRAIN_SHARE = 0.7
@@ -59,36 +42,52 @@ class DemoResult:
 
 
 def seconds_per_iteration(config, steps: int = 12) -> float:
-    """Average time of a training step of `config`'s network on random patches (the demo's calibration).
+    """Average time of a training step of `config` on this machine (the demo's calibration).
 
-    Both phases are timed as the trainer runs them on a CPU (channels-last; merged form after the BN
-    switch) and weighted by `bn.switch_at`.
+    Times the trainer's own `train_step` on random patches, in both phases as the run will take them
+    (before the BN switch, and after `switch_bn` in the form the config trains phase 2 in), weighted
+    by `bn.switch_at`. The trainer lives in a temporary folder and sees a one-patch in-memory dataset.
     """
-    from repsr.training.trainer import build_network
+    import logging
+    import tempfile
 
-    model = build_network(config).train().to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    from torch.utils.data import TensorDataset
+
+    from repsr.training.trainer import Trainer
+
     size, scale, batch = config.data.patch_size, config.model.scale, config.train.batch_size
-    lr = torch.rand(batch, config.model.in_channels, size, size).contiguous(memory_format=torch.channels_last)
-    hr = torch.rand(batch, config.model.in_channels, size * scale, size * scale)
+    channels = config.model.in_channels
+    lr = torch.rand(batch, channels, size, size)
+    hr = torch.rand(batch, channels, size * scale, size * scale)
+    probe = config.with_overrides(["bn.precise_batches=0", "log.tensorboard=false", "val.sample=false"])
+    data = TensorDataset(lr[:1], hr[:1])
+    logger = logging.getLogger("repsr.training")
+    level = logger.level
+    with tempfile.TemporaryDirectory() as tmp:
+        logger.setLevel(logging.WARNING)  # the probe's switch is no news for the user
+        trainer = Trainer(probe, data=data, val={}, out=Path(tmp), progress=False)
+        try:
+            layout = torch.channels_last if trainer.channels_last else torch.contiguous_format
+            lr_patch, hr_patch = (
+                x.to(trainer.device, trainer.dtype).contiguous(memory_format=layout) for x in (lr, hr)
+            )
 
-    def timed() -> float:
-        def step() -> None:
-            optimizer.zero_grad()
-            nn.functional.l1_loss(model(lr), hr).backward()
-            optimizer.step()
+            def timed() -> float:
+                trainer.train_step(lr_patch, hr_patch)  # warm-up: the first steps create the
+                trainer.train_step(lr_patch, hr_patch)  # convolution primitives
+                started = time.perf_counter()
+                for _ in range(steps):
+                    trainer.train_step(lr_patch, hr_patch)
+                return (time.perf_counter() - started) / steps
 
-        step()  # warm-up: the first steps create the convolution primitives
-        step()
-        started = time.perf_counter()
-        for _ in range(steps):
-            step()
-        return (time.perf_counter() - started) / steps
-
-    phase1 = timed()
-    set_bn_mode(model, "frozen")
-    set_merged_training(model, True)
-    phase2 = timed()
+            phase1 = timed()
+            if trainer.switch_at is None:
+                return phase1
+            trainer.switch_bn()
+            phase2 = timed()
+        finally:
+            trainer.close()
+            logger.setLevel(level)
     return config.bn.switch_at * phase1 + (1 - config.bn.switch_at) * phase2
 
 

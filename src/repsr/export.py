@@ -35,7 +35,7 @@ from repsr.errors import (
     first_line,
 )
 from repsr.network import ModelSpec, PlainSR, reparameterize_model
-from repsr.serialization import load_model, save_model
+from repsr.serialization import read_model_file, save_model
 
 DEPLOY_TOLERANCE = IMAGE_TOLERANCE
 ONNX_TOLERANCE = IMAGE_TOLERANCE
@@ -108,18 +108,6 @@ def save_compact_pth(plain: PlainSR, path: str | Path) -> None:
 WEIGHTS_CHOICES = ("auto", "ema", "model")
 
 
-def _checkpoint_ema(path: Path) -> dict[str, Tensor] | None:
-    """The EMA state dict of a `repsr train` checkpoint (.pt/.pth with `spec`, `model`, `ema`), if any."""
-    if path.suffix not in (".pt", ".pth"):
-        return None
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # load_model has already read it; anything else is not a checkpoint with EMA
-        return None
-    ema = data.get("ema") if isinstance(data, dict) and "spec" in data else None
-    return ema if isinstance(ema, dict) and ema else None
-
-
 def load_for_deploy(
     path: str | Path, weights: str = "auto", device: str | torch.device = "cpu"
 ) -> tuple[nn.Module, str]:
@@ -129,9 +117,9 @@ def load_for_deploy(
     if weights not in WEIGHTS_CHOICES:
         raise ConfigError(f"weights must be one of {', '.join(WEIGHTS_CHOICES)}, got {weights!r}")
     path = Path(path)
-    model = load_model(path, device=device)
-    ema = _checkpoint_ema(path) if weights != "model" else None
-    if ema is None:
+    model, extras = read_model_file(path, device=device)  # one read: model and a checkpoint's EMA
+    ema = extras.get("ema") if weights != "model" else None
+    if not isinstance(ema, dict) or not ema:
         if weights == "ema":
             raise ModelFileError(f"{path}: no EMA weights in this file (use --weights model)")
         return model, "model"

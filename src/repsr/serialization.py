@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -45,6 +46,12 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Modul
 
     Raises `ModelFileError` with the file name and the problem for anything that is not a valid model.
     """
+    return read_model_file(path, device)[0]
+
+
+def read_model_file(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """`load_model`, plus the other entries of a `repsr train` checkpoint (e.g. `ema`, the EMA state
+    dict) read in the same pass; the dict is empty for any other file."""
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"{path}: no such file")
@@ -52,12 +59,12 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Modul
         raise ModelFileError(f"{path}: file is empty")
     try:
         if path.suffix in (".pth", ".pt"):
-            model = _from_torch_file(path)
+            model, extras = _from_torch_file(path)
         else:
-            model = _from_safetensors(path)
+            model, extras = _from_safetensors(path), {}
     except ConfigError as error:
         raise ModelFileError(f"{path}: {error}") from None
-    return model.to(device).eval()
+    return model.to(device).eval(), extras
 
 
 def _from_safetensors(path: Path) -> nn.Module:
@@ -78,7 +85,7 @@ def _from_safetensors(path: Path) -> nn.Module:
     return model
 
 
-def _from_torch_file(path: Path) -> nn.Module:
+def _from_torch_file(path: Path) -> tuple[nn.Module, dict[str, Any]]:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for corrupt or unsafe files
@@ -87,9 +94,11 @@ def _from_torch_file(path: Path) -> nn.Module:
         ) from None
     if not isinstance(data, dict):
         raise ModelFileError(f"{path}: expected a state dict, found {type(data).__name__}")
+    extras: dict[str, Any] = {}
     if "spec" in data and "model" in data:  # a `repsr train` checkpoint
         model: nn.Module = RepNet(ModelSpec.from_dict(data["spec"]))
         state = data["model"]
+        extras = {key: value for key, value in data.items() if key not in ("spec", "model")}
     else:
         for key in ("params_ema", "params"):  # Real-ESRGAN / BasicSR release files
             if isinstance(data.get(key), dict):
@@ -98,7 +107,7 @@ def _from_torch_file(path: Path) -> nn.Module:
         state = data
         model = PlainSR(infer_plain_spec(state, path))
     _load_checked(model, state, path)
-    return model
+    return model, extras
 
 
 def infer_plain_spec(state: dict[str, Tensor], path: Path | str = "<state dict>") -> ModelSpec:

@@ -5,7 +5,7 @@ each deployed (plain) network on the sample validation photographs and any `--da
 to `runs/study-NAME/`: `results.md` (mean and spread over seeds), `results.json` (every run, every
 image) and `results.png`. The same variants scale to GPU-length runs with `--iterations` and `--set`.
 
-Studies:
+The studies are defined as data in `repsr.recipes.STUDIES`:
 - `blocks`: plain, repvgg, acb, dbb, ecb, repsr at M4C16; all deploy to the same plain network, so
   the table compares quality at equal inference cost, with each variant's training time.
 - `bn`: the RepSR block with BN `none`, `batch` (deployed with population statistics, as BN usually
@@ -34,98 +34,9 @@ import torch
 from torch import Tensor, nn
 
 from repsr.blocks import RepBN
-from repsr.demo import DEMO_SETTINGS
 from repsr.errors import ConfigError
 from repsr.network import set_bn_mode, set_merged_training
-
-# Every study starts from the demo's model and recipe (x4 RGB RepSR M4C16, CPU-sized batches), and
-# validates only at the end: each variant is evaluated after training.
-BASE_SETTINGS = (*DEMO_SETTINGS, "val.every=0", "log.every=50", "log.tensorboard=false", "device=cpu")
-
-
-@dataclass(frozen=True)
-class Variant:
-    """One arm of a study: a label and the config overrides that make it."""
-
-    label: str
-    overrides: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Study:
-    name: str
-    question: str
-    variants: tuple[Variant, ...]
-    iterations: int  # default per variant: keeps the study under ~30 min on a 2-core CPU
-    seeds: int = 2
-    extra: tuple[str, ...] = ()  # overrides for every variant of this study
-
-
-STUDIES: dict[str, Study] = {
-    "blocks": Study(
-        "blocks",
-        "Which re-parameterizable block gives the best deployed network at equal inference cost?",
-        tuple(
-            Variant(block, (f"model.block={block}", f"bn.mode={mode}"))
-            for block, mode in [
-                ("plain", "none"),
-                ("repvgg", "batch"),
-                ("acb", "batch"),
-                ("dbb", "batch"),
-                ("ecb", "none"),
-                ("repsr", "switch"),
-            ]
-        ),
-        iterations=600,
-    ),
-    "bn": Study(
-        "bn",
-        "Does BN help, and does switching to population statistics remove the BN artifacts?",
-        (
-            Variant("none", ("bn.mode=none",)),
-            Variant("batch", ("bn.mode=batch",)),
-            Variant("switch", ("bn.mode=switch",)),
-        ),
-        iterations=800,
-    ),
-    "switch": Study(
-        "switch",
-        "Where to switch, and does recomputing the population statistics precisely matter?",
-        tuple(
-            Variant(
-                f"at {at}, {'precise' if precise else 'running avg'}",
-                (f"bn.switch_at={at}", f"bn.precise_batches={precise}"),
-            )
-            for at in (0.5, 0.75, 0.9)
-            for precise in (0, 20)
-        ),
-        iterations=600,
-    ),
-    "design": Study(
-        "design",
-        "Which parts of the RepSR block matter: expand ratio, number of paths, identity, squeeze BN?",
-        (
-            Variant("default (e2, 2 paths, identity)", ()),
-            Variant("expand 1", ("model.expand=1",)),
-            Variant("expand 4", ("model.expand=4",)),
-            Variant("1 path", ("model.paths=1",)),
-            Variant("no identity", ("model.identity=false",)),
-            Variant("BN after squeeze", ("model.squeeze_bn=true",)),
-        ),
-        iterations=600,
-    ),
-    "speed": Study(
-        "speed",
-        "Quality against measured throughput of the deployed RepSR sizes (the paper's trade-off plot).",
-        tuple(
-            Variant(f"M{m}C{c}", (f"model.num_blocks={m}", f"model.channels={c}"))
-            for m, c in ((4, 16), (10, 32), (16, 64))
-        ),
-        iterations=300,
-        seeds=1,
-        extra=("train.batch_size=8",),
-    ),
-}
+from repsr.recipes import BN_GAP, STUDIES, STUDY_SETTINGS, THROUGHPUT, Study
 
 
 @dataclass
@@ -249,7 +160,7 @@ def run_study(
     seeds = seeds or study.seeds
     out = Path(out or Path("runs") / f"study-{name}")
     out.mkdir(parents=True, exist_ok=True)
-    base = TrainConfig().with_overrides([*BASE_SETTINGS, *study.extra, f"train.iterations={iterations}"])
+    base = TrainConfig().with_overrides([*STUDY_SETTINGS, *study.extra, f"train.iterations={iterations}"])
     sets = _validation_sets(base.model.scale, data)
     records: list[RunRecord] = []
     started = time.perf_counter()
@@ -276,9 +187,9 @@ def run_study(
             images={f"{d.name}/{i.name}": i.psnr for d in scores.datasets for i in d.images},
         )
         record.extra["bicubic_psnr"] = {d.name: d.mean("bicubic_psnr") for d in scores.datasets}
-        if name == "bn" and config.bn.mode != "none":
+        if BN_GAP in study.measures and config.bn.mode != "none":
             record.extra["bn_gap"] = _bn_gap(result.model, sets, out, f"{variant.label}-s{seed}")
-        if name == "speed":
+        if THROUGHPUT in study.measures:
             record.extra["fps"] = _throughput(result.plain)
             record.extra["params"] = sum(p.numel() for p in result.plain.parameters())
         records.append(record)
@@ -339,7 +250,7 @@ def _markdown(
         ssims = " | ".join(f"{statistics.mean([r.ssim[d] for r in group]):.4f}" for d in datasets)
         seconds = statistics.mean(r.train_seconds for r in group)
         lines.append(f"| {variant} | {psnrs} | {ssims} | {seconds:.0f} |")
-    if study.name == "bn":
+    if BN_GAP in study.measures:
         lines += [
             "",
             "## Population vs own-image (batch) statistics, per image",
@@ -365,7 +276,7 @@ def _markdown(
                 f"Worst image (population statistics): {worst[1]['image']} of "
                 f"`{worst[0].variant}` s{worst[0].seed}, {worst[1]['population']:.2f} dB.",
             ]
-    if study.name == "speed":
+    if THROUGHPUT in study.measures:
         lines += ["", "| variant | parameters | CPU frames/s (320x180 -> 1280x720) |", "|---|---|---|"]
         for variant, group in _by_variant(records).items():
             fps = statistics.mean(r.extra["fps"] for r in group)
@@ -383,7 +294,7 @@ def _plot(study: Study, records: list[RunRecord], path: Path) -> Path:
     grouped = _by_variant(records)
     dataset = next(iter(records[0].psnr))
     fig, axis = plt.subplots(figsize=(8, 4))
-    if study.name == "speed":
+    if THROUGHPUT in study.measures:
         for variant, group in grouped.items():
             fps = statistics.mean(r.extra["fps"] for r in group)
             value = statistics.mean(r.psnr[dataset] for r in group)
