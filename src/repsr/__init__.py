@@ -9,9 +9,14 @@ plain = repsr.load_model("model.safetensors")
 """
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from repsr.errors import RepsrError
+
+if TYPE_CHECKING:  # what type checkers and editors see; at run time these load on first use
+    from repsr.network import ModelSpec, PlainSR, RepNet, build_model, reparameterize_model
+    from repsr.resize import imresize
+    from repsr.serialization import load_model, save_model
 
 # The public names below load on first use: `import repsr` alone imports no torch and changes nothing
 # in the process (entry points choose thread settings, see `repsr.runtime`).
