@@ -272,3 +272,12 @@ def test_cli_upscales_a_clip(tmp_path, capsys):
     assert "3 frames 24x16 -> 48x32 (ffv1" in out and "frames/s" in out
     code = main(["upscale", model_file, model_file, "-o", str(tmp_path / "x.mp4")])
     assert code == 2 and "exactly one video" in capsys.readouterr().err
+
+
+def test_ten_bit_h264_stays_ten_bit(tmp_path):
+    source, target = tmp_path / "clip.mp4", tmp_path / "up.mp4"
+    make_clip(source, frames=2, pix_fmt="yuv420p10le", depth=16, audio=None)
+    report = upscale_video(tiny_upscaler(), source, target)
+    assert report.pix_fmt == "yuv420p10le"
+    with av.open(str(target)) as container:
+        assert container.streams.video[0].codec_context.format.name == "yuv420p10le"
