@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -120,6 +121,13 @@ def test_video_paths_are_recognised_by_extension(tmp_path):
     )
     with pytest.raises(ConfigError, match="exactly one video"):
         video_jobs([str(clip), "x.png"], tmp_path / "out.mp4")
+    (tmp_path / "b.mp4").write_bytes(b"")
+    pattern = str(tmp_path / "*.mp4")
+    assert video_jobs([pattern], "o") == (
+        [(tmp_path / "b.mp4", Path("o/b.mp4")), (clip, Path("o/clip.mp4"))],
+        [],
+    )
+    assert video_jobs([str(tmp_path / "none*.mp4")], "o") == ([], [str(tmp_path / "none*.mp4")])
 
 
 def test_h264_clip_keeps_frames_time_stamps_and_audio(tmp_path):

@@ -245,6 +245,9 @@ def upscale_video(
         tmp = _temporary_target(target)
         try:
             report = _transcode(av, upscaler, container, source, tmp, encoder, crf, batch, progress)
+            umask = os.umask(0o22)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp made it 0600; give what a plain open() would
             os.replace(tmp, target)
         except BaseException:
             tmp.unlink(missing_ok=True)
@@ -470,12 +473,22 @@ def _write_error(error: BaseException, report: VideoReport) -> BaseException:
 def video_jobs(inputs: list[str], output: str | Path) -> tuple[list[tuple[Path, Path]], list[str]]:
     """Split CLI inputs into (video source, target) pairs and the remaining (image) inputs.
 
-    `output` ending in a video extension names the one video's output; otherwise it is a folder and each
-    video keeps its file name there.
+    Videos are named by file or glob (a folder's videos are not searched). `output` ending in a video
+    extension names the one video's output; otherwise it is a folder and each video keeps its file name.
     """
+    import glob
+
     output = Path(output)
-    videos = [Path(item) for item in inputs if is_video_path(item) and Path(item).is_file()]
-    rest = [item for item in inputs if not (is_video_path(item) and Path(item).is_file())]
+    videos: list[Path] = []
+    rest: list[str] = []
+    for item in map(str, inputs):
+        if not is_video_path(item):
+            rest.append(item)
+            continue
+        matches = sorted(glob.glob(item, recursive=True)) if glob.has_magic(item) else [item]
+        if not matches:
+            rest.append(item)  # reported with the images' "pattern matched no files"
+        videos += [Path(match) for match in matches]
     if is_video_path(output):
         if len(videos) != 1 or rest:
             raise ConfigError(f"-o {output} names one video file: give exactly one video input")
