@@ -1,4 +1,4 @@
-"""`repsr export MODEL --onnx OUT.onnx [--dynamic]`: ONNX export checked in ONNX Runtime."""
+"""`repsr export MODEL --onnx OUT.onnx [--dynamic]` / `--ncnn DIR`: exports checked in their runtime."""
 
 from __future__ import annotations
 
@@ -14,12 +14,23 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     parser = subparsers.add_parser(
         "export",
-        help="export the plain network to ONNX",
-        description="Export to ONNX (needs pip install 'repsr[onnx]'), run it in ONNX Runtime on a sample "
-        "photograph and keep the file only if it matches PyTorch.",
+        help="export the plain network to ONNX or ncnn",
+        description="Export to ONNX (needs pip install 'repsr[onnx]') or ncnn (needs pip install "
+        "'repsr[ncnn]' and pip install --no-deps pnnx), run it in ONNX Runtime / ncnn on a sample "
+        "photograph and keep the files only if they match PyTorch.",
     )
     parser.add_argument("model", type=Path, help="model file (a training form is re-parameterized first)")
-    parser.add_argument("--onnx", type=Path, required=True, help="ONNX file to write")
+    parser.add_argument("--onnx", type=Path, help="ONNX file to write")
+    parser.add_argument(
+        "--ncnn",
+        type=Path,
+        metavar="DIR",
+        help="folder for the ncnn NAME.param/NAME.bin (blobs data, output)",
+    )
+    parser.add_argument("--ncnn-name", help="ncnn file name without extension (default: the size name)")
+    parser.add_argument(
+        "--ncnn-fp16", action="store_true", help="store ncnn weights as fp16 (half the size, ~2e-4 off)"
+    )
     parser.add_argument("--dynamic", action="store_true", help="dynamic batch, height and width")
     add_size(parser, (256, 256), "static input")
     parser.add_argument("--opset", type=int, default=ONNX_OPSET, help=f"ONNX opset (default {ONNX_OPSET})")
@@ -38,8 +49,25 @@ def run(args: argparse.Namespace) -> int:
 
     if args.opset < 17:
         raise ConfigError(f"--opset must be 17 or newer, got {args.opset}")
-    width, height = args.size
+    if args.onnx is None and args.ncnn is None:
+        raise ConfigError("say what to export: --onnx FILE and/or --ncnn DIR")
     model = load_model(args.model)
+    if args.ncnn is not None:
+        from repsr.ncnn import export_ncnn
+
+        ncnn = export_ncnn(model, args.ncnn, name=args.ncnn_name, fp16_weights=args.ncnn_fp16)
+        check = "x".join(str(d) for d in ncnn.check_shape)
+        weights = "fp16" if ncnn.fp16_weights else "fp32"
+        print(
+            f"{model.spec.name}: ncnn ({weights} weights), blobs {ncnn.input_blob} -> {ncnn.output_blob}, "
+            f"any input size; ncnn vs PyTorch on a {check} photo crop: max abs difference "
+            f"{ncnn.max_abs_diff:.2e} (fp16 storage on: {ncnn.max_abs_diff_fp16:.2e}; "
+            f"fp16 activations as on ARM/Vulkan, estimated: {ncnn.fp16_storage_estimate:.2e})"
+        )
+        print(f"wrote {ncnn.param} and {ncnn.bin}")
+        if args.onnx is None:
+            return 0
+    width, height = args.size
     report = export_onnx(
         model,
         args.onnx,

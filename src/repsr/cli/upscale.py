@@ -16,11 +16,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "upscale",
         help="upscale images with a model",
         description="Upscale images; gray, RGB, RGBA and 16-bit images come out in the same kind. Large "
-        "images are tiled with overlap, so the result equals the untiled one.",
+        "images are tiled with overlap, so the result equals the untiled one. Videos (mp4, mkv, mov, "
+        "webm, avi, ...; needs pip install 'repsr[video]') are streamed frame by frame, keeping time "
+        "stamps and copying audio and subtitles.",
     )
     parser.add_argument("model", type=Path, help="model file (.safetensors, .pth, or a checkpoint)")
     parser.add_argument("inputs", nargs="+", help="image files, folders (recursive) or glob patterns")
-    parser.add_argument("-o", "--output", type=Path, required=True, help="output folder")
+    parser.add_argument(
+        "-o", "--output", type=Path, required=True, help="output folder (or the output video file)"
+    )
     parser.add_argument(
         "--tile", type=tile_type, default="auto", help="tile side in LR pixels, auto (default) or none"
     )
@@ -32,6 +36,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--format", dest="fmt", choices=OUTPUT_FORMATS, help="output format (default: the input's, else png)"
     )
+    parser.add_argument("--codec", default="libx264", help="video encoder (default libx264; ffv1: lossless)")
+    parser.add_argument("--crf", type=int, default=18, help="video quality, lower is better (default 18)")
     add_progress(parser)
     parser.set_defaults(func=run)
 
@@ -39,15 +45,26 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from repsr.inference import Upscaler, upscale_files
     from repsr.serialization import load_model
+    from repsr.video import describe, upscale_video, video_jobs
 
     model = load_model(args.model)
     upscaler = Upscaler(model, device=args.device, half=args.half, tile=args.tile, backend=args.backend)
+    progress = not args.no_progress and sys.stderr.isatty()
+    videos, images = video_jobs(args.inputs, args.output)
+    for source, target in videos:
+        print(
+            describe(
+                upscale_video(upscaler, source, target, codec=args.codec, crf=args.crf, progress=progress)
+            )
+        )
+    if videos and not images:
+        return 0
     report = upscale_files(
         upscaler,
-        args.inputs,
+        images,
         args.output,
         fmt=args.fmt,
-        progress=not args.no_progress and sys.stderr.isatty(),
+        progress=progress,
     )
     print(f"{len(report.written)} image(s) written to {args.output}")
     if report.failed:

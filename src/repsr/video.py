@@ -1,0 +1,521 @@
+"""Video upscaling with bounded memory: decode -> upscale batches of frames -> encode, overlapped.
+
+`upscale_video(upscaler, "clip.mp4", "out.mp4")` streams the clip through three stages:
+
+- a decoder thread demuxes the input, decodes video frames to RGB (8 or 16 bit) and groups them into
+  small batches; packets of the other streams (audio, subtitles) travel with the next batch;
+- the calling thread runs the model (`repsr.inference.Upscaler`, tiled as for images when frames are
+  large) on each batch;
+- an encoder thread quantizes the result, encodes it and muxes it with the copied packets.
+
+Stages talk through queues of `QUEUE_BATCHES` batches, so memory stays bounded whatever the clip's
+length and, with PyAV and torch releasing the GIL in their work, the model is the only stage that waits
+for nobody. The output keeps every frame's time stamp (so frame count and frame rate), copies audio and
+subtitle packets unchanged, and keeps the pixel format (so the bit depth) where the encoder supports it.
+It is written under a temporary name in the output folder and renamed at the end: a clip that fails
+midway leaves nothing under the final name.
+
+Needs PyAV (`pip install 'repsr[video]'`), which bundles FFmpeg with libx264; no system ffmpeg.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from repsr.errors import ConfigError, DependencyError, RepsrError, first_line
+
+VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mkv", ".mov", ".webm", ".avi", ".ts", ".mts", ".flv", ".wmv", ".mpg")
+DEFAULT_CODEC = "libx264"
+DEFAULT_CRF = 18
+QUEUE_BATCHES = 2  # batches waiting between two stages
+BATCH_PIXELS = 1 << 18  # `batch="auto"`: frames per batch so that a batch holds about this many LR pixels
+MAX_BATCH = 16
+# Lossless or quality-scale encoders: the option that sets quality (`--crf`) for each.
+CRF_OPTION = {
+    "libx264": "crf",
+    "libx265": "crf",
+    "libvpx-vp9": "crf",
+    "libaom-av1": "crf",
+    "libsvtav1": "crf",
+}
+
+
+class VideoError(RepsrError):
+    """A video file that is not a video, cannot be decoded, or cannot be written as asked."""
+
+
+def is_video_path(path: str | Path) -> bool:
+    """Whether `path` names a video by its extension (`VIDEO_EXTENSIONS`)."""
+    return Path(path).suffix.lower() in VIDEO_EXTENSIONS
+
+
+def require_av() -> Any:
+    """Import PyAV, or say in one line what to install."""
+    try:
+        import av
+    except ImportError:
+        raise DependencyError(
+            "video support needs PyAV: install it with pip install 'repsr[video]'"
+        ) from None
+    return av
+
+
+@dataclass
+class VideoReport:
+    """What `upscale_video` wrote: frame count and size, streams copied, and the speed it ran at."""
+
+    source: Path
+    target: Path
+    frames: int
+    input_size: tuple[int, int]  # (width, height)
+    output_size: tuple[int, int]
+    codec: str
+    pix_fmt: str
+    copied_streams: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class _Batch:
+    """Frames decoded together (N, H, W, 3) uint8/uint16, their time stamps, and packets to copy first."""
+
+    pixels: np.ndarray | None
+    pts: list[int | None]
+    packets: list[Any]
+
+
+# ------------------------------------------------------------------------------------------- formats
+
+
+def _depth(av: Any, pix_fmt: str) -> int:
+    """Bits per component of a pixel format (8 when unknown)."""
+    try:
+        return max(c.bits for c in av.VideoFormat(pix_fmt).components)
+    except Exception:
+        return 8
+
+
+def output_pix_fmt(av: Any, codec: Any, source_fmt: str) -> str:
+    """The input's pixel format if the encoder takes it, else one of the same bit depth (4:2:0 first).
+
+    Keeps 10-bit clips 10-bit with libx264/libx265/ffv1; 8-bit clips stay 8 bit.
+    """
+    supported = [f.name for f in (codec.video_formats or [])]
+    if not supported or source_fmt in supported:
+        return source_fmt
+    depth = _depth(av, source_fmt)
+    same_depth = [name for name in supported if _depth(av, name) == depth]
+    for name in same_depth:
+        if name.startswith("yuv420p"):
+            return name
+    if same_depth:
+        return same_depth[0]
+    return "yuv420p" if "yuv420p" in supported else supported[0]
+
+
+def _encoder(av: Any, name: str) -> Any:
+    try:
+        codec = av.codec.Codec(name, "w")
+    except Exception:
+        raise VideoError(f"unknown or unsupported video encoder {name!r} (try libx264 or ffv1)") from None
+    if codec.type != "video":
+        raise VideoError(f"{name!r} is a {codec.type} encoder, not a video encoder (try libx264 or ffv1)")
+    return codec
+
+
+# ------------------------------------------------------------------------------------------- stages
+
+
+def _upscale_batch(upscaler: Any, rgb: Tensor) -> Tensor:
+    """(N, 3, H, W) in [0, 1] -> upscaled (N, 3, sH, sW) float32; a Y model upscales Y, chroma bicubic."""
+    if upscaler.in_channels == 3:
+        return upscaler(rgb)
+    from repsr.color import rgb_to_ycbcr, ycbcr_to_rgb
+    from repsr.resize import imresize
+
+    ycc = rgb_to_ycbcr(rgb)
+    y = upscaler(ycc[:, :1])
+    chroma = torch.stack([imresize(image, upscaler.scale) for image in ycc[:, 1:]])
+    return ycbcr_to_rgb(torch.cat([y, chroma], dim=1))
+
+
+def to_pixels(rgb: Tensor, depth: int) -> np.ndarray:
+    """(N, 3, H, W) float -> (N, H, W, 3) uint8 (depth 8) or uint16, clamped and rounded."""
+    peak = 255.0 if depth == 8 else 65535.0
+    values = rgb.clamp(0.0, 1.0).mul_(peak).round_()
+    values = values.to(torch.uint8 if depth == 8 else torch.int32).permute(0, 2, 3, 1).contiguous()
+    array = values.numpy()
+    return array if depth == 8 else array.astype(np.uint16)
+
+
+def to_tensor(pixels: np.ndarray) -> Tensor:
+    """(N, H, W, 3) uint8/uint16 -> (N, 3, H, W) float32 in [0, 1] (NHWC in memory: channels-last)."""
+    peak = 255.0 if pixels.dtype == np.uint8 else 65535.0
+    values = torch.from_numpy(pixels.astype(np.int32) if pixels.dtype == np.uint16 else pixels)
+    return values.permute(0, 3, 1, 2).float().div_(peak)
+
+
+class _Stop(Exception):
+    """Raised inside a stage when another stage failed: stop quietly."""
+
+
+def _put(channel: queue.Queue, item: Any, stop: threading.Event) -> None:
+    while True:
+        if stop.is_set():
+            raise _Stop
+        try:
+            channel.put(item, timeout=0.1)
+            return
+        except queue.Full:
+            continue
+
+
+def _get(channel: queue.Queue, stop: threading.Event) -> Any:
+    while True:
+        if stop.is_set():
+            raise _Stop
+        try:
+            return channel.get(timeout=0.1)
+        except queue.Empty:
+            continue
+
+
+def _temporary_target(target: Path) -> Path:
+    """An unused name next to `target` with the same extension (the muxer picks the format by it)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{target.stem}.", suffix=f".partial{target.suffix}", dir=target.parent
+    )
+    os.close(fd)
+    return Path(tmp)
+
+
+def upscale_video(
+    upscaler: Any,
+    source: str | Path,
+    target: str | Path,
+    *,
+    codec: str = DEFAULT_CODEC,
+    crf: int | None = DEFAULT_CRF,
+    batch: int | str = "auto",
+    progress: bool | Callable[[int], None] = False,
+) -> VideoReport:
+    """Upscale the first video stream of `source` into `target`, copying audio and subtitle streams.
+
+    `upscaler`: a `repsr.inference.Upscaler` (device, tiling and backend are its own). `codec`: FFmpeg
+    encoder name (default libx264; `ffv1` is lossless). `crf`: quality for libx264/libx265/VP9/AV1
+    (lower is better; ignored by other encoders). `batch`: frames per model call, or `auto`.
+    `progress`: a tqdm bar on stderr when True, or a callable given the number of frames just written.
+    Raises `VideoError` (one line) for bad input or output, `DependencyError` without PyAV.
+    """
+    av = require_av()
+    source, target = Path(source), Path(target)
+    if not source.is_file():
+        raise VideoError(f"{source}: no such file")
+    if target.resolve() == source.resolve():
+        raise VideoError(f"{source}: output would overwrite the input; choose another output name")
+    if not is_video_path(target):
+        raise VideoError(f"{target}: output needs a video extension ({', '.join(VIDEO_EXTENSIONS)})")
+    if crf is not None and not 0 <= crf <= 63:
+        raise ConfigError(f"crf must be between 0 and 63, got {crf}")
+    encoder = _encoder(av, codec)
+    try:
+        container = av.open(str(source), "r")
+    except Exception as error:
+        raise VideoError(f"{source}: not a readable video ({first_line(error)})") from None
+    try:
+        if not container.streams.video:
+            raise VideoError(f"{source}: no video stream in this file")
+        tmp = _temporary_target(target)
+        try:
+            report = _transcode(av, upscaler, container, source, tmp, encoder, crf, batch, progress)
+            umask = os.umask(0o22)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp made it 0600; give what a plain open() would
+            os.replace(tmp, target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+    finally:
+        container.close()
+    report.target = target
+    return report
+
+
+def _transcode(
+    av: Any,
+    upscaler: Any,
+    container: Any,
+    source: Path,
+    tmp: Path,
+    encoder: Any,
+    crf: int | None,
+    batch: int | str,
+    progress: bool | Callable[[int], None],
+) -> VideoReport:
+    video = container.streams.video[0]
+    video.thread_type = "AUTO"  # frame + slice threads in the decoder
+    ctx = video.codec_context
+    width, height, scale = ctx.width, ctx.height, upscaler.scale
+    if not width or not height:
+        raise VideoError(f"{source}: video stream has no frame size (unreadable stream)")
+    source_fmt = ctx.format.name if ctx.format is not None else "yuv420p"
+    depth = 8 if _depth(av, source_fmt) <= 8 else 16
+    if batch == "auto":
+        batch = max(1, min(MAX_BATCH, BATCH_PIXELS // (width * height)))
+    if not isinstance(batch, int) or batch < 1:
+        raise ConfigError(f"batch must be 'auto' or a positive integer, got {batch!r}")
+    copied = [s for s in container.streams if s.type in ("audio", "subtitle")]
+
+    try:
+        output = av.open(str(tmp), "w")
+    except Exception as error:
+        raise VideoError(f"{tmp.name}: cannot write this container ({first_line(error)})") from None
+    try:
+        out_video = output.add_stream(encoder.name, rate=video.average_rate or video.guessed_rate or 24)
+        out_video.width, out_video.height = width * scale, height * scale
+        out_video.pix_fmt = output_pix_fmt(av, encoder, source_fmt)
+        out_video.time_base = video.time_base
+        out_video.codec_context.time_base = video.time_base
+        for attribute in ("color_range", "colorspace", "color_primaries", "color_trc"):
+            value = getattr(ctx, attribute, None)
+            if value is not None and hasattr(out_video.codec_context, attribute):
+                try:
+                    setattr(out_video.codec_context, attribute, value)
+                except Exception:
+                    pass
+        option = CRF_OPTION.get(encoder.name)
+        if option and crf is not None:
+            out_video.options = {option: str(crf)}
+        mapping = {}
+        for stream in copied:
+            try:
+                mapping[stream.index] = output.add_stream_from_template(stream)
+            except Exception as error:
+                raise VideoError(
+                    f"{source}: cannot copy {stream.type} stream #{stream.index} "
+                    f"({stream.codec_context.name}) into {tmp.suffix} ({first_line(error)}); try .mkv"
+                ) from None
+        report = VideoReport(
+            source=source,
+            target=tmp,
+            frames=0,
+            input_size=(width, height),
+            output_size=(width * scale, height * scale),
+            codec=encoder.name,
+            pix_fmt=out_video.pix_fmt,
+            copied_streams=[f"{s.type}:{s.codec_context.name}" for s in copied],
+        )
+        start = time.perf_counter()
+        _run_pipeline(
+            av, upscaler, container, video, mapping, output, out_video, depth, batch, progress, report
+        )
+        report.seconds = time.perf_counter() - start
+    finally:
+        try:
+            output.close()
+        except Exception:
+            pass
+    return report
+
+
+def _decoded_batches(
+    av: Any, container: Any, video: Any, mapping: dict[int, Any], depth: int, batch: int
+) -> Iterator[_Batch]:
+    """Demux and decode: batches of RGB frames, each with the copied packets that came before it."""
+    fmt = "rgb24" if depth == 8 else "rgb48le"
+    frames: list[np.ndarray] = []
+    stamps: list[int | None] = []
+    packets: list[Any] = []
+    streams = [video, *(s for s in container.streams if s.index in mapping)]
+    rate = video.average_rate or video.guessed_rate or 24
+    decoded = 0
+    try:
+        for packet in container.demux(streams):
+            if packet.stream.index != video.index:
+                if packet.dts is not None:  # None: the demuxer's end-of-stream marker
+                    packets.append(packet)
+                continue
+            for frame in packet.decode():
+                frames.append(frame.to_ndarray(format=fmt))
+                # a frame without a time stamp (some AVI/raw streams) gets its place at the nominal rate
+                stamps.append(
+                    frame.pts if frame.pts is not None else round(decoded / (rate * video.time_base))
+                )
+                decoded += 1
+                if len(frames) == batch:
+                    yield _Batch(np.stack(frames), stamps, packets)
+                    frames, stamps, packets = [], [], []
+    except (RepsrError, _Stop):
+        raise
+    except Exception as error:  # av.error.* for corrupt data, ValueError for odd frames
+        raise VideoError(
+            f"{container.name}: unreadable video stream after {decoded} frame(s) ({first_line(error)})"
+        ) from None
+    yield _Batch(np.stack(frames) if frames else None, stamps, packets)
+
+
+def _run_pipeline(
+    av: Any,
+    upscaler: Any,
+    container: Any,
+    video: Any,
+    mapping: dict[int, Any],
+    output: Any,
+    out_video: Any,
+    depth: int,
+    batch: int,
+    progress: bool | Callable[[int], None],
+    report: VideoReport,
+) -> None:
+    stop = threading.Event()
+    decoded_q: queue.Queue = queue.Queue(QUEUE_BATCHES)
+    upscaled_q: queue.Queue = queue.Queue(QUEUE_BATCHES)
+    errors: list[BaseException] = []
+    fmt = "rgb24" if depth == 8 else "rgb48le"
+    bar = None
+    if progress is True:
+        from tqdm import tqdm
+
+        bar = tqdm(total=video.frames or None, desc="upscale", unit="frame", leave=False)
+    on_frames = bar.update if bar is not None else (progress if callable(progress) else None)
+
+    def decode() -> None:
+        try:
+            for item in _decoded_batches(av, container, video, mapping, depth, batch):
+                _put(decoded_q, item, stop)
+            _put(decoded_q, None, stop)
+        except _Stop:
+            pass
+        except BaseException as error:
+            errors.append(error)
+            stop.set()
+
+    def encode() -> None:
+        try:
+            while True:
+                item = _get(upscaled_q, stop)
+                if item is None:
+                    break
+                result, stamps, packets = item
+                for packet in packets:
+                    packet.stream = mapping[packet.stream.index]
+                    output.mux(packet)
+                if result is None:
+                    continue
+                for pixels, pts in zip(to_pixels(result, depth), stamps, strict=True):
+                    frame = av.VideoFrame.from_ndarray(pixels, format=fmt)
+                    frame.pts = pts
+                    frame.time_base = out_video.codec_context.time_base
+                    output.mux(out_video.encode(frame))
+                report.frames += len(stamps)
+                if on_frames is not None:
+                    on_frames(len(stamps))
+            output.mux(out_video.encode(None))
+        except _Stop:
+            pass
+        except BaseException as error:
+            errors.append(_write_error(error, report))
+            stop.set()
+
+    threads = [threading.Thread(target=decode, daemon=True), threading.Thread(target=encode, daemon=True)]
+    for thread in threads:
+        thread.start()
+    try:
+        while True:
+            item = _get(decoded_q, stop)
+            if item is None:
+                _put(upscaled_q, None, stop)
+                break
+            result = None
+            if item.pixels is not None:
+                result = _upscale_batch(upscaler, to_tensor(item.pixels)).cpu()
+            _put(upscaled_q, (result, item.pts, item.packets), stop)
+    except _Stop:
+        pass
+    except BaseException:
+        stop.set()
+        raise
+    finally:
+        for thread in threads:
+            thread.join()
+        if bar is not None:
+            bar.close()
+    if errors:
+        raise errors[0]
+
+
+def _write_error(error: BaseException, report: VideoReport) -> BaseException:
+    if isinstance(error, RepsrError):
+        return error
+    return VideoError(
+        f"{report.source}: encoding with {report.codec} failed after {report.frames} frame(s) "
+        f"({first_line(error)})"
+    )
+
+
+def video_jobs(inputs: list[str], output: str | Path) -> tuple[list[tuple[Path, Path]], list[str]]:
+    """Split CLI inputs into (video source, target) pairs and the remaining (image) inputs.
+
+    Videos are named by file or glob (a folder's videos are not searched). `output` ending in a video
+    extension names the one video's output; otherwise it is a folder and each video keeps its file name.
+    """
+    import glob
+
+    output = Path(output)
+    videos: list[Path] = []
+    rest: list[str] = []
+    for item in map(str, inputs):
+        if not is_video_path(item):
+            rest.append(item)
+            continue
+        matches = sorted(glob.glob(item, recursive=True)) if glob.has_magic(item) else [item]
+        if not matches:
+            rest.append(item)  # reported with the images' "pattern matched no files"
+        videos += [Path(match) for match in matches]
+    if is_video_path(output):
+        if len(videos) != 1 or rest:
+            raise ConfigError(f"-o {output} names one video file: give exactly one video input")
+        return [(videos[0], output)], []
+    return [(video, output / video.name) for video in videos], rest
+
+
+def describe(report: VideoReport) -> str:
+    """One line for the CLI: what was written and how fast."""
+    (w, h), (ow, oh) = report.input_size, report.output_size
+    copied = f", copied {', '.join(report.copied_streams)}" if report.copied_streams else ""
+    return (
+        f"{report.target}: {report.frames} frames {w}x{h} -> {ow}x{oh} "
+        f"({report.codec}, {report.pix_fmt}{copied}) in {report.seconds:.1f} s, {report.fps:.2f} frames/s"
+    )
+
+
+__all__ = [
+    "DEFAULT_CODEC",
+    "DEFAULT_CRF",
+    "VIDEO_EXTENSIONS",
+    "VideoError",
+    "VideoReport",
+    "describe",
+    "is_video_path",
+    "output_pix_fmt",
+    "require_av",
+    "upscale_video",
+    "video_jobs",
+]
