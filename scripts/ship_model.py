@@ -118,9 +118,10 @@ def main() -> None:
         "",
         "- Data: the `repsr corpus` photographs (Debian wallpaper packages; JPEG blocking cleaned by a "
         "MATLAB-bicubic x1/2), LR made by MATLAB bicubic, flips and 90-degree rotations.",
-        f"- Recipe: L1, Adam (betas {t['betas']}), LR {t['lr']:g} with {t['scheduler']} decay to {t['min_lr']:g}, "
-        f"batch {t['batch_size']}, LR patch {config['data']['patch_size']}, "
-        f"BN switch at {b['switch_at']:g} of training (precise statistics over {b['precise_batches']} batches), "
+        f"- Recipe: L1, Adam (betas {t['betas']}), LR {t['lr']:g} with {t['scheduler']} decay to "
+        f"{t['min_lr']:g}, batch {t['batch_size']}, LR patch {config['data']['patch_size']}, "
+        f"BN switch at {b['switch_at']:g} of training (precise statistics over {b['precise_batches']} "
+        "batches), "
         f"merged-form phase 2, bf16 autocast: {t['amp']}, seed {config['seed']}.",
         f"- {int(last_row['iteration']):,} iterations in {float(last_row['seconds']) / 60:.0f} min "
         f"(validation included) on one thread of a {cpu_name()}, torch {torch.__version__}, "
@@ -131,14 +132,18 @@ def main() -> None:
         "",
         "## Held-out scores",
         "",
-        f"Y channel, border {scale} cropped, 8-bit output, LR by MATLAB bicubic. Photographs never trained on.",
+        f"Y channel, border {scale} cropped, 8-bit output, LR by MATLAB bicubic. "
+        "Photographs never trained on.",
         "",
         "| image | this model | bicubic |" + (" demo recipe, 22k it. |" if reference else ""),
         "|---|---|---|" + ("---|" if reference else ""),
     ]
     ref_by_name = {i.name: i for i in reference.images} if reference else {}
     for image in scores.images:
-        row = f"| {image.name} | {image.psnr:.2f} / {image.ssim:.4f} | {image.bicubic_psnr:.2f} / {image.bicubic_ssim:.4f} |"
+        row = (
+            f"| {image.name} | {image.psnr:.2f} / {image.ssim:.4f} "
+            f"| {image.bicubic_psnr:.2f} / {image.bicubic_ssim:.4f} |"
+        )
         if reference:
             r = ref_by_name[image.name]
             row += f" {r.psnr:.2f} / {r.ssim:.4f} |"
