@@ -48,7 +48,7 @@ def test_upscale_writes_the_good_and_lists_the_bad(tmp_path, plain_file, capsys)
     inputs = tmp_path / "in"
     write_image(inputs / "good.png", torch.rand(3, 12, 10))
     (inputs / "bad.png").write_bytes(b"")
-    code = main(["upscale", str(plain_file), str(inputs), "-o", str(tmp_path / "out"), "--tile", "16"])
+    code = main(["upscale", str(inputs), "-m", str(plain_file), "-o", str(tmp_path / "out"), "--tile", "16"])
     captured = capsys.readouterr()
     assert code == 1
     assert read_image(tmp_path / "out" / "good.png").rgb.shape == (3, 24, 20)
@@ -58,7 +58,16 @@ def test_upscale_writes_the_good_and_lists_the_bad(tmp_path, plain_file, capsys)
 
 def test_upscale_all_good_exits_zero_with_format(tmp_path, plain_file):
     write_image(tmp_path / "a.png", torch.rand(3, 8, 8))
-    args = ["upscale", str(plain_file), str(tmp_path / "a.png"), "-o", str(tmp_path / "o"), "--format", "jpg"]
+    args = [
+        "upscale",
+        str(tmp_path / "a.png"),
+        "--model",
+        str(plain_file),
+        "-o",
+        str(tmp_path / "o"),
+        "--format",
+        "jpg",
+    ]
     assert main([*args, "--device", "cpu", "--tile", "none"]) == 0
     assert (tmp_path / "o" / "a.jpg").is_file()
 

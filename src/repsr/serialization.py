@@ -42,7 +42,8 @@ def save_model(model: nn.Module, path: str | Path) -> None:
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild a model from a file written by `save_model`, a compact-layout `.pth`, or a checkpoint.
+    """Rebuild a model from a file written by `save_model`, a compact-layout `.pth`, or a checkpoint;
+    or a shipped model by name (`load_model("repsr-m4c16-x4")`, see `repsr.pretrained`).
 
     Raises `ModelFileError` with the file name and the problem for anything that is not a valid model.
     """
@@ -52,7 +53,9 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Modul
 def read_model_file(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """`load_model`, plus the other entries of a `repsr train` checkpoint (e.g. `ema`, the EMA state
     dict) read in the same pass; the dict is empty for any other file."""
-    path = Path(path)
+    from repsr.pretrained import resolve_model
+
+    path = resolve_model(path)
     if not path.is_file():
         raise ModelFileError(f"{path}: no such file")
     if path.stat().st_size == 0:

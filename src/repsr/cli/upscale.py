@@ -1,4 +1,4 @@
-"""`repsr upscale MODEL INPUT... -o OUT_DIR`: upscale image files, folders and globs."""
+"""`repsr upscale INPUT... -o OUT_DIR [-m MODEL]`: upscale image files, folders and globs."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from repsr.cli.args import add_device, add_progress, tile_type
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     from repsr.inference import BACKENDS, OUTPUT_FORMATS
+    from repsr.pretrained import DEFAULT_MODEL
 
     parser = subparsers.add_parser(
         "upscale",
@@ -20,7 +21,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "webm, avi, ...; needs pip install 'repsr[video]') are streamed frame by frame, keeping time "
         "stamps and copying audio and subtitles.",
     )
-    parser.add_argument("model", type=Path, help="model file (.safetensors, .pth, or a checkpoint)")
+    parser.add_argument(
+        "-m",
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"a shipped model's name (repsr models lists them; default {DEFAULT_MODEL}) or a model file "
+        "(.safetensors, .pth, or a checkpoint)",
+    )
     parser.add_argument("inputs", nargs="+", help="image files, folders (recursive) or glob patterns")
     parser.add_argument(
         "-o", "--output", type=Path, required=True, help="output folder (or the output video file)"

@@ -1,0 +1,80 @@
+"""The shipped models: load by name everywhere, merge exactly, beat bicubic, are the upscale default."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import repsr
+from repsr.cli import main
+from repsr.data import sample_images
+from repsr.errors import ModelFileError
+from repsr.io import quantize, read_image, write_image
+from repsr.metrics import psnr
+from repsr.network import PlainSR, RepNet
+from repsr.pretrained import DEFAULT_MODEL, PRETRAINED, resolve_model, shipped
+
+NAMES = sorted(PRETRAINED)
+
+
+def test_every_registered_model_ships() -> None:
+    assert [m.name for m in shipped()] == list(PRETRAINED)
+    for model in shipped():
+        assert model.training_form.is_file() and model.card.is_file()
+        assert model.scores()["psnr"] > model.scores()["bicubic_psnr"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_load_by_name_gives_the_deployed_network(name: str) -> None:
+    model = repsr.load_model(name)
+    assert isinstance(model, PlainSR)
+    assert model.spec.scale == PRETRAINED[name].scale
+    assert (model.spec.num_blocks, model.spec.channels, model.spec.in_channels) == (4, 16, 3)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_training_form_merges_into_the_shipped_network(name: str) -> None:
+    training = repsr.load_model(resolve_model(name, training_form=True))
+    assert isinstance(training, RepNet)
+    deployed = repsr.load_model(name)
+    x = torch.rand(1, 3, 21, 17, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert (training.eval()(x) - deployed(x)).abs().max().item() < 1e-4
+        merged = repsr.reparameterize_model(training)
+        assert (merged(x) - deployed(x)).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_shipped_model_beats_bicubic_on_a_held_out_photograph(name: str) -> None:
+    scale = PRETRAINED[name].scale
+    chelsea = next(p for p in sample_images()["val"] if p.stem == "chelsea")
+    hr = read_image(chelsea).rgb[:, :192, :240]
+    lr = quantize(repsr.imresize(hr.double(), 1 / scale)).float()
+    model = repsr.load_model(name)
+    with torch.no_grad():
+        sr = model(lr[None])[0].clamp(0, 1)
+    bicubic = repsr.imresize(lr, scale).clamp(0, 1)
+    assert psnr(sr, hr, scale) > psnr(bicubic, hr, scale) + 0.2
+
+
+def test_unknown_name_lists_the_shipped_models() -> None:
+    with pytest.raises(ModelFileError, match="not a shipped model.*repsr-m4c16-x4"):
+        repsr.load_model("repsr-m99c1-x7")
+    with pytest.raises(ModelFileError, match="no such file"):
+        repsr.load_model("missing/model.safetensors")
+
+
+def test_upscale_without_model_uses_the_default(tmp_path, capsys) -> None:
+    image = torch.rand(3, 20, 24, generator=torch.Generator().manual_seed(1))
+    write_image(tmp_path / "in.png", image)
+    assert main(["upscale", str(tmp_path / "in.png"), "-o", str(tmp_path / "out"), "--no-progress"]) == 0
+    out = read_image(tmp_path / "out" / "in.png").rgb
+    assert out.shape == (3, 20 * PRETRAINED[DEFAULT_MODEL].scale, 24 * PRETRAINED[DEFAULT_MODEL].scale)
+
+
+def test_models_command_lists_scores(capsys) -> None:
+    assert main(["models"]) == 0
+    listing = capsys.readouterr().out
+    for name in NAMES:
+        assert name in listing
+    assert f"{DEFAULT_MODEL} (default)" in listing
