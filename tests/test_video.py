@@ -273,12 +273,12 @@ def test_cli_upscales_a_clip(tmp_path, capsys):
     make_clip(tmp_path / "clip.mp4", frames=3)
     model_file, clip = str(tmp_path / "m.safetensors"), str(tmp_path / "clip.mp4")
     code = main(
-        ["upscale", model_file, clip, "-o", str(tmp_path / "o.mkv"), "--codec", "ffv1", "--no-progress"]
+        ["upscale", clip, "-m", model_file, "-o", str(tmp_path / "o.mkv"), "--codec", "ffv1", "--no-progress"]
     )
     assert code == 0
     out = capsys.readouterr().out
     assert "3 frames 24x16 -> 48x32 (ffv1" in out and "frames/s" in out
-    code = main(["upscale", model_file, model_file, "-o", str(tmp_path / "x.mp4")])
+    code = main(["upscale", model_file, "-m", model_file, "-o", str(tmp_path / "x.mp4")])
     assert code == 2 and "exactly one video" in capsys.readouterr().err
 
 
