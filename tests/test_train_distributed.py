@@ -104,7 +104,7 @@ def test_two_processes_end_with_identical_weights_and_bn_statistics(tmp_path):
     for key in states[0]:
         assert torch.equal(states[0][key], states[1][key]), key
     assert any("running_var" in key for key in states[0])
-    assert bool(states[0]["blocks.0.expand_bn.frozen"])
+    assert bool(states[0]["blocks.0.expand_bn._extra_state"])  # RepBN.frozen travels as extra state
     # only rank 0 wrote the run folder, and it holds the deployed model
     assert (tmp_path / "run" / "model.safetensors").is_file()
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == [

@@ -6,13 +6,22 @@ convolution as an `nn.Conv2d`. `forward` runs the branches; after the BN switch 
 `merged_training`, and `forward` then runs the equivalent convolution, merged differentiably from the
 same parameters (gradients still reach every branch).
 
-BN modes (`RepBN`): `batch` is ordinary BN; `frozen` normalizes with the population statistics even in
+BN modes (`BNMode`): `batch` is ordinary BN; `frozen` normalizes with the population statistics even in
 `model.train()`; `none` builds the block without BN (convolutions get biases instead).
+
+Each block's own constructor arguments are a frozen dataclass registered on the block as `Block.Options`
+(e.g. `RepSRBlock.Options(expand=2, squeeze_bn=True)`): the single source of their names and defaults,
+carried by `ModelSpec`. A block takes a BN mode exactly when its `Options` has a `bn_mode` field
+(`Block.has_bn`). Switching models between phases is `repsr.phase.set_phase`'s job.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -21,29 +30,67 @@ from torch import Tensor, nn
 from repsr import merge
 from repsr.merge import KernelBias
 
-BN_MODES = ("batch", "frozen", "none")
+
+class BNMode(str, Enum):
+    """The BN of a block: mini-batch statistics, frozen population statistics, or no BN at all."""
+
+    BATCH = "batch"
+    FROZEN = "frozen"
+    NONE = "none"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @classmethod
+    def parse(cls, value: str | BNMode) -> BNMode:
+        """`value` as a `BNMode`; ValueError naming the choices otherwise."""
+        try:
+            return cls(value)
+        except ValueError:
+            choices = ", ".join(m.value for m in cls)
+            raise ValueError(f"bn_mode must be one of {choices}; got {value!r}") from None
 
 
 class RepBN(nn.BatchNorm2d):
-    """BatchNorm2d whose `frozen` state survives `model.train()` and travels in the state dict."""
+    """BatchNorm2d whose `frozen` state survives `model.train()` and travels in the state dict.
 
-    def __init__(self, channels: int, mode: str = "batch") -> None:
+    `frozen` is a plain Python attribute (no tensor read in `forward`: no graph break under
+    `torch.compile`, no device-to-host sync on CUDA); the state dict carries it as the module's extra
+    state (a boolean tensor under `..._extra_state`). Files written before that held a `frozen` buffer
+    instead; `_load_from_state_dict` maps it.
+    """
+
+    LEGACY_KEY: ClassVar[str] = "frozen"
+
+    def __init__(self, channels: int, mode: str | BNMode = BNMode.BATCH) -> None:
         super().__init__(channels)
-        self.register_buffer("frozen", torch.tensor(False))
+        self.frozen = False
         self.set_mode(mode)
 
     @property
-    def mode(self) -> str:
-        return "frozen" if bool(self.frozen) else "batch"
+    def mode(self) -> BNMode:
+        return BNMode.FROZEN if self.frozen else BNMode.BATCH
 
-    def set_mode(self, mode: str) -> None:
+    def set_mode(self, mode: str | BNMode) -> None:
         """Switch between mini-batch statistics (`batch`) and population statistics (`frozen`)."""
-        if mode not in ("batch", "frozen"):
+        if mode not in (BNMode.BATCH, BNMode.FROZEN):
             raise ValueError(f"BN mode must be 'batch' or 'frozen' here, got {mode!r}")
-        self.frozen.fill_(mode == "frozen")
+        self.frozen = mode == BNMode.FROZEN
+
+    def get_extra_state(self) -> Tensor:
+        return torch.tensor(self.frozen)
+
+    def set_extra_state(self, state: Any) -> None:
+        self.frozen = bool(state)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing, unexpected, errors):
+        legacy, key = prefix + self.LEGACY_KEY, prefix + nn.modules.module._EXTRA_STATE_KEY_SUFFIX
+        if legacy in state_dict and key not in state_dict:  # written before `frozen` became extra state
+            state_dict[key] = state_dict.pop(legacy)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing, unexpected, errors)
 
     def forward(self, x: Tensor) -> Tensor:
-        if bool(self.frozen):
+        if self.frozen:
             return F.batch_norm(
                 x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
             )
@@ -57,11 +104,17 @@ class RepBN(nn.BatchNorm2d):
         )
 
 
-def make_bn(channels: int, bn_mode: str) -> RepBN | None:
+def upgrade_legacy_state(state: dict[str, Any]) -> dict[str, Any]:
+    """`state` with the `...frozen` buffers of older files renamed to the RepBN extra-state key."""
+    suffix = "." + RepBN.LEGACY_KEY
+    extra = nn.modules.module._EXTRA_STATE_KEY_SUFFIX
+    return {(k[: -len(suffix)] + "." + extra if k.endswith(suffix) else k): v for k, v in state.items()}
+
+
+def make_bn(channels: int, bn_mode: str | BNMode) -> RepBN | None:
     """A `RepBN` for `batch`/`frozen`, nothing for `none`."""
-    if bn_mode not in BN_MODES:
-        raise ValueError(f"bn_mode must be one of {', '.join(BN_MODES)}; got {bn_mode!r}")
-    return None if bn_mode == "none" else RepBN(channels, bn_mode)
+    bn_mode = BNMode.parse(bn_mode)
+    return None if bn_mode == BNMode.NONE else RepBN(channels, bn_mode)
 
 
 def fold_bn(bn: RepBN | None, kernel_bias: KernelBias) -> KernelBias:
@@ -84,10 +137,53 @@ def _apply_bn(x: Tensor, bn: RepBN | None) -> Tensor:
     return bn(x) if bn is not None else x
 
 
-class RepBlock(nn.Module):
-    """Base class: parallel branches from `in_channels` to `out_channels`, equivalent to one 3x3 conv."""
+@dataclass(frozen=True)
+class BlockOptions:
+    """A block's own constructor arguments (beyond the channel counts); subclassed per block."""
 
-    has_bn = True
+    def __post_init__(self) -> None:
+        if "bn_mode" in self.field_names():
+            object.__setattr__(self, "bn_mode", BNMode.parse(self.bn_mode))
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BlockOptions:
+        """Options from plain data; an unknown name raises TypeError, a bad value ValueError.
+
+        `bn_mode: none` is accepted (and dropped) for blocks without BN, as older files wrote it.
+        """
+        data = dict(data)
+        if "bn_mode" not in cls.field_names() and data.get("bn_mode") in ("none", BNMode.NONE):
+            del data["bn_mode"]
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (JSON- and weights-only-safe): enums as their values."""
+        return {k: v.value if isinstance(v, Enum) else v for k, v in dataclasses.asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class BNOptions(BlockOptions):
+    """Options of a block whose only argument is its BN mode."""
+
+    bn_mode: BNMode = BNMode.BATCH
+
+
+class RepBlock(nn.Module):
+    """Base class: parallel branches from `in_channels` to `out_channels`, equivalent to one 3x3 conv.
+
+    Subclasses set `Options` (a `BlockOptions` dataclass); `has_bn` follows from it.
+    """
+
+    Options: ClassVar[type[BlockOptions]] = BlockOptions
+    has_bn: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.has_bn = "bn_mode" in cls.Options.field_names()
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
@@ -125,9 +221,9 @@ class RepBlock(nn.Module):
 class PlainBlock(RepBlock):
     """A single 3x3 convolution: the baseline, nothing to merge."""
 
-    has_bn = False
+    Options = BlockOptions
 
-    def __init__(self, in_channels: int, out_channels: int) -> None:
+    def __init__(self, in_channels: int, out_channels: int, options: BlockOptions | None = None) -> None:
         super().__init__(in_channels, out_channels)
         self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
 
@@ -147,20 +243,24 @@ class RepSRBlock(RepBlock):
     are summed after it. The squeeze is initialised as if each path were its own conv (fan-in `mid`).
     """
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        *,
-        bn_mode: str = "batch",
-        expand: float = 2,
-        paths: int = 2,
-        identity: bool = True,
-        squeeze_bn: bool = False,
-    ) -> None:
+    @dataclass(frozen=True)
+    class Options(BlockOptions):
+        bn_mode: BNMode = BNMode.BATCH
+        expand: float = 2.0  # width of each path, in multiples of out_channels
+        paths: int = 2
+        identity: bool = True
+        squeeze_bn: bool = False  # BN after the squeeze too
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            if self.paths < 1:
+                raise ValueError(f"paths must be at least 1, got {self.paths}")
+
+    def __init__(self, in_channels: int, out_channels: int, options: Options | None = None) -> None:
         super().__init__(in_channels, out_channels)
-        if paths < 1:
-            raise ValueError(f"paths must be at least 1, got {paths}")
+        options = options or self.Options()
+        bn_mode, expand, paths = options.bn_mode, options.expand, options.paths
+        identity, squeeze_bn = options.identity, options.squeeze_bn
         self.paths = paths
         self.mid = max(1, round(expand * out_channels))
         self.identity = identity and in_channels == out_channels
@@ -202,9 +302,12 @@ class RepSRBlock(RepBlock):
 class RepVGGBlock(RepBlock):
     """RepVGG: conv3x3+BN, conv1x1+BN and a BN-only identity (when in == out channels)."""
 
-    def __init__(self, in_channels: int, out_channels: int, *, bn_mode: str = "batch") -> None:
+    Options = BNOptions
+
+    def __init__(self, in_channels: int, out_channels: int, options: BNOptions | None = None) -> None:
         super().__init__(in_channels, out_channels)
-        with_bias = bn_mode == "none"
+        bn_mode = (options or self.Options()).bn_mode
+        with_bias = bn_mode == BNMode.NONE
         self.conv3 = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=with_bias)
         self.bn3 = make_bn(out_channels, bn_mode)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 1, bias=with_bias)
@@ -228,9 +331,12 @@ class RepVGGBlock(RepBlock):
 class ACBlock(RepBlock):
     """Asymmetric Convolution Block: conv3x3+BN, conv3x1+BN, conv1x3+BN."""
 
-    def __init__(self, in_channels: int, out_channels: int, *, bn_mode: str = "batch") -> None:
+    Options = BNOptions
+
+    def __init__(self, in_channels: int, out_channels: int, options: BNOptions | None = None) -> None:
         super().__init__(in_channels, out_channels)
-        with_bias = bn_mode == "none"
+        bn_mode = (options or self.Options()).bn_mode
+        with_bias = bn_mode == BNMode.NONE
         self.square = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=with_bias)
         self.square_bn = make_bn(out_channels, bn_mode)
         self.ver = nn.Conv2d(in_channels, out_channels, (3, 1), padding=(1, 0), bias=with_bias)
@@ -259,9 +365,9 @@ class _PointwiseStage(nn.Module):
     1x1 -> 3x3 sequence equals its merged 3x3 conv with zero padding, borders included.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, bn_mode: str) -> None:
+    def __init__(self, in_channels: int, out_channels: int, bn_mode: BNMode) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, 1, bias=bn_mode == "none")
+        self.conv = nn.Conv2d(in_channels, out_channels, 1, bias=bn_mode == BNMode.NONE)
         self.bn = make_bn(out_channels, bn_mode)
 
     def kernel_bias(self) -> KernelBias:
@@ -279,9 +385,12 @@ class DBBlock(RepBlock):
     exact at the borders.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, *, bn_mode: str = "batch") -> None:
+    Options = BNOptions
+
+    def __init__(self, in_channels: int, out_channels: int, options: BNOptions | None = None) -> None:
         super().__init__(in_channels, out_channels)
-        with_bias = bn_mode == "none"
+        bn_mode = (options or self.Options()).bn_mode
+        with_bias = bn_mode == BNMode.NONE
         self.square = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=with_bias)
         self.square_bn = make_bn(out_channels, bn_mode)
         self.point = nn.Conv2d(in_channels, out_channels, 1, bias=with_bias)
@@ -324,7 +433,7 @@ class _MaskedDepthwise(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, mask: list[list[float]]) -> None:
         super().__init__()
-        self.point = _PointwiseStage(in_channels, out_channels, "none")
+        self.point = _PointwiseStage(in_channels, out_channels, BNMode.NONE)
         self.scale = nn.Parameter(torch.randn(out_channels, 1, 1, 1) * 1e-3)
         self.bias = nn.Parameter(torch.randn(out_channels) * 1e-3)
         self.register_buffer("mask", torch.tensor(mask), persistent=False)
@@ -347,15 +456,18 @@ class ECBlock(RepBlock):
     `identity` adds the input (ECBSR's `with_idt`), possible when in == out channels.
     """
 
-    has_bn = False
+    @dataclass(frozen=True)
+    class Options(BlockOptions):
+        depth_multiplier: float = 2.0  # width of the 1x1-3x3 branch, in multiples of out_channels
+        identity: bool = False
 
-    def __init__(
-        self, in_channels: int, out_channels: int, *, depth_multiplier: float = 2, identity: bool = False
-    ) -> None:
+    def __init__(self, in_channels: int, out_channels: int, options: Options | None = None) -> None:
         super().__init__(in_channels, out_channels)
+        options = options or self.Options()
+        depth_multiplier, identity = options.depth_multiplier, options.identity
         mid = max(1, round(depth_multiplier * out_channels))
         self.square = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.expand_in = _PointwiseStage(in_channels, mid, "none")
+        self.expand_in = _PointwiseStage(in_channels, mid, BNMode.NONE)
         self.expand = nn.Conv2d(mid, out_channels, 3)
         self.edges = nn.ModuleList(
             _MaskedDepthwise(in_channels, out_channels, m) for m in _ECB_MASKS.values()

@@ -11,16 +11,34 @@ Both carry a `ModelSpec` as `.spec`: what a loaded model is (block, scale, size,
 
 from __future__ import annotations
 
+import copy
 import json
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, overload
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from repsr.blocks import BLOCKS, BN_MODES, RepBlock, RepBN
-from repsr.errors import ConfigError
+from repsr.blocks import BLOCKS, BlockOptions, BNMode, RepBlock
+from repsr.errors import ConfigError, RepsrError
+from repsr.phase import set_bn_mode, set_merged_training
+
+__all__ = [
+    "ModelSpec",
+    "PlainSR",
+    "RepNet",
+    "build_model",
+    "build_network",
+    "config_has_bn",
+    "reparameterize_model",
+    "set_bn_mode",  # re-exported: lower-level steps of repsr.phase.set_phase
+    "set_merged_training",
+]
+
+if TYPE_CHECKING:
+    from repsr.training.config import TrainConfig
 
 SCALES = (2, 3, 4)
 IN_CHANNELS = (1, 3)
@@ -28,15 +46,43 @@ IN_CHANNELS = (1, 3)
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """What a model is: enough to rebuild it from a file's metadata alone."""
+    """What a model is: enough to rebuild it from a file's metadata alone. Hashable.
+
+    `options` are the block's own arguments, a `Block.Options` dataclass (a plain dict is converted,
+    e.g. `{"bn_mode": "none", "expand": 1}`; a `rep_head_tail` key in it sets that field, as the
+    serialized form of older versions kept it there). `rep_head_tail` makes head and tail blocks too.
+    """
 
     block: str
     scale: int
     num_blocks: int
     channels: int
     in_channels: int = 3
-    # Block constructor options (bn_mode, expand, ...) and `rep_head_tail`.
-    options: dict[str, Any] = field(default_factory=dict)
+    options: BlockOptions | None = None
+    rep_head_tail: bool = False
+
+    def __post_init__(self) -> None:
+        if self.block not in BLOCKS:
+            raise ConfigError(f"unknown block {self.block!r}; choose one of {', '.join(BLOCKS)}")
+        options_class = BLOCKS[self.block].Options
+        options = self.options
+        if options is None or isinstance(options, Mapping):
+            data = dict(options or {})
+            if "rep_head_tail" in data:
+                object.__setattr__(
+                    self, "rep_head_tail", bool(data.pop("rep_head_tail")) or self.rep_head_tail
+                )
+            try:
+                options = options_class.from_dict(data)
+            except TypeError as error:
+                raise ConfigError(f"block {self.block!r} does not take these options: {error}") from None
+            except ValueError as error:
+                raise ConfigError(f"block {self.block!r}: {error}") from None
+        elif type(options) is not options_class:
+            raise ConfigError(
+                f"block {self.block!r} takes {options_class.__qualname__}, got {type(options).__qualname__}"
+            )
+        object.__setattr__(self, "options", options)
 
     @property
     def name(self) -> str:
@@ -44,11 +90,20 @@ class ModelSpec:
         return f"{self.block}-M{self.num_blocks}C{self.channels}-x{self.scale}"
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Plain data, in the layout files have always used (`rep_head_tail` inside `options`)."""
+        options = {**self.options.to_dict(), "rep_head_tail": self.rep_head_tail}
+        return {
+            "block": self.block,
+            "scale": self.scale,
+            "num_blocks": self.num_blocks,
+            "channels": self.channels,
+            "in_channels": self.in_channels,
+            "options": options,
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
-        known = {"block", "scale", "num_blocks", "channels", "in_channels", "options"}
+        known = {"block", "scale", "num_blocks", "channels", "in_channels", "options", "rep_head_tail"}
         unknown = set(data) - known
         if unknown:
             raise ConfigError(f"unknown model spec key(s): {', '.join(sorted(unknown))}")
@@ -74,8 +129,6 @@ class ModelSpec:
 
 
 def _validate(spec: ModelSpec) -> None:
-    if spec.block not in BLOCKS:
-        raise ConfigError(f"unknown block {spec.block!r}; choose one of {', '.join(BLOCKS)}")
     if spec.scale not in SCALES:
         raise ConfigError(f"scale must be one of {SCALES}, got {spec.scale}")
     if spec.in_channels not in IN_CHANNELS:
@@ -84,22 +137,10 @@ def _validate(spec: ModelSpec) -> None:
         raise ConfigError(
             f"num_blocks must be >= 0 and channels >= 1, got {spec.num_blocks}, {spec.channels}"
         )
-    bn_mode = spec.options.get("bn_mode")
-    if bn_mode is not None and bn_mode not in BN_MODES:
-        raise ConfigError(f"bn_mode must be one of {', '.join(BN_MODES)}, got {bn_mode!r}")
 
 
 def _make_block(spec: ModelSpec, in_channels: int, out_channels: int) -> RepBlock:
-    options = {k: v for k, v in spec.options.items() if k != "rep_head_tail"}
-    block_class = BLOCKS[spec.block]
-    if not block_class.has_bn and options.get("bn_mode", "none") == "none":
-        options.pop("bn_mode", None)
-    try:
-        return block_class(in_channels, out_channels, **options)
-    except TypeError as error:
-        raise ConfigError(f"block {spec.block!r} does not take these options: {error}") from None
-    except ValueError as error:
-        raise ConfigError(f"block {spec.block!r}: {error}") from None
+    return BLOCKS[spec.block](in_channels, out_channels, spec.options)
 
 
 def _upsample_skip(x: Tensor, scale: int) -> Tensor:
@@ -114,7 +155,7 @@ class RepNet(nn.Module):
         _validate(spec)
         self.spec = spec
         c, out = spec.channels, spec.in_channels * spec.scale**2
-        if spec.options.get("rep_head_tail", False):
+        if spec.rep_head_tail:
             self.head: nn.Module = _make_block(spec, spec.in_channels, c)
             self.tail: nn.Module = _make_block(spec, c, out)
         else:
@@ -165,25 +206,64 @@ def build_model(
 ) -> RepNet:
     """The training-form network, e.g. `build_model("repsr", scale=4, num_blocks=4, channels=16)`.
 
-    `block_options` go to every block (`bn_mode`, `expand`, `paths`, `identity`, `squeeze_bn`, ...);
-    `rep_head_tail=True` also makes the head and tail convs re-parameterizable blocks.
+    `block_options` go to every block (`bn_mode`, `expand`, `paths`, `identity`, `squeeze_bn`, ...: the
+    fields of `BLOCKS[block].Options`); `rep_head_tail=True` also makes the head and tail convs
+    re-parameterizable blocks.
     """
     return RepNet(ModelSpec(block, scale, num_blocks, channels, in_channels, dict(block_options)))
+
+
+def config_has_bn(config: TrainConfig) -> bool:
+    """Whether the network a training config describes has BN at all (`plain` and `ecb` never do)."""
+    return config.bn.mode != "none" and BLOCKS[config.model.block].has_bn
+
+
+def build_network(config: TrainConfig) -> RepNet:
+    """The training-form network a training config describes (BN in batch mode unless `bn.mode` is none)."""
+    m = config.model
+    options = m.block_options()
+    if BLOCKS[m.block].has_bn:
+        options["bn_mode"] = BNMode.BATCH if config_has_bn(config) else BNMode.NONE
+    return build_model(
+        m.block,
+        scale=m.scale,
+        num_blocks=m.num_blocks,
+        channels=m.channels,
+        in_channels=m.in_channels,
+        **options,
+    )
 
 
 def _as_conv(module: nn.Module) -> nn.Conv2d:
     return module.fuse() if isinstance(module, RepBlock) else module
 
 
+@overload
+def reparameterize_model(model: RepNet | PlainSR) -> PlainSR: ...
+@overload
+def reparameterize_model(model: nn.Module) -> nn.Module: ...
+
+
 @torch.no_grad()
-def reparameterize_model(model: nn.Module) -> PlainSR:
-    """A NEW plain network equal to `model.eval()`; `model` itself is left untouched and can keep training."""
+def reparameterize_model(model: nn.Module) -> nn.Module:
+    """A NEW network equal to `model.eval()`; `model` itself is left untouched and can keep training.
+
+    A `RepNet` (or `PlainSR`) gives a `PlainSR`. Any other module (as timm's function of this name
+    accepts) gives a deep copy in eval mode in which every `RepBlock` it contains is replaced by its
+    fused 3x3 convolution (a `RepBlock` itself gives that convolution).
+    """
+    if not isinstance(model, nn.Module):
+        raise RepsrError(f"reparameterize_model expects a torch.nn.Module, got {type(model).__name__}")
     if isinstance(model, PlainSR):
         plain = PlainSR(model.spec)
         plain.load_state_dict(model.state_dict())
         return plain.to(next(model.parameters())).eval()
+    if isinstance(model, RepBlock):
+        return model.fuse().eval()
     if not isinstance(model, RepNet):
-        raise TypeError(f"expected a RepNet or PlainSR, got {type(model).__name__}")
+        fused = copy.deepcopy(model)
+        _fuse_children(fused)
+        return fused.eval()
     was_training = model.training
     model.eval()  # BN folds use population statistics either way; eval() keeps forward consistent
     try:
@@ -199,26 +279,10 @@ def reparameterize_model(model: nn.Module) -> PlainSR:
     return plain.eval()
 
 
-def set_bn_mode(model: nn.Module, mode: str) -> int:
-    """Set every `RepBN` in `model` to `batch` or `frozen`; returns how many were set."""
-    count = 0
-    for module in model.modules():
-        if isinstance(module, RepBN):
-            module.set_mode(mode)
-            count += 1
-    return count
-
-
-def set_merged_training(model: nn.Module, enabled: bool = True) -> None:
-    """Make every block compute its forward as its merged 3x3 conv (still differentiable).
-
-    Only valid once no BN uses mini-batch statistics (after the switch, or without BN): then each block
-    is a linear function of its input and the merged conv is the same function at a fraction of the cost.
-    """
-    if enabled:
-        live = [name for name, m in model.named_modules() if isinstance(m, RepBN) and m.mode == "batch"]
-        if live:
-            raise ValueError(f"merged training needs frozen BN; still in batch mode: {', '.join(live[:3])}")
-    for module in model.modules():
-        if isinstance(module, RepBlock):
-            module.merged_training = enabled
+def _fuse_children(module: nn.Module) -> None:
+    """Replace, in place, every `RepBlock` below `module` by its fused convolution."""
+    for name, child in list(module.named_children()):
+        if isinstance(child, RepBlock):
+            setattr(module, name, child.fuse())
+        else:
+            _fuse_children(child)

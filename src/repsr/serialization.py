@@ -20,6 +20,7 @@ from safetensors.torch import load_file, safe_open, save_file
 from torch import Tensor, nn
 
 from repsr.atomic import atomic_write
+from repsr.blocks import upgrade_legacy_state
 from repsr.errors import ConfigError, ModelFileError, first_line
 from repsr.network import ModelSpec, PlainSR, RepNet
 
@@ -139,6 +140,7 @@ def infer_plain_spec(state: dict[str, Tensor], path: Path | str = "<state dict>"
 
 def _load_checked(model: nn.Module, state: dict[str, Tensor], path: Path) -> None:
     """Load `state` into `model`, refusing missing/extra keys, wrong shapes and non-finite values."""
+    state = upgrade_legacy_state(state)
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     extra = [k for k in state if k not in expected]

@@ -33,9 +33,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from repsr.blocks import RepBN
 from repsr.errors import ConfigError
-from repsr.network import set_bn_mode, set_merged_training
+from repsr.phase import Phase, set_phase
 from repsr.recipes import BN_GAP, STUDIES, STUDY_SETTINGS, THROUGHPUT, Study
 
 
@@ -67,12 +66,7 @@ def batch_statistics_output(model: nn.Module, lr: Tensor) -> Tensor:
     This is what training-time BN computes; comparing it with population statistics shows the
     train/test inconsistency that the paper blames for BN artifacts.
     """
-    probe = copy.deepcopy(model)
-    set_merged_training(probe, False)
-    set_bn_mode(probe, "batch")
-    for module in probe.modules():
-        if isinstance(module, RepBN):
-            module.momentum = 0.0  # use the batch statistics without touching the running ones
+    probe = set_phase(copy.deepcopy(model), Phase.BATCH_STATS, track_statistics=False)
     return probe.train()(lr[None])[0]
 
 

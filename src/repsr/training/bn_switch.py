@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from repsr.blocks import RepBN
-from repsr.network import set_bn_mode
+from repsr.blocks import BNMode, RepBN
+from repsr.phase import Phase, set_phase
 from repsr.training.distributed import Distributed, combine_moments
 
 
@@ -54,7 +54,7 @@ class _MomentAccumulator:
 
 def batch_mode_bns(model: nn.Module) -> list[RepBN]:
     """Every `RepBN` that still normalizes with mini-batch statistics."""
-    return [m for m in model.modules() if isinstance(m, RepBN) and m.mode == "batch"]
+    return [m for m in model.modules() if isinstance(m, RepBN) and m.mode == BNMode.BATCH]
 
 
 @torch.no_grad()
@@ -112,21 +112,14 @@ def switch_to_population_statistics(
     *,
     freeze_affine: bool = False,
 ) -> SwitchReport:
-    """The switch: precise statistics (if `batches`), then every BN frozen; optionally gamma/beta too."""
+    """The switch: precise statistics (if `batches`), then every BN frozen; optionally gamma/beta too.
+
+    Leaves `model` in `Phase.FROZEN_STATS`; the caller then chooses the form phase 2 trains in.
+    """
     if batches is not None:
         report = precise_statistics(model, batches, dist_info)
     else:
         broadcast_statistics(model, dist_info)
         report = SwitchReport(len(batch_mode_bns(model)), 0, 0.0, 1.0)
-    set_bn_mode(model, "frozen")
-    if freeze_affine:
-        freeze_bn_affine(model)
+    set_phase(model, Phase.FROZEN_STATS, train_affine=not freeze_affine)
     return report
-
-
-def freeze_bn_affine(model: nn.Module) -> None:
-    """Stop training gamma/beta of every `RepBN` (the statistics are frozen separately)."""
-    for module in model.modules():
-        if isinstance(module, RepBN):
-            module.weight.requires_grad_(False)
-            module.bias.requires_grad_(False)

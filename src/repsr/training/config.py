@@ -16,6 +16,7 @@ import dataclasses
 import types
 import typing
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,18 @@ from repsr.blocks import BLOCKS
 from repsr.errors import ConfigError, first_line
 from repsr.network import IN_CHANNELS, SCALES
 
-BN_MODES = ("batch", "switch", "none")
+
+class BNSchedule(str, Enum):
+    """What training does with BN (`bn.mode`): batch statistics throughout, the RepSR switch, no BN."""
+
+    BATCH = "batch"
+    SWITCH = "switch"
+    NONE = "none"
+
+    def __str__(self) -> str:
+        return self.value
+
+
 SCHEDULERS = ("cosine", "step", "constant")
 LOSSES = ("l1", "l2")
 DEVICES = ("auto", "cpu", "cuda")
@@ -101,6 +113,11 @@ class BNConfig:
     merged_training: bool = True  # once all BN statistics are fixed, train each block as one 3x3 conv
     sync: bool = False  # SyncBatchNorm across processes before the switch
 
+    @property
+    def schedule(self) -> BNSchedule:
+        """`mode` as a `BNSchedule` (the config keeps the plain string, as YAML and checkpoints do)."""
+        return BNSchedule(self.mode)
+
 
 @dataclass
 class EMAConfig:
@@ -170,7 +187,7 @@ class TrainConfig:
     @property
     def switch_iteration(self) -> int | None:
         """The iteration count after which BN statistics freeze (None unless `bn.mode` is switch)."""
-        if self.bn.mode != "switch":
+        if self.bn.schedule != BNSchedule.SWITCH:
             return None
         return min(self.train.iterations, round(self.bn.switch_at * self.train.iterations))
 
@@ -308,7 +325,8 @@ def validate(config: TrainConfig) -> None:
     _check(optim.loss in LOSSES, "train.loss", f"must be one of {', '.join(LOSSES)}")
     _check(optim.grad_clip >= 0, "train.grad_clip", "must be >= 0 (0 = off)")
     _check(optim.threads >= 0, "train.threads", "must be >= 0 (0 = default)")
-    _check(bn.mode in BN_MODES, "bn.mode", f"must be one of {', '.join(BN_MODES)}, got {bn.mode!r}")
+    schedules = ", ".join(s.value for s in BNSchedule)
+    _check(bn.mode in tuple(BNSchedule), "bn.mode", f"must be one of {schedules}, got {bn.mode!r}")
     _check(0 < bn.switch_at <= 1, "bn.switch_at", "must be a fraction of the iterations in (0, 1]")
     _check(bn.precise_batches >= 0, "bn.precise_batches", "must be >= 0")
     _check(0 < config.ema.decay < 1, "ema.decay", "must be in (0, 1)")

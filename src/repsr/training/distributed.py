@@ -129,7 +129,7 @@ class SyncRepBN(RepBN):
     """
 
     def forward(self, x: Tensor) -> Tensor:
-        if bool(self.frozen) or not self.training or not dist.is_initialized() or dist.get_world_size() == 1:
+        if self.frozen or not self.training or not dist.is_initialized() or dist.get_world_size() == 1:
             return super().forward(x)
         channels = x.shape[1]
         local_count = x.numel() // channels

@@ -37,7 +37,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from repsr.blocks import BLOCKS, RepBlock
 from repsr.data import EvalPair
 from repsr.errors import ConfigError, RepsrError
-from repsr.network import PlainSR, RepNet, build_model, reparameterize_model, set_merged_training
+from repsr.network import ModelSpec, PlainSR, RepNet, build_model, reparameterize_model, set_merged_training
+from repsr.phase import Phase, set_phase
 from repsr.serialization import atomic_write, load_model, save_model
 from repsr.training import checkpoint as ckpt
 from repsr.training.bn_switch import switch_to_population_statistics
@@ -300,7 +301,7 @@ class Trainer:
                 log.info("--resume: no checkpoint in %s, starting from scratch", self.checkpoint_dir)
             return None
         state = found[1] if found else ckpt.read_checkpoint(Path(path))
-        if state["spec"] != self.model.spec.to_dict():
+        if ModelSpec.from_dict(state["spec"]) != self.model.spec:
             raise ConfigError(
                 f"{path}: the checkpoint holds model {state['spec']} but the config describes "
                 f"{self.model.spec.to_dict()}; resume with the run's own config ({self.run_dir}/config.yaml)"
@@ -331,15 +332,14 @@ class Trainer:
     def _apply_phase(self) -> None:
         """Put the model in the configuration its BN phase needs (also after a resume)."""
         if self.bn_phase == "batch":
+            set_phase(self.model, Phase.BATCH_STATS)
             if self.config.bn.sync and self.dist.enabled:
                 enable_sync_bn(self.model)
             return
         disable_sync_bn(self.model)
-        if self.bn_phase == "frozen" and self.config.bn.freeze_affine:
-            from repsr.training.bn_switch import freeze_bn_affine
-
-            freeze_bn_affine(self.model)
-        set_merged_training(self.model, self.config.bn.merged_training)
+        bn = self.config.bn
+        phase = Phase.MERGED if bn.merged_training else Phase.FROZEN_STATS
+        set_phase(self.model, phase, train_affine=not (self.bn_phase == "frozen" and bn.freeze_affine))
 
     def _set_memory_format(self) -> None:
         """Channels-last weights (when on), except branch weights that only feed a merged kernel."""

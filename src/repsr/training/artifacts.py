@@ -1,0 +1,111 @@
+"""What a run leaves behind: checkpoints in one format, the final model, and its verification.
+
+Every checkpoint file, periodic (`checkpoints/ckpt_N.pt`) or final (`final.pt`), is one dict built by
+`checkpoint_state` with the same keys and the same `format`; `final.pt` holds the delivered weights (the
+EMA when enabled, float32) and no optimizer, scheduler, EMA or RNG state (those keys are None), and is
+read by the same `checkpoint.read_checkpoint` (and by `repsr.load_model`). Building the dicts and
+checking the deployed network touch no files; only `write_final` writes.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from repsr.errors import RepsrError
+from repsr.network import PlainSR, RepNet, reparameterize_model
+from repsr.phase import set_merged_training
+from repsr.serialization import atomic_write, load_model, save_model
+from repsr.training.checkpoint import CHECKPOINT_FORMAT
+
+FINAL_CHECKPOINT = "final.pt"
+DEPLOYED_MODEL = "model.safetensors"
+BEST_MODEL = "best.safetensors"
+
+
+class TrainingError(RepsrError):
+    """A run that cannot go on (non-finite loss, a merge that does not verify)."""
+
+
+def _tensors(model: nn.Module, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    return {
+        k: (
+            v.detach().cpu() if dtype is None or not v.is_floating_point() else v.detach().cpu().to(dtype)
+        ).contiguous()
+        for k, v in model.state_dict().items()
+    }
+
+
+def checkpoint_state(
+    model: RepNet,
+    *,
+    iteration: int,
+    bn_phase: str,
+    config: dict[str, Any],
+    history: list[dict[str, Any]],
+    best: dict[str, Any] | None,
+    seconds: float,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any = None,
+    ema: Any = None,
+    rng: dict[str, Any] | None = None,
+    weights: str = "model",
+    dtype: torch.dtype | None = None,
+) -> dict[str, Any]:
+    """The one checkpoint format (plain types only, loadable with `weights_only=True`)."""
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "spec": model.spec.to_dict(),
+        "model": _tensors(model, dtype),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "ema": ema.state_dict() if ema is not None else None,
+        "iteration": iteration,
+        "bn_phase": str(bn_phase),
+        "rng": rng,
+        "config": config,
+        "history": history,
+        "best": best,
+        "seconds": seconds,
+        "weights": weights,  # what `model` holds: the raw weights or (final.pt) the EMA
+    }
+
+
+def verify_deployed(model: RepNet, plain: nn.Module) -> float:
+    """Check a deployed plain network against the training form; returns the float32 max error.
+
+    The training form in float64 must equal its own merge to 1e-8 (the merge math) and `plain` (as
+    saved, float32) to 1e-3; raises `TrainingError` otherwise.
+    """
+    reference = copy.deepcopy(model).to(device="cpu", dtype=torch.float64).eval()
+    set_merged_training(reference, False)
+    generator = torch.Generator().manual_seed(0)
+    x = torch.rand(2, model.spec.in_channels, 19, 23, generator=generator, dtype=torch.float64)
+    with torch.no_grad():
+        exact = (reference(x) - reparameterize_model(reference)(x)).abs().max().item()
+        err32 = (reference.float()(x.float()) - plain.cpu().float()(x.float())).abs().max().item()
+    if not exact <= 1e-8 or not err32 <= 1e-3:
+        raise TrainingError(
+            f"the deployed model does not match the training form "
+            f"(float64 error {exact:.2e}, float32 error {err32:.2e})"
+        )
+    return err32
+
+
+def write_final(
+    run_dir: Path, state: dict[str, Any], delivered: RepNet, plain: PlainSR
+) -> tuple[Path, Path, float]:
+    """Write `final.pt` (`state`) and `model.safetensors` (`plain`), then verify the saved model against
+    the `delivered` training form; returns both paths and the float32 error."""
+    final_path, model_path = run_dir / FINAL_CHECKPOINT, run_dir / DEPLOYED_MODEL
+    atomic_write(final_path, lambda tmp: torch.save(state, tmp))
+    save_model(plain.cpu().float(), model_path)
+    try:
+        error = verify_deployed(delivered, load_model(model_path))
+    except TrainingError as failure:
+        raise TrainingError(f"{model_path}: {failure}") from None
+    return final_path, model_path, error
