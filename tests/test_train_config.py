@@ -9,9 +9,10 @@ import yaml
 
 from repsr.cli import main
 from repsr.errors import ConfigError
+from repsr.network import build_network
 from repsr.training import TrainConfig, load_config
 from repsr.training.config import save_config
-from repsr.training.trainer import build_network, lr_factor
+from repsr.training.schedule import lr_factor
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 

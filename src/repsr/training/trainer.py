@@ -1,4 +1,4 @@
-"""The training loop: RepSR's recipe with the BN switch, merged-form phase 2, checkpoints and DDP.
+"""The trainer: RepSR's recipe with the BN switch, merged-form phase 2, checkpoints and DDP.
 
 Phases of a `bn.mode: switch` run:
 1. iterations [0, switch): multi-branch blocks, BN on mini-batch statistics (optionally synchronised
@@ -9,20 +9,23 @@ Phases of a `bn.mode: switch` run:
 At the end the (EMA of the) training form is re-parameterized into the plain network, verified against
 the training form, and saved as `model.safetensors`.
 
-Exact resume: every random choice of the data comes from the patch keys, and the keys of iteration i are
-drawn from a generator seeded with (seed, rank, i). Resuming at iteration N therefore sees exactly the
-batches the uninterrupted run saw, regardless of DataLoader workers and prefetching, and the checkpoint
+The parts, each usable without the file system: `schedule` (when to switch, what each phase means, the
+LR factor), `loop` (the loop around a step function, loss bookkeeping), `artifacts` (the one checkpoint
+format, the final model and its verification), `sampling` (patch keys). This module wires them to the
+optimizer, the data loaders, the log and the run folder.
+
+Exact resume: every random choice of the data comes from the patch keys (`sampling`), and the checkpoint
 holds everything else that changes (model, optimizer, scheduler, EMA, BN phase, RNG states, history).
+
+Constructing a `Trainer` has no global side effects; seeding the global RNG, the thread count, the run
+folder's `config.yaml` and log files happen when `run()` first starts (`start()`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
-import hashlib
 import logging
-import math
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -32,32 +35,48 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
-from repsr.blocks import BLOCKS, RepBlock
-from repsr.data import EvalPair
-from repsr.errors import ConfigError, RepsrError
-from repsr.network import ModelSpec, PlainSR, RepNet, build_model, reparameterize_model, set_merged_training
-from repsr.phase import Phase, set_phase
-from repsr.serialization import atomic_write, load_model, save_model
+from repsr.blocks import BNMode, RepBlock
+from repsr.data import EvalPair, build_train_set
+from repsr.errors import ConfigError
+from repsr.network import ModelSpec, PlainSR, RepNet, build_network, reparameterize_model
+from repsr.network import config_has_bn as model_has_bn
+from repsr.phase import set_merged_training
+from repsr.serialization import save_model
 from repsr.training import checkpoint as ckpt
+from repsr.training.artifacts import (
+    BEST_MODEL,
+    DEPLOYED_MODEL,
+    FINAL_CHECKPOINT,
+    TrainingError,
+    checkpoint_state,
+    write_final,
+)
 from repsr.training.bn_switch import switch_to_population_statistics
 from repsr.training.config import TrainConfig, save_config
-from repsr.training.distributed import Distributed, disable_sync_bn, enable_sync_bn
+from repsr.training.distributed import Distributed
 from repsr.training.ema import ModelEMA
+from repsr.training.loop import LossMeter, run_steps
 from repsr.training.run_log import RunLog
+from repsr.training.sampling import PRECISE_STREAM, TRAIN_STREAM, KeyBatches
+from repsr.training.schedule import PhaseSchedule, lr_factor
 from repsr.training.validation import build_eval_sets, evaluate
 
+__all__ = [
+    "BEST_MODEL",
+    "DEPLOYED_MODEL",
+    "FINAL_CHECKPOINT",
+    "Trainer",
+    "TrainingError",
+    "TrainResult",
+    "build_network",  # re-exported: repsr.network's since issue 13 (demo and benchmark import it here)
+    "build_train_set",
+    "model_has_bn",
+    "train",
+]
+
 log = logging.getLogger("repsr.training")
-
-TRAIN_STREAM, PRECISE_STREAM = 0, 1
-FINAL_CHECKPOINT = "final.pt"
-DEPLOYED_MODEL = "model.safetensors"
-BEST_MODEL = "best.safetensors"
-
-
-class TrainingError(RepsrError):
-    """A run that cannot go on (non-finite loss, a merge that does not verify)."""
 
 
 @dataclass
@@ -73,115 +92,6 @@ class TrainResult:
     checkpoint_path: Path  # run_dir / final.pt (training form, readable by repsr.load_model)
     best: dict[str, Any] | None = None  # {"metric", "value", "iteration"} of the best validation
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-# ------------------------------------------------------------------------------------------ patch keys
-
-
-def _stream_seed(seed: int, stream: int, rank: int, index: int) -> int:
-    digest = hashlib.blake2b(f"{seed}/{stream}/{rank}/{index}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & (2**63 - 1)
-
-
-def patch_keys(seed: int, stream: int, rank: int, index: int, batch_size: int) -> list[int]:
-    """The patch keys of batch `index`: a pure function of its arguments (what makes resume exact)."""
-    generator = torch.Generator().manual_seed(_stream_seed(seed, stream, rank, index))
-    return torch.randint(0, 2**62, (batch_size,), generator=generator).tolist()
-
-
-class KeyBatches(Sampler[list[int]]):
-    """Batches of patch keys for batch indices [start, stop) of one (seed, stream, rank)."""
-
-    def __init__(self, seed: int, stream: int, rank: int, batch_size: int, start: int, stop: int) -> None:
-        self.seed, self.stream, self.rank = seed, stream, rank
-        self.batch_size, self.start, self.stop = batch_size, start, stop
-
-    def __iter__(self) -> Iterator[list[int]]:
-        for index in range(self.start, self.stop):
-            yield patch_keys(self.seed, self.stream, self.rank, index, self.batch_size)
-
-    def __len__(self) -> int:
-        return max(0, self.stop - self.start)
-
-
-# ----------------------------------------------------------------------------------------- LR schedule
-
-
-def lr_factor(config: TrainConfig, step: int) -> float:
-    """Multiplier of `train.lr` at `step` (0-based iteration): warm-up, then cosine/step/constant."""
-    optim = config.train
-    if step < optim.warmup:
-        return (step + 1) / optim.warmup
-    if optim.scheduler == "cosine":
-        span = max(1, optim.iterations - optim.warmup)
-        t = min(1.0, (step - optim.warmup) / span)
-        floor = optim.min_lr / optim.lr
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
-    if optim.scheduler == "step":
-        passed = sum(step >= round(m * optim.iterations) for m in optim.milestones)
-        return optim.gamma**passed
-    return 1.0
-
-
-# -------------------------------------------------------------------------------------------- helpers
-
-
-def model_has_bn(config: TrainConfig) -> bool:
-    """Whether the configured network has BN at all (the `plain` and `ecb` blocks never do)."""
-    return config.bn.mode != "none" and BLOCKS[config.model.block].has_bn
-
-
-def build_network(config: TrainConfig) -> RepNet:
-    """The training-form network the config describes (BN in batch mode unless `bn.mode` is none)."""
-    m = config.model
-    options = m.block_options()
-    if BLOCKS[m.block].has_bn:
-        options["bn_mode"] = "batch" if model_has_bn(config) else "none"
-    return build_model(
-        m.block,
-        scale=m.scale,
-        num_blocks=m.num_blocks,
-        channels=m.channels,
-        in_channels=m.in_channels,
-        **options,
-    )
-
-
-def build_train_set(config: TrainConfig, data: Path | Dataset | None) -> Dataset:
-    """Training patches from `data` (a folder/file, or a ready dataset), `data.root`, or the samples."""
-    if isinstance(data, Dataset):
-        return data
-    from repsr.data import TrainPatches, sample_images
-
-    root: Any = data if data is not None else config.data.root
-    hr = Path(root) if root is not None else sample_images()["train"]
-    return TrainPatches(
-        hr,
-        config.model.scale,
-        config.data.patch_size,
-        lr=config.data.lr_root,
-        cache_dir=config.data.cache_dir,
-        augment=config.data.augment,
-        y_channel=config.model.in_channels == 1,
-    )
-
-
-def _verify_plain(model: RepNet, plain_path: Path) -> float:
-    """Check the saved plain model against the training form; returns the float32 max error."""
-    reference = copy.deepcopy(model).to(device="cpu", dtype=torch.float64).eval()
-    set_merged_training(reference, False)
-    generator = torch.Generator().manual_seed(0)
-    x = torch.rand(2, model.spec.in_channels, 19, 23, generator=generator, dtype=torch.float64)
-    with torch.no_grad():
-        exact = (reference(x) - reparameterize_model(reference)(x)).abs().max().item()
-        saved = load_model(plain_path)
-        err32 = (reference.float()(x.float()) - saved(x.float())).abs().max().item()
-    if not exact <= 1e-8 or not err32 <= 1e-3:
-        raise TrainingError(
-            f"{plain_path}: the deployed model does not match the training form "
-            f"(float64 error {exact:.2e}, float32 error {err32:.2e})"
-        )
-    return err32
 
 
 # -------------------------------------------------------------------------------------------- trainer
@@ -224,12 +134,14 @@ class Trainer:
         self.run_dir = Path(out) if out is not None else Path("runs") / config.name
         self.checkpoint_dir = self.run_dir / "checkpoints"
         self.total = config.train.iterations
-        self.switch_at = config.switch_iteration if model_has_bn(config) else None
+        self.schedule = PhaseSchedule.from_config(config)
         channels_last = config.train.channels_last
         self.channels_last = self.device.type == "cpu" if channels_last is None else channels_last
 
-        torch.manual_seed(config.seed)
-        self.model = build_network(config).to(device=self.device, dtype=dtype)
+        with torch.random.fork_rng(devices=range(torch.cuda.device_count())):  # the global RNG is left as is
+            torch.manual_seed(config.seed)  # the initial weights are a function of the seed
+            self.model = build_network(config).to(device=self.device, dtype=dtype)
+            self._rng = ckpt.rng_state()  # what the global RNG starts from in run() (a resume replaces it)
         self.optimizer = torch.optim.Adam(
             self.model.parameters(),
             lr=config.train.lr,
@@ -241,10 +153,12 @@ class Trainer:
         )
         self.ema = ModelEMA(self.model, config.ema.decay) if config.ema.enabled else None
         self.iteration = 0
-        self.bn_phase = "batch" if model_has_bn(config) else "none"
+        self.bn_phase = self.schedule.initial
         self.best: dict[str, Any] | None = None
         self.seconds = 0.0
-        history: list[dict[str, Any]] = []
+        self._history: list[dict[str, Any]] = []
+        self.log: RunLog | None = None  # opened by start()
+        self._threads_before: int | None = None
 
         state = self._load_resume_state() if resume else None
         if not resume and self.dist.is_main and ckpt.list_checkpoints(self.checkpoint_dir):
@@ -253,30 +167,40 @@ class Trainer:
                 "or --out to start a new one"
             )
         if state is not None:
-            history = self._restore(state)
+            self._restore(state)
         self._apply_phase()
 
         self.train_set = build_train_set(config, data)
         if len(self.train_set) == 0:
             raise ConfigError("data: the training set is empty")
         self.eval_sets = self._eval_sets(val) if self.dist.is_main else {}  # only rank 0 validates
-        metric_columns = [f"{name}/{m}" for name in self.eval_sets for m in ("psnr", "ssim")]
+        self._set_memory_format()
+        self._wrap()
 
+    @property
+    def switch_at(self) -> int | None:
+        """The iteration count after which BN statistics freeze (None: no switch in this run)."""
+        return self.schedule.switch_at
+
+    def start(self) -> None:
+        """What a run does before its first step (once; `run()` calls it): the global RNG state, the
+        thread count, the run folder with its `config.yaml` and the log files."""
+        if self.log is not None:
+            return
+        ckpt.restore_rng_state(self._rng)
+        self._threads_before = torch.get_num_threads()
+        if self.config.train.threads:
+            torch.set_num_threads(self.config.train.threads)
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(config, self.run_dir / "config.yaml")
-        self._set_memory_format()
+            save_config(self.config, self.run_dir / "config.yaml")
         self.log = RunLog(
             self.run_dir if self.dist.is_main else None,
-            metric_columns,
-            tensorboard=config.log.tensorboard,
-            history=history,
+            [f"{name}/{m}" for name in self.eval_sets for m in ("psnr", "ssim")],
+            tensorboard=self.config.log.tensorboard,
+            history=self._history,
             start_iteration=self.iteration,
         )
-        self._threads_before = torch.get_num_threads()
-        if config.train.threads:
-            torch.set_num_threads(config.train.threads)
-        self._wrap()
 
     def _eval_sets(self, val: dict[str, Path | Iterable[EvalPair]] | None) -> dict[str, Iterable[EvalPair]]:
         """Folders from `val.sets` (which include `val`'s folders), ready sets from `val`, else samples."""
@@ -313,7 +237,7 @@ class Trainer:
             log.info("resuming from %s (iteration %d)", path, state["iteration"])
         return state
 
-    def _restore(self, state: dict[str, Any]) -> list[dict[str, Any]]:
+    def _restore(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -323,23 +247,15 @@ class Trainer:
             else:
                 self.ema = ModelEMA(self.model, self.config.ema.decay)
         self.iteration = int(state["iteration"])
-        self.bn_phase = str(state["bn_phase"])
+        self.bn_phase = BNMode(state["bn_phase"])
         self.best = state.get("best")
         self.seconds = float(state.get("seconds", 0.0))
-        ckpt.restore_rng_state(state["rng"])
-        return list(state.get("history", []))
+        self._rng = state["rng"]
+        self._history = list(state.get("history", []))
 
     def _apply_phase(self) -> None:
         """Put the model in the configuration its BN phase needs (also after a resume)."""
-        if self.bn_phase == "batch":
-            set_phase(self.model, Phase.BATCH_STATS)
-            if self.config.bn.sync and self.dist.enabled:
-                enable_sync_bn(self.model)
-            return
-        disable_sync_bn(self.model)
-        bn = self.config.bn
-        phase = Phase.MERGED if bn.merged_training else Phase.FROZEN_STATS
-        set_phase(self.model, phase, train_affine=not (self.bn_phase == "frozen" and bn.freeze_affine))
+        self.schedule.apply(self.model, self.bn_phase, distributed=self.dist.enabled)
 
     def _set_memory_format(self) -> None:
         """Channels-last weights (when on), except branch weights that only feed a merged kernel."""
@@ -363,21 +279,19 @@ class Trainer:
         self.forward_model = module
 
     def _checkpoint_state(self) -> dict[str, Any]:
-        return {
-            "format": ckpt.CHECKPOINT_FORMAT,
-            "spec": self.model.spec.to_dict(),
-            "model": {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()},
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "ema": self.ema.state_dict() if self.ema is not None else None,
-            "iteration": self.iteration,
-            "bn_phase": self.bn_phase,
-            "rng": ckpt.rng_state(),
-            "config": self.config.to_dict(),
-            "history": self.log.history,
-            "best": self.best,
-            "seconds": self.seconds,
-        }
+        return checkpoint_state(
+            self.model,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            ema=self.ema,
+            iteration=self.iteration,
+            bn_phase=self.bn_phase,
+            rng=ckpt.rng_state(),
+            config=self.config.to_dict(),
+            history=self.log.history if self.log is not None else self._history,
+            best=self.best,
+            seconds=self.seconds,
+        )
 
     # ------------------------------------------------------------------------------------- data
 
@@ -430,7 +344,7 @@ class Trainer:
         report = switch_to_population_statistics(
             self.model, batches, self.dist, freeze_affine=config.freeze_affine
         )
-        self.bn_phase = "frozen"
+        self.bn_phase = BNMode.FROZEN
         if self.ema is not None:
             self.ema.copy_buffers(self.model)
         self._apply_phase()
@@ -462,6 +376,7 @@ class Trainer:
         After a partial run, call `run()` again to go on, or `close()` to abandon the trainer.
         """
         stop = self.total if until is None else min(until, self.total)
+        self.start()
         try:
             self._loop(stop)
             if self.iteration < self.total:
@@ -475,8 +390,10 @@ class Trainer:
 
     def close(self) -> None:
         """Close the log files and restore the thread setting; the trainer cannot log afterwards."""
-        self.log.close()
-        torch.set_num_threads(self._threads_before)
+        if self.log is not None:
+            self.log.close()
+        if self._threads_before is not None:
+            torch.set_num_threads(self._threads_before)
 
     @contextlib.contextmanager
     def _progress_bar(self, stop: int) -> Iterator[Any]:
@@ -500,33 +417,35 @@ class Trainer:
         self.seconds += now - self._last_tick
         self._last_tick = now
 
+    def _switch_if_due(self) -> None:
+        """The one place the BN switch is triggered: before a step, or at the end, once it is due."""
+        if self.schedule.switch_due(self.bn_phase, self.iteration):
+            self.switch_bn()
+
     def _loop(self, stop: int) -> None:
-        self._loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        self._loss_count = 0
-        self._bad = torch.zeros((), dtype=torch.bool, device=self.device)
+        self._losses = LossMeter(self.device)
         self._checked_at = self.iteration
         self.model.train()
         if self.iteration >= stop:
             return
         batches = iter(self._loader(TRAIN_STREAM, self.iteration, self.total))
         self._last_tick = time.perf_counter()
+
+        def step(batch: tuple[Tensor, Tensor]) -> Tensor:
+            lr_patch, hr_patch = batch
+            return self.train_step(self._to_device(lr_patch), self._to_device(hr_patch))
+
         with self._progress_bar(stop) as bar:
-            while self.iteration < stop:
-                if (
-                    self.switch_at is not None
-                    and self.bn_phase == "batch"
-                    and self.iteration >= self.switch_at
-                ):
-                    self.switch_bn()
-                lr_patch, hr_patch = next(batches)
-                loss = self.train_step(self._to_device(lr_patch), self._to_device(hr_patch))
-                self._bad |= ~torch.isfinite(loss)
-                self._loss_sum += loss
-                self._loss_count += 1
-                self.iteration += 1
+
+            def after(iteration: int, loss: Tensor) -> None:
+                self._losses.add(loss)
+                self.iteration = iteration
                 if bar is not None:
                     bar.update(1)
                 self._after_step(bar)
+
+            before = lambda _: self._switch_if_due()  # noqa: E731
+            run_steps(self.iteration, stop, batches, step, before=before, after=after)
         self._tick()
 
     def _after_step(self, bar: Any) -> None:
@@ -536,17 +455,16 @@ class Trainer:
         if it % config.log.every == 0 or last:
             self._tick()
             self._check_finite()
-            mean_loss = self._mean_loss(self._loss_sum, self._loss_count)
-            self._loss_sum.zero_()
-            self._loss_count = 0
+            mean_loss = self._losses.mean(self.dist)
             lr = config.train.lr * lr_factor(config, it - 1)  # the rate of the step just taken
-            self.log.record(it, loss=mean_loss, lr=lr, bn_phase=self.bn_phase, seconds=round(self.seconds, 3))
+            phase = str(self.bn_phase)
+            self.log.record(it, loss=mean_loss, lr=lr, bn_phase=phase, seconds=round(self.seconds, 3))
             if bar is not None:
-                bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", bn=self.bn_phase)
+                bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", bn=phase)
             if self.dist.is_main:
-                log.info("iter %d/%d loss %.5f lr %.3e bn %s", it, self.total, mean_loss, lr, self.bn_phase)
-        if last and self.switch_at is not None and self.bn_phase == "batch":
-            self.switch_bn()  # bn.switch_at 1.0: precise statistics for the delivered model
+                log.info("iter %d/%d loss %.5f lr %.3e bn %s", it, self.total, mean_loss, lr, phase)
+        if last:
+            self._switch_if_due()  # bn.switch_at 1.0: precise statistics for the delivered model
         if (config.val.every and it % config.val.every == 0) or last:
             self.validate()
         self.log.flush()  # before the checkpoint, which stores the history
@@ -554,18 +472,12 @@ class Trainer:
             self._tick()
             self.save_checkpoint()
 
-    def _mean_loss(self, loss_sum: Tensor, count: int) -> float:
-        packed = torch.stack([loss_sum, torch.tensor(float(count), dtype=torch.float64, device=self.device)])
-        packed = self.dist.all_reduce_sum(packed)
-        return float(packed[0] / packed[1].clamp_min(1))
-
     def _check_finite(self) -> None:
         """Stop the run if any loss since the last check was NaN/inf (on any process)."""
         if self._checked_at == self.iteration:
             return
-        bad = self.dist.all_reduce_sum(self._bad.to(torch.float32))
         since, self._checked_at = self._checked_at, self.iteration
-        if bool(bad > 0):
+        if self._losses.any_bad(self.dist):
             found = ckpt.list_checkpoints(self.checkpoint_dir)
             kept = f"the last good checkpoint is {found[0][1]}" if found else "no checkpoint was written yet"
             raise TrainingError(
@@ -617,9 +529,8 @@ class Trainer:
         return path
 
     def _finish(self) -> TrainResult:
-        """Final artifacts: training-form `final.pt` and the verified deployed `model.safetensors`."""
-        if self.switch_at is not None and self.bn_phase == "batch":  # bn.switch_at: 1.0
-            self.switch_bn()
+        """Final artifacts: `final.pt` (the delivered training form) and the verified `model.safetensors`."""
+        self._switch_if_due()  # bn.switch_at 1.0 when the last step's switch did not run
         delivered = self.ema.module if self.ema is not None else self.model
         set_merged_training(delivered, False)
         delivered.eval()
@@ -627,19 +538,18 @@ class Trainer:
         model_path = self.run_dir / DEPLOYED_MODEL
         final_path = self.run_dir / FINAL_CHECKPOINT
         if self.dist.is_main:
-            final = {
-                "spec": delivered.spec.to_dict(),
-                "model": {
-                    k: v.detach().cpu().float().contiguous() for k, v in delivered.state_dict().items()
-                },
-                "config": self.config.to_dict(),
-                "iteration": self.iteration,
-                "bn_phase": self.bn_phase,
-                "weights": "ema" if self.ema is not None else "model",
-            }
-            atomic_write(final_path, lambda tmp: torch.save(final, tmp))
-            save_model(plain.cpu().float(), model_path)
-            error = _verify_plain(delivered, model_path)
+            final = checkpoint_state(
+                delivered,
+                iteration=self.iteration,
+                bn_phase=self.bn_phase,
+                config=self.config.to_dict(),
+                history=list(self.log.history),
+                best=self.best,
+                seconds=self.seconds,
+                weights="ema" if self.ema is not None else "model",
+                dtype=torch.float32,
+            )
+            final_path, model_path, error = write_final(self.run_dir, final, delivered, plain)
             log.info(
                 "done: %d iterations in %.0fs; deployed %s (max deviation from the training form %.1e)",
                 self.iteration,

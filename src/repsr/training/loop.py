@@ -1,0 +1,63 @@
+"""The loop around a step function, and the loss bookkeeping between reports; no files, no globals.
+
+`run_steps` calls `before(i)`, `step(batch)` and `after(i + 1, loss)` for i in [start, stop).
+`LossMeter` sums the losses on their device (no host sync per step) and remembers whether any was
+non-finite; `mean` and `any_bad` reduce over processes when reporting.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from repsr.training.distributed import Distributed
+
+
+def run_steps(
+    start: int,
+    stop: int,
+    batches: Iterator[Any],
+    step: Callable[[Any], Tensor],
+    *,
+    before: Callable[[int], None] = lambda iteration: None,
+    after: Callable[[int, Tensor], None] = lambda iteration, loss: None,
+) -> int:
+    """Steps `start`..`stop`-1 (iteration counts done before each); returns the count done at the end."""
+    iteration = start
+    while iteration < stop:
+        before(iteration)
+        loss = step(next(batches))
+        iteration += 1
+        after(iteration, loss)
+    return iteration
+
+
+class LossMeter:
+    """Sum, count and a non-finite flag of the losses since the last report."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.sum = torch.zeros((), dtype=torch.float64, device=device)
+        self.count = 0
+        self.bad = torch.zeros((), dtype=torch.bool, device=device)
+
+    def add(self, loss: Tensor) -> None:
+        self.bad |= ~torch.isfinite(loss)
+        self.sum += loss
+        self.count += 1
+
+    def mean(self, dist: Distributed) -> float:
+        """The mean loss since the last call, over all processes; starts a new interval."""
+        count = torch.tensor(float(self.count), dtype=torch.float64, device=self.device)
+        packed = torch.stack([self.sum, count])
+        packed = dist.all_reduce_sum(packed)
+        self.sum.zero_()
+        self.count = 0
+        return float(packed[0] / packed[1].clamp_min(1))
+
+    def any_bad(self, dist: Distributed) -> bool:
+        """Whether any loss so far was NaN/inf on any process."""
+        return bool(dist.all_reduce_sum(self.bad.to(torch.float32)) > 0)

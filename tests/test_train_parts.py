@@ -1,0 +1,100 @@
+"""The trainer's parts on their own: the phase schedule, the step loop, the artifacts' one format, and a
+Trainer that has no global side effects until it runs."""
+
+from __future__ import annotations
+
+import torch
+
+from repsr.blocks import BNMode, RepBN
+from repsr.network import build_network
+from repsr.phase import Phase, model_phase
+from repsr.training import checkpoint as ckpt
+from repsr.training.artifacts import checkpoint_state, verify_deployed
+from repsr.training.distributed import Distributed
+from repsr.training.loop import LossMeter, run_steps
+from repsr.training.schedule import PhaseSchedule, lr_factor
+
+from .test_train import make_trainer, tiny_config
+
+
+def test_schedule_switch_iteration_and_phases():
+    schedule = PhaseSchedule.from_config(tiny_config(**{"train.iterations": 10, "bn.switch_at": 0.75}))
+    assert schedule.switch_at == 8 and schedule.initial == BNMode.BATCH  # round(7.5) = 8
+    assert [schedule.switch_due(BNMode.BATCH, i) for i in (7, 8, 10)] == [False, True, True]
+    assert not schedule.switch_due(BNMode.FROZEN, 9)
+    assert schedule.model_phase(BNMode.BATCH) == Phase.BATCH_STATS
+    assert schedule.model_phase(BNMode.FROZEN) == Phase.MERGED
+    unmerged = PhaseSchedule.from_config(tiny_config(**{"bn.merged_training": False}))
+    assert unmerged.model_phase(BNMode.FROZEN) == Phase.FROZEN_STATS
+    for settings in ({"bn.mode": "batch"}, {"bn.mode": "none"}, {"model.block": "ecb"}):
+        never = PhaseSchedule.from_config(tiny_config(**settings))
+        assert never.switch_at is None and not never.switch_due(never.initial, 10**6)
+    assert PhaseSchedule.from_config(tiny_config(**{"bn.mode": "none"})).initial == BNMode.NONE
+
+
+def test_schedule_apply_puts_the_model_in_its_phase():
+    config = tiny_config(**{"bn.freeze_affine": True})
+    schedule, model = PhaseSchedule.from_config(config), build_network(config)
+    schedule.apply(model, BNMode.FROZEN)
+    bns = [m for m in model.modules() if isinstance(m, RepBN)]
+    assert model_phase(model) == Phase.MERGED and not any(bn.weight.requires_grad for bn in bns)
+    schedule.apply(model, BNMode.BATCH)
+    assert model_phase(model) == Phase.BATCH_STATS and all(bn.weight.requires_grad for bn in bns)
+
+
+def test_lr_factor_warmup_and_cosine_end():
+    config = tiny_config(**{"train.iterations": 100, "train.warmup": 10, "train.scheduler": "cosine"})
+    assert [lr_factor(config, s) for s in (0, 4, 9)] == [0.1, 0.5, 1.0]
+    assert lr_factor(config, 55) < lr_factor(config, 10) and lr_factor(config, 10) == 1.0
+    assert abs(lr_factor(config, 100) - config.train.min_lr / config.train.lr) < 1e-12
+
+
+def test_run_steps_and_loss_meter():
+    calls, meter = [], LossMeter(torch.device("cpu"))
+
+    def step(batch):
+        calls.append(("step", batch))
+        return torch.tensor(float(batch))
+
+    def after(iteration, loss):
+        calls.append(("after", iteration))
+        meter.add(loss)
+
+    end = run_steps(
+        3, 6, iter([10, 20, 30, 40]), step, before=lambda i: calls.append(("before", i)), after=after
+    )
+    assert end == 6 and calls[:3] == [("before", 3), ("step", 10), ("after", 4)] and len(calls) == 9
+    assert meter.mean(Distributed()) == 20.0 and meter.count == 0
+    meter.add(torch.tensor(float("nan")))
+    assert meter.any_bad(Distributed())
+
+
+def test_final_and_periodic_checkpoints_share_one_format(tmp_path):
+    config = tiny_config()
+    model = build_network(config)
+    common = {"iteration": 8, "bn_phase": BNMode.FROZEN, "config": config.to_dict(), "history": []}
+    final = checkpoint_state(model, **common, best=None, seconds=1.0, weights="ema", dtype=torch.float32)
+    periodic = checkpoint_state(
+        model, **common, best=None, seconds=1.0, optimizer=torch.optim.Adam(model.parameters())
+    )
+    assert final.keys() == periodic.keys() and final["format"] == periodic["format"] == ckpt.CHECKPOINT_FORMAT
+    assert final["optimizer"] is None and final["bn_phase"] == "frozen" and type(final["bn_phase"]) is str
+    path = tmp_path / "final.pt"
+    torch.save(final, path)
+    assert ckpt.read_checkpoint(path)["weights"] == "ema"
+    from repsr.network import reparameterize_model
+
+    assert verify_deployed(model, reparameterize_model(model)) < 1e-4
+
+
+def test_constructing_a_trainer_has_no_global_side_effects(tmp_path):
+    threads, rng = torch.get_num_threads(), torch.get_rng_state()
+    config = tiny_config(**{"train.threads": max(1, threads - 1) if threads > 1 else 2})
+    first = make_trainer(tmp_path, config)
+    assert torch.equal(torch.get_rng_state(), rng) and torch.get_num_threads() == threads
+    assert not (tmp_path / "run").exists()  # no config.yaml, no logs before run()
+    second = make_trainer(tmp_path, config, name="again")
+    for a, b in zip(first.model.parameters(), second.model.parameters(), strict=True):
+        assert torch.equal(a, b)  # the initial weights still follow the seed
+    first.close()
+    second.close()
