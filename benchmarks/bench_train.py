@@ -31,7 +31,7 @@ use_passive_omp_wait()  # as the `repsr` CLI does; must precede torch
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from repsr.blocks import RepBN, RepSRBlock  # noqa: E402
+from repsr.blocks import RepSRBlock  # noqa: E402
 from repsr.training.config import TrainConfig  # noqa: E402
 from repsr.training.trainer import Trainer  # noqa: E402
 
@@ -61,15 +61,6 @@ def _separate_paths(self: RepSRBlock, x: torch.Tensor) -> torch.Tensor:
             )  # fmt: skip
         y = y + F.conv2d(h, self.squeeze.weight[:, part], self.squeeze.bias if p == 0 else None)
     return y
-
-
-def _forward_without_graph_break(self: RepBN, x: torch.Tensor) -> torch.Tensor:
-    """RepBN.forward deciding on a Python attribute (set from the buffer when the step is built)."""
-    if self._frozen_flag:
-        return F.batch_norm(
-            x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
-        )
-    return torch.nn.BatchNorm2d.forward(self, x)
 
 
 def make_step(
@@ -116,9 +107,6 @@ def make_step(
     if phase == 2 and trainer.bn_phase == "batch":
         trainer.switch_bn()
     trainer.model.train()
-    for module in trainer.model.modules():
-        if isinstance(module, RepBN):
-            module._frozen_flag = bool(module.frozen)
     generator = torch.Generator().manual_seed(0)
     lr = trainer._to_device(torch.rand(batch, 3, patch, patch, generator=generator))
     hr = trainer._to_device(torch.rand(batch, 3, patch * scale, patch * scale, generator=generator))
@@ -196,9 +184,10 @@ def run(
             ),
         ]
         if compile_model:
-            compiled = {
+            compiled = {  # RepBN keeps its mode in a Python attribute: no graph break at any BN
                 "plain network, torch.compile": step("plain", compile_model=True),
                 "repsr phase 1, torch.compile": step("repsr", compile_model=True),
+                "repsr phase 2 merged, torch.compile": step("repsr", phase=2, compile_model=True),
             }
             groups.append(("torch.compile (inductor)", compiled, "plain network, torch.compile"))
         for title, steps, base in groups:
@@ -211,29 +200,6 @@ def run(
                 phase1 = min(times["repsr phase 1 (batch BN, fused paths)"]) / plain_min
                 verdict = "met" if phase1 <= TARGET_RATIO else "NOT met"
                 print(f"  target: phase 1 <= {TARGET_RATIO}x plain (min times): {phase1:.2f}x -> {verdict}")
-
-        if compile_model:
-            # Prototype of a proposed core change: RepBN branches on a tensor (`bool(self.frozen)`), which
-            # makes torch.compile break the graph at every BN. With a Python-level flag it does not.
-            original = RepBN.forward
-            RepBN.forward = _forward_without_graph_break
-            try:
-                steps = {
-                    "plain network, torch.compile": step("plain", compile_model=True),
-                    "repsr phase 1, torch.compile, no BN graph break": step(
-                        "repsr", compile_model=True, channels_last=True
-                    ),
-                    "repsr phase 2 merged, torch.compile, no graph break": step(
-                        "repsr", phase=2, compile_model=True, channels_last=True
-                    ),
-                }
-                print(" torch.compile with RepBN's graph break removed (prototype of a core change)")
-                times = time_interleaved(steps, rounds, per_round)
-                for row, values in times.items():
-                    base = times["plain network, torch.compile"]
-                    print(_row(row, values, base if row != "plain network, torch.compile" else None))
-            finally:
-                RepBN.forward = original
 
         print(" threads")
         before = torch.get_num_threads()

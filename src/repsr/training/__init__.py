@@ -5,8 +5,10 @@
     result = train(config)                 # built-in sample images, runs/quick
     result.plain                           # the deployed plain network (also result.model_path)
 
-Modules: `config` (typed config), `trainer` (the loop), `bn_switch` (precise statistics, freezing),
-`ema`, `checkpoint` (atomic, resumable), `distributed` (torchrun/DDP, SyncBN), `validation`, `run_log`.
+Modules: `config` (typed config), `schedule` (BN phases, the switch, LR factor), `loop` (steps, losses),
+`artifacts` (the checkpoint format, final model, verification), `sampling` (patch keys), `trainer`
+(wires them), `bn_switch` (precise statistics, freezing), `ema`, `checkpoint` (atomic, resumable),
+`distributed` (torchrun/DDP, SyncBN), `validation`, `run_log`.
 """
 
 from repsr.training.config import TrainConfig, load_config

@@ -3,7 +3,9 @@
 A checkpoint is a `torch.save` dict of plain types only (tensors, dicts, lists, numbers, strings, None),
 so `torch.load(path, weights_only=True)` reads it. Keys: `format`, `spec` (the model spec), `model`
 (training-form state dict), `optimizer`, `scheduler`, `ema` (or None), `iteration`, `bn_phase`, `rng`,
-`config` and `history`, `best`. `repsr.load_model` reads `spec` + `model` as a training-form model.
+`config` and `history`, `best`, `seconds`, `weights` (built by `artifacts.checkpoint_state`; the run's
+`final.pt` has the same format with None for optimizer, scheduler, EMA and RNG). `repsr.load_model`
+reads `spec` + `model` as a training-form model. Files written before `weights` existed still load.
 
 Files are written with `atomic_write` (temp file, fsync, rename): a run killed while saving leaves the
 previous checkpoints intact and at worst a stray temp file, which the next resume removes.

@@ -138,7 +138,8 @@ class Trainer:
         channels_last = config.train.channels_last
         self.channels_last = self.device.type == "cpu" if channels_last is None else channels_last
 
-        with torch.random.fork_rng(devices=range(torch.cuda.device_count())):  # the global RNG is left as is
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):  # the global RNG is left as it was
             torch.manual_seed(config.seed)  # the initial weights are a function of the seed
             self.model = build_network(config).to(device=self.device, dtype=dtype)
             self._rng = ckpt.rng_state()  # what the global RNG starts from in run() (a resume replaces it)
@@ -489,6 +490,7 @@ class Trainer:
         """Validate the deployed form of the delivered model (EMA if enabled); keep the best."""
         if not self.dist.is_main or not self.eval_sets:
             return {}
+        self.start()
         delivered = self.ema.module if self.ema is not None else self.model
         started = time.perf_counter()
         crop = self.config.val.crop_border
