@@ -87,6 +87,7 @@ def test_loss_decreases_on_a_fixed_batch(tmp_path):
     trainer = make_trainer(tmp_path, tiny_config(**{"train.iterations": 100, "train.scheduler": "constant"}))
     batch = (torch.stack(t) for t in zip(*(trainer.train_set[k] for k in range(4)), strict=True))
     lr_patch, hr_patch = (trainer._to_device(t) for t in batch)
+    trainer.start()  # what run() does first: the config's thread count (1 for these tiny ops)
     trainer.model.train()
     losses = [float(trainer.train_step(lr_patch, hr_patch)) for _ in range(40)]
     assert losses[-1] < 0.5 * losses[0]

@@ -9,17 +9,17 @@ checking the deployed network touch no files; only `write_final` writes.
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from repsr.errors import RepsrError
-from repsr.network import PlainSR, RepNet, reparameterize_model
-from repsr.phase import set_merged_training
-from repsr.serialization import atomic_write, load_model, save_model
+from repsr.atomic import atomic_write
+from repsr.equivalence import verify_equivalence
+from repsr.errors import EquivalenceError, RepsrError
+from repsr.network import PlainSR, RepNet
+from repsr.serialization import load_model, save_model
 from repsr.training.checkpoint import CHECKPOINT_FORMAT
 
 FINAL_CHECKPOINT = "final.pt"
@@ -76,24 +76,13 @@ def checkpoint_state(
 
 
 def verify_deployed(model: RepNet, plain: nn.Module) -> float:
-    """Check a deployed plain network against the training form; returns the float32 max error.
-
-    The training form in float64 must equal its own merge to 1e-8 (the merge math) and `plain` (as
-    saved, float32) to 1e-3; raises `TrainingError` otherwise.
-    """
-    reference = copy.deepcopy(model).to(device="cpu", dtype=torch.float64).eval()
-    set_merged_training(reference, False)
-    generator = torch.Generator().manual_seed(0)
-    x = torch.rand(2, model.spec.in_channels, 19, 23, generator=generator, dtype=torch.float64)
-    with torch.no_grad():
-        exact = (reference(x) - reparameterize_model(reference)(x)).abs().max().item()
-        err32 = (reference.float()(x.float()) - plain.cpu().float()(x.float())).abs().max().item()
-    if not exact <= 1e-8 or not err32 <= 1e-3:
-        raise TrainingError(
-            f"the deployed model does not match the training form "
-            f"(float64 error {exact:.2e}, float32 error {err32:.2e})"
-        )
-    return err32
+    """Check a deployed plain network against the training form (`equivalence.verify_equivalence` on
+    seeded random inputs: float64 merge exact, float32 within 1e-3); returns the float32 max error.
+    Raises `TrainingError` otherwise."""
+    try:
+        return verify_equivalence(model, plain)
+    except EquivalenceError as error:
+        raise TrainingError(f"the deployed model does not match the training form: {error}") from None
 
 
 def write_final(
