@@ -8,7 +8,7 @@ import torch
 import repsr
 from repsr.cli import main
 from repsr.data import sample_images
-from repsr.errors import ModelFileError
+from repsr.errors import ConfigError, ModelFileError
 from repsr.io import quantize, read_image, write_image
 from repsr.metrics import psnr
 from repsr.network import PlainSR, RepNet
@@ -78,3 +78,30 @@ def test_models_command_lists_scores(capsys) -> None:
     for name in NAMES:
         assert name in listing
     assert f"{DEFAULT_MODEL} (default)" in listing
+
+
+def test_init_starts_training_from_the_shipped_training_form(tmp_path) -> None:
+    from tests.test_train import SyntheticPatches, make_trainer, tiny_config
+
+    config = tiny_config(
+        **{"model.scale": 4, "model.num_blocks": 4, "model.channels": 16, "train.init": DEFAULT_MODEL}
+    )
+    trainer = make_trainer(tmp_path, config)
+    shipped_form = repsr.load_model(resolve_model(DEFAULT_MODEL, training_form=True))
+    got = trainer.model.state_dict()
+    for key, value in shipped_form.state_dict().items():
+        if value.is_floating_point():
+            assert torch.equal(got[key].float(), value), key
+    assert isinstance(trainer.train_set, SyntheticPatches)
+
+
+def test_init_refuses_another_spec_or_a_deployed_network(tmp_path) -> None:
+    from tests.test_train import make_trainer, tiny_config
+
+    with pytest.raises(ConfigError, match="train.init .*config describes"):
+        make_trainer(tmp_path, tiny_config(**{"model.scale": 4, "train.init": DEFAULT_MODEL}))
+    plain = tmp_path / "plain.safetensors"
+    repsr.save_model(repsr.load_model(DEFAULT_MODEL), plain)
+    config = tiny_config(**{"model.scale": 4, "model.num_blocks": 4, "model.channels": 16})
+    with pytest.raises(ConfigError, match="deployed plain network cannot start training"):
+        make_trainer(tmp_path, config.with_overrides([f"train.init={plain}"]))

@@ -27,6 +27,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=Path, help="run folder (default: runs/NAME)")
     add_overrides(parser, "override a config key, e.g. --set train.iterations=1000 (repeatable)")
     parser.add_argument("--resume", action="store_true", help="continue from the newest valid checkpoint")
+    parser.add_argument(
+        "--init",
+        metavar="MODEL",
+        help="fine-tune: start from a shipped model (e.g. repsr-m4c16-x4) or a training-form model file; "
+        "same as --set train.init=MODEL",
+    )
     add_progress(parser)
     parser.set_defaults(func=run)
 
@@ -36,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
     from repsr.training import load_config, train
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    config = load_config(args.config, args.overrides)
+    overrides = [*args.overrides, *([f"train.init={args.init}"] if args.init else [])]
+    config = load_config(args.config, overrides)
     result = train(
         config,
         data=args.data,

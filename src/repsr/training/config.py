@@ -100,6 +100,7 @@ class OptimConfig:
     channels_last: bool | None = None  # channels-last memory format; None = on for CPU, off for CUDA
     compile: bool = False  # torch.compile the training forward
     threads: int = 0  # CPU intra-op threads, 0 = PyTorch's default
+    init: str | None = None  # starting weights: a shipped model's name or a training-form model file
 
 
 @dataclass

@@ -43,7 +43,7 @@ from repsr.errors import ConfigError
 from repsr.network import ModelSpec, PlainSR, RepNet, build_network, reparameterize_model
 from repsr.network import config_has_bn as model_has_bn
 from repsr.phase import set_merged_training
-from repsr.serialization import save_model
+from repsr.serialization import load_model, save_model
 from repsr.training import checkpoint as ckpt
 from repsr.training.artifacts import (
     BEST_MODEL,
@@ -162,6 +162,8 @@ class Trainer:
         self._threads_before: int | None = None
 
         state = self._load_resume_state() if resume else None
+        if state is None and config.train.init:
+            self.model.load_state_dict(initial_weights(config.train.init, self.model.spec))
         if not resume and self.dist.is_main and ckpt.list_checkpoints(self.checkpoint_dir):
             raise ConfigError(
                 f"{self.run_dir} already holds checkpoints; pass --resume to continue that run "
@@ -570,6 +572,30 @@ class Trainer:
             checkpoint_path=final_path,
             best=self.best,
         )
+
+
+def initial_weights(reference: str | Path, spec: ModelSpec) -> dict[str, Tensor]:
+    """The training-form weights `train.init` names (fine-tuning): a shipped model's training form
+    (`repsr-m4c16-x4`) or a training-form file (checkpoint, `final.pt`, `NAME.train.safetensors`).
+
+    The file's spec must equal the config's; a deployed plain network cannot start training (its
+    branches are gone). Both are `ConfigError`s naming the file.
+    """
+    from repsr.pretrained import resolve_model
+
+    path = resolve_model(reference, training_form=True)
+    source = load_model(path)
+    if not isinstance(source, RepNet):
+        raise ConfigError(
+            f"train.init {path}: a deployed plain network cannot start training; give a training-form "
+            "model (a checkpoint, final.pt, NAME.train.safetensors or a shipped model's name)"
+        )
+    if source.spec != spec:
+        raise ConfigError(
+            f"train.init {path}: holds model {source.spec.to_dict()} but the config describes "
+            f"{spec.to_dict()}; set model.* to match it"
+        )
+    return source.state_dict()
 
 
 def _changed_keys(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
