@@ -59,14 +59,15 @@ def cpu_model_name() -> str:
 # ------------------------------------------------------------------------------------------- peaks
 
 
-def matmul_peaks(size: int = 2048, runs: int = 5) -> dict[str, float]:
-    """Best GFLOP/s (GOP/s for int8) of a square matmul in fp32, bf16 and int8 (torch._int_mm)."""
+def peak_probes(size: int = 2048) -> dict[str, Callable[[], object]]:
+    """Square (size x size) matmuls in fp32, bf16 and, where torch has one, int8 (`torch._int_mm`)."""
     generator = torch.Generator().manual_seed(0)
     a32 = torch.randn(size, size, generator=generator)
     b32 = torch.randn(size, size, generator=generator)
+    a16, b16 = a32.bfloat16(), b32.bfloat16()
     calls: dict[str, Callable[[], object]] = {
         "fp32": lambda: torch.mm(a32, b32),
-        "bf16": (lambda a, b: lambda: torch.mm(a, b))(a32.bfloat16(), b32.bfloat16()),
+        "bf16": lambda: torch.mm(a16, b16),
     }
     a8 = torch.randint(-127, 127, (size, size), dtype=torch.int8, generator=generator)
     b8 = torch.randint(-127, 127, (size, size), dtype=torch.int8, generator=generator)
@@ -75,13 +76,11 @@ def matmul_peaks(size: int = 2048, runs: int = 5) -> dict[str, float]:
         calls["int8"] = lambda: torch._int_mm(a8, b8)
     except (RuntimeError, AttributeError):
         pass
-    peaks = {}
-    with torch.inference_mode():
-        for name, call in calls.items():
-            call()
-            best = min(_timed(call) for _ in range(runs))
-            peaks[name] = 2 * size**3 / best / 1e9
-    return peaks
+    return calls
+
+
+def peak_gflops(seconds: float, size: int = 2048) -> float:
+    return 2 * size**3 / seconds / 1e9
 
 
 def _timed(call: Callable[[], object]) -> float:
@@ -157,12 +156,14 @@ def inference_rows(model, threads: int, with_int8: bool, folder: Path) -> dict[s
 
 
 def time_rows(rows: dict[str, tuple[str, Callable]], rounds: int) -> dict[str, list[float]]:
-    for _, call in rows.values():
-        call()
-    times: dict[str, list[float]] = {name: [] for name in rows}
-    for _ in range(rounds):
-        for name, (_, call) in rows.items():
-            times[name].append(_timed(call))
+    """Seconds per call of each row, in interleaved rounds after one warm-up call each."""
+    with torch.inference_mode():
+        for _, call in rows.values():
+            call()
+        times: dict[str, list[float]] = {name: [] for name in rows}
+        for _ in range(rounds):
+            for name, (_, call) in rows.items():
+                times[name].append(_timed(call))
     return times
 
 
@@ -170,16 +171,22 @@ def speed(threads: int, rounds: int, with_int8: bool) -> None:
     torch.set_num_threads(threads)
     caps = cpu_capabilities()
     print(f"CPU: {cpu_model_name()} -- {caps.describe()}; torch {torch.__version__}, {threads} threads")
-    peaks = matmul_peaks()
-    print("matmul peaks (2048x2048): " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items()))
-    print(f"\ninference, deployed x4, LR {FRAME[1]}x{FRAME[0]}, {rounds} interleaved rounds per model")
+    probes = peak_probes()
+    print(
+        f"inference, deployed x4, LR {FRAME[1]}x{FRAME[0]}, {rounds} interleaved rounds per model; each "
+        "round also runs the 2048x2048 matmul peak probes (fp32, bf16, int8 GOP/s), so rows and peaks "
+        "see the same machine load"
+    )
     print(f"  {'model':<16} {'row':<16} {'median':>8} {'min':>8} {'vs fp32':>8} {'% of its peak':>14}")
     with tempfile.TemporaryDirectory() as tmp:
         for blocks, channels in SIZES:
             torch.manual_seed(0)
             model = build_model("repsr", scale=4, num_blocks=blocks, channels=channels).eval()
             rows = inference_rows(model, threads, with_int8, Path(tmp))
+            rows.update({f"peak {name}": (name, call) for name, call in probes.items()})
             times = time_rows(rows, rounds)
+            peaks = {name: peak_gflops(min(times.pop(f"peak {name}"))) for name in probes}
+            print(f"  {model.spec.name}: matmul peaks " + ", ".join(f"{k} {v:.0f}" for k, v in peaks.items()))
             base = min(times["torch fp32"])
             for name, samples in times.items():
                 best = min(samples)
