@@ -155,9 +155,11 @@ def inference_rows(model, threads: int, with_int8: bool, folder: Path) -> dict[s
     return rows
 
 
-def time_rows(rows: dict[str, tuple[str, Callable]], rounds: int) -> dict[str, list[float]]:
+def time_rows(
+    rows: dict[str, tuple[str, Callable]], rounds: int, *, inference: bool = True
+) -> dict[str, list[float]]:
     """Seconds per call of each row, in interleaved rounds after one warm-up call each."""
-    with torch.inference_mode():
+    with torch.inference_mode(inference):
         for _, call in rows.values():
             call()
         times: dict[str, list[float]] = {name: [] for name in rows}
@@ -256,7 +258,7 @@ def training(threads: int, rounds: int) -> None:
                     amp: train_step(blocks, channels, batch, 48, amp, phase, Path(tmp))
                     for amp in (False, True)
                 }
-                times = time_rows({str(k): ("", v) for k, v in steps.items()}, rounds)
+                times = time_rows({str(k): ("", v) for k, v in steps.items()}, rounds, inference=False)
                 fp32, bf16 = min(times["False"]), min(times["True"])
                 label = f"M{blocks}C{channels} batch {batch} x 48x48"
                 name = "1" if phase == 1 else "2 merged"
