@@ -39,7 +39,7 @@ BF16_MIN_SPEEDUP = 1.15
 # whole probe (2 precisions x (1 warm-up + >= 3 timed runs)) stays well under a second.
 PROBE_MACS = 3e8
 PROBE_SIDE = (32, 96)
-PROBE_BUDGET_S = 0.5
+PROBE_BUDGET_S = 0.3
 PROBE_MIN_RUNS = 3
 
 
