@@ -155,25 +155,35 @@ def test_bf16_leaves_the_model_untouched():
 # ------------------------------------------------------------------------------------------- int8
 
 
-def test_int8_export_verifies_runs_and_refuses(tmp_path):
-    pytest.importorskip("onnxruntime.quantization", reason="needs onnxruntime's quantization tools")
-    pytest.importorskip("onnxscript", reason="needs onnxscript (the ONNX exporter)")
-    from repsr.quantize import OnnxInt8Runner, export_int8_onnx
-
-    model = build_model("repsr", scale=2, num_blocks=2, channels=8)
-    model = randomize(model).eval()
-    plain = reparameterize_model(model)
-    with torch.no_grad():  # small weights: a residual on top of the skip, like a trained model
+def int8_plain() -> PlainSR:
+    """A small plain network whose residual is small next to the skip, like a trained model's."""
+    plain = plain_model(num_blocks=2, channels=8, scale=2)
+    with torch.no_grad():
         for layer in plain.body:
             if isinstance(layer, torch.nn.Conv2d):
                 layer.weight.mul_(0.5)
-    refused = tmp_path / "refused.onnx"
-    with pytest.raises(ModelFileError, match="dB from fp32"):
-        export_int8_onnx(plain, refused, min_psnr=200.0)
-    assert not refused.exists()
-    path = tmp_path / "model-int8.onnx"
-    report = export_int8_onnx(plain, path, calibration=None)
+    return plain
+
+
+@pytest.fixture(scope="module")
+def int8_file(tmp_path_factory):
+    """One verified int8 export shared by the int8 tests (each export takes seconds)."""
+    pytest.importorskip("onnxruntime.quantization", reason="needs onnxruntime's quantization tools")
+    pytest.importorskip("onnxscript", reason="needs onnxscript (the ONNX exporter)")
+    from repsr.quantize import export_int8_onnx
+
+    path = tmp_path_factory.mktemp("int8") / "model-int8.onnx"
+    report = export_int8_onnx(int8_plain(), path, calibration=None)
+    return path, report
+
+
+def test_int8_export_verifies_and_runs(int8_file):
+    from repsr.quantize import OnnxInt8Runner
+
+    path, report = int8_file
+    plain = int8_plain()
     assert path.is_file() and report.psnr >= report.min_psnr and report.verify_images == 2
+    assert len(report.float_nodes) == 3  # last body conv, its PReLU, the tail conv
     runner = OnnxInt8Runner(path, threads=1)
     assert runner.quantized and runner.spec == plain.spec
     x = torch.rand(2, 3, 17, 23, generator=torch.Generator().manual_seed(3))  # dynamic size and batch
@@ -181,3 +191,16 @@ def test_int8_export_verifies_runs_and_refuses(tmp_path):
         out, reference = runner(x), plain(x)
     assert out.shape == reference.shape and out.dtype == torch.float32
     assert 0 < float((out - reference).abs().max()) < 0.1
+
+
+def test_int8_export_refuses_below_the_threshold(tmp_path):
+    pytest.importorskip("onnxruntime.quantization", reason="needs onnxruntime's quantization tools")
+    pytest.importorskip("onnxscript", reason="needs onnxscript (the ONNX exporter)")
+    from repsr.quantize import export_int8_onnx
+
+    refused = tmp_path / "refused.onnx"
+    with pytest.raises(ModelFileError, match="dB from fp32"):
+        export_int8_onnx(int8_plain(), refused, min_psnr=200.0, float_tail=False)
+    assert not refused.exists()
+    with pytest.raises(ConfigError, match="calibration method"):
+        export_int8_onnx(int8_plain(), refused, method="guess")
