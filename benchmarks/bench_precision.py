@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import statistics
 import subprocess
 import sys
@@ -30,8 +29,11 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `import repsr` does; must precede torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from repsr.runtime import use_passive_omp_wait  # noqa: E402
+
+use_passive_omp_wait()  # idle OpenMP threads sleep (see repsr.runtime); must precede torch
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402

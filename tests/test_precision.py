@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from repsr import build_model
+from repsr import build_model, save_model
 from repsr.errors import ConfigError, ModelFileError
 from repsr.network import PlainSR, reparameterize_model
 from repsr.precision import (
@@ -167,23 +171,28 @@ def int8_plain() -> PlainSR:
 
 @pytest.fixture(scope="module")
 def int8_file(tmp_path_factory):
-    """One verified int8 export shared by the int8 tests (each export takes seconds)."""
+    """One verified int8 export (`repsr export --int8`) shared by the int8 tests: exports take seconds."""
     pytest.importorskip("onnxruntime.quantization", reason="needs onnxruntime's quantization tools")
     pytest.importorskip("onnxscript", reason="needs onnxscript (the ONNX exporter)")
-    from repsr.quantize import export_int8_onnx
+    from repsr.cli import main
 
-    path = tmp_path_factory.mktemp("int8") / "model-int8.onnx"
-    report = export_int8_onnx(int8_plain(), path, calibration=None)
-    return path, report
+    folder = tmp_path_factory.mktemp("int8")
+    save_model(int8_plain(), folder / "plain.safetensors")
+    path = folder / "model-int8.onnx"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["export", str(folder / "plain.safetensors"), "--onnx", str(path), "--int8"]) == 0
+    return path, printed.getvalue()
 
 
 def test_int8_export_verifies_and_runs(int8_file):
-    from repsr.quantize import OnnxInt8Runner
+    from repsr.quantize import MIN_INT8_PSNR, OnnxInt8Runner
 
-    path, report = int8_file
+    path, printed = int8_file
     plain = int8_plain()
-    assert path.is_file() and report.psnr >= report.min_psnr and report.verify_images == 2
-    assert len(report.float_nodes) == 3  # last body conv, its PReLU, the tail conv
+    psnr = float(re.search(r"PSNR ([0-9.]+) dB", printed).group(1))
+    assert path.is_file() and psnr >= MIN_INT8_PSNR and "on 2 held-out photos" in printed
+    assert printed.count("node_") == 3  # kept in float32: last body conv, its PReLU, the tail conv
     runner = OnnxInt8Runner(path, threads=1)
     assert runner.quantized and runner.spec == plain.spec
     x = torch.rand(2, 3, 17, 23, generator=torch.Generator().manual_seed(3))  # dynamic size and batch
@@ -204,3 +213,81 @@ def test_int8_export_refuses_below_the_threshold(tmp_path):
     assert not refused.exists()
     with pytest.raises(ConfigError, match="calibration method"):
         export_int8_onnx(int8_plain(), refused, method="guess")
+
+
+# ------------------------------------------------------------------------------------------- Upscaler
+
+
+def test_upscaler_bf16_tiled_equals_untiled_and_stays_close_to_fp32():
+    from repsr.inference import Upscaler
+
+    model = plain_model(num_blocks=3, channels=8, scale=3)
+    lr = torch.rand(2, 3, 45, 83, generator=torch.Generator().manual_seed(1))
+    whole = Upscaler(model, device="cpu", precision="bf16", tile=None)
+    tiled = Upscaler(model, device="cpu", precision="bf16", tile=16)
+    assert whole.precision is Precision.BF16 and whole.precision_reason.startswith("bf16")
+    out = tiled(lr)
+    assert out.dtype == torch.float32 and (out - whole(lr)).abs().max() <= 1e-6
+    reference = Upscaler(model, device="cpu", precision="fp32", tile=None)(lr)
+    assert 0 < float((out - reference).abs().max()) < 0.05
+
+
+def test_upscaler_half_is_a_deprecated_alias_of_fp16():
+    from repsr.inference import Upscaler
+
+    with pytest.warns(DeprecationWarning, match="precision='fp16'"), pytest.raises(ConfigError, match="CUDA"):
+        Upscaler(plain_model(), device="cpu", half=True)
+    with pytest.raises(ConfigError, match="fp16 needs a CUDA device"):
+        Upscaler(plain_model(), device="cpu", precision="fp16")
+
+
+def test_upscaler_auto_says_what_it_chose():
+    from repsr.inference import Upscaler
+
+    upscaler = Upscaler(plain_model(num_blocks=1, channels=4), device="cpu", tile=None)
+    assert upscaler.precision in (Precision.FP32, Precision.BF16)
+    assert (
+        upscaler.precision_reason.startswith(upscaler.precision.value)
+        and "\n" not in upscaler.precision_reason
+    )
+
+
+def test_upscaler_int8_tiles_exactly_and_the_cli_runs_onnx_files(int8_file, tmp_path, capsys):
+    from repsr.cli import main
+    from repsr.inference import Upscaler
+    from repsr.io import write_image
+    from repsr.quantize import OnnxInt8Runner
+
+    path, _ = int8_file
+    runner = OnnxInt8Runner(path, threads=1)
+    lr = torch.rand(1, 3, 40, 70, generator=torch.Generator().manual_seed(2))
+    whole = Upscaler(runner, device="cpu", tile=None)
+    assert whole.precision is Precision.INT8 and "ONNX Runtime" in whole.precision_reason
+    tiled = Upscaler(runner, device="cpu", precision="int8", tile=16)
+    assert (tiled(lr) - whole(lr)).abs().max() <= 1e-5
+    with pytest.raises(ConfigError, match="cannot run in bf16"):
+        Upscaler(runner, device="cpu", precision="bf16")
+    # the CLI: an .onnx model, RGBA input (alpha handled by the same code as for torch models)
+    rgba = torch.rand(4, 20, 30, generator=torch.Generator().manual_seed(4))
+    write_image(tmp_path / "in.png", rgba[:3], rgba[3:])
+    out = tmp_path / "out"
+    assert main(["upscale", str(path), str(tmp_path / "in.png"), "-o", str(out), "--tile", "16"]) == 0
+    printed = capsys.readouterr().out
+    assert "precision int8: int8: ONNX file run by ONNX Runtime" in printed
+    from repsr.io import read_image
+
+    image = read_image(out / "in.png")
+    assert image.alpha is not None and image.rgb.shape == (3, 40, 60)
+
+
+def test_cli_upscale_prints_the_precision_and_rejects_fp16_on_cpu(tmp_path, capsys):
+    from repsr.cli import main
+    from repsr.io import write_image
+
+    save_model(plain_model(num_blocks=1, channels=4), tmp_path / "m.safetensors")
+    write_image(tmp_path / "in.png", torch.rand(3, 12, 14))
+    args = ["upscale", str(tmp_path / "m.safetensors"), str(tmp_path / "in.png"), "-o", str(tmp_path / "o")]
+    assert main([*args, "--device", "cpu", "--precision", "bf16"]) == 0
+    assert "precision bf16: bf16 as requested" in capsys.readouterr().out
+    assert main([*args, "--device", "cpu", "--half"]) == 2
+    assert "fp16 needs a CUDA device" in capsys.readouterr().err

@@ -300,7 +300,7 @@ def export_int8_onnx(
                 f"(< {min_psnr:g} dB); not kept"
             )
         data = draft.read_bytes()
-    from repsr.serialization import atomic_write
+    from repsr.atomic import atomic_write
 
     atomic_write(out_path, lambda tmp: Path(tmp).write_bytes(data))
     return Int8ExportReport(
