@@ -244,7 +244,12 @@ def test_upscaler_half_is_a_deprecated_alias_of_fp16():
 def test_upscaler_auto_says_what_it_chose():
     from repsr.inference import Upscaler
 
-    upscaler = Upscaler(plain_model(num_blocks=1, channels=4), device="cpu", tile=None)
+    model = plain_model(num_blocks=1, channels=4)
+    exact = Upscaler(model, device="cpu", tile=None)  # default: fp32, no timing decides
+    assert exact.precision is Precision.FP32 and exact.precision_reason == "fp32 as requested on " + (
+        f"{cpu_capabilities().name} (cpu)"
+    )
+    upscaler = Upscaler(model, device="cpu", tile=None, precision="auto")
     assert upscaler.precision in (Precision.FP32, Precision.BF16)
     assert (
         upscaler.precision_reason.startswith(upscaler.precision.value)

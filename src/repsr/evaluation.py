@@ -119,8 +119,7 @@ def evaluate(
     from repsr.metrics import psnr, ssim
     from repsr.resize import imresize
 
-    # fp32 always: scores must not depend on which precision this machine's hardware would favour
-    upscaler = upscaler or Upscaler(model, device=device, tile=tile, precision="fp32")
+    upscaler = upscaler or Upscaler(model, device=device, tile=tile)
     scale = upscaler.scale
     border = scale if crop_border is None else crop_border
     results = EvalResults(model.spec.name, scale, border, y_channel)

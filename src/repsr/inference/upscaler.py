@@ -25,12 +25,14 @@ class Upscaler:
     `upscaler(lr)` takes (C, H, W) or (N, C, H, W) float in [0, 1] on any device and returns the output
     on the same device, in float32 and not clamped (the tiled result equals the untiled one).
     `tile`: core tile side in LR pixels, `None` for no tiling, `"auto"` to size tiles from free memory.
-    `precision` (see `repsr.precision`): `auto` (bf16 where the device has native bf16 units and a short
-    timing of this model finds it faster, else fp32), `fp32`, `bf16` (input, global skip and output stay
-    float32), `fp16` (CUDA only; a tile whose fp16 output overflows is recomputed in float32) or `int8`
-    (ONNX Runtime on the CPU: pass a `repsr.quantize.OnnxInt8Runner` of a file `repsr export --int8`
-    wrote, or a model, quantized on the spot). `precision_reason` says in one line what ran and why.
-    `half=True` is the deprecated spelling of `precision="fp16"`.
+    `precision` (see `repsr.precision`): `None` (default) is fp32 for a torch model and the file's own
+    precision for an ONNX runner, so results never depend on a timing; `auto` (what `repsr upscale`
+    uses) is bf16 where the device has native bf16 units and a short timing of this model finds it
+    faster, else fp32; `fp32`; `bf16` (input, global skip and output stay float32); `fp16` (CUDA only; a
+    tile whose fp16 output overflows is recomputed in float32); `int8` (ONNX Runtime on the CPU: pass a
+    `repsr.quantize.OnnxInt8Runner` of a file `repsr export --int8` wrote, or a model, quantized on the
+    spot). `precision_reason` says in one line what ran and why. `half=True` is the deprecated spelling
+    of `precision="fp16"`.
     """
 
     def __init__(
@@ -38,7 +40,7 @@ class Upscaler:
         model: nn.Module,
         *,
         device: str | torch.device = "auto",
-        precision: str = "auto",
+        precision: str | None = None,
         half: bool = False,
         tile: int | str | None = "auto",
         backend: str = "auto",
@@ -51,6 +53,8 @@ class Upscaler:
                 "Upscaler(half=True) is deprecated: use precision='fp16'", DeprecationWarning, stacklevel=2
             )
             precision = "fp16"
+        if precision is None:
+            precision = "auto" if getattr(model, "quantized", None) is not None else "fp32"
         if tile is not None and tile != "auto" and (not isinstance(tile, int) or tile < MIN_TILE):
             raise ConfigError(f"tile must be 'auto', None or an integer >= {MIN_TILE}, got {tile!r}")
         prepared = prepare_for_precision(model, self.device, precision, resolve_backend(backend))
