@@ -276,7 +276,7 @@ def test_upscaler_int8_tiles_exactly_and_the_cli_runs_onnx_files(int8_file, tmp_
     rgba = torch.rand(4, 20, 30, generator=torch.Generator().manual_seed(4))
     write_image(tmp_path / "in.png", rgba[:3], rgba[3:])
     out = tmp_path / "out"
-    assert main(["upscale", str(path), str(tmp_path / "in.png"), "-o", str(out), "--tile", "16"]) == 0
+    assert main(["upscale", str(tmp_path / "in.png"), "-o", str(out), "-m", str(path), "--tile", "16"]) == 0
     printed = capsys.readouterr().out
     assert "precision int8: int8: ONNX file run by ONNX Runtime" in printed
     from repsr.io import read_image
@@ -291,7 +291,14 @@ def test_cli_upscale_prints_the_precision_and_rejects_fp16_on_cpu(tmp_path, caps
 
     save_model(plain_model(num_blocks=1, channels=4), tmp_path / "m.safetensors")
     write_image(tmp_path / "in.png", torch.rand(3, 12, 14))
-    args = ["upscale", str(tmp_path / "m.safetensors"), str(tmp_path / "in.png"), "-o", str(tmp_path / "o")]
+    args = [
+        "upscale",
+        str(tmp_path / "in.png"),
+        "-o",
+        str(tmp_path / "o"),
+        "-m",
+        str(tmp_path / "m.safetensors"),
+    ]
     assert main([*args, "--device", "cpu", "--precision", "bf16"]) == 0
     assert "precision bf16: bf16 as requested" in capsys.readouterr().out
     assert main([*args, "--device", "cpu", "--half"]) == 2
