@@ -17,7 +17,7 @@ use_passive_omp_wait()  # as the `repsr` CLI does; must precede torch
 
 import torch  # noqa: E402
 
-SECTIONS = ("bench_data", "bench_train", "bench_deploy")
+SECTIONS = ("bench_data", "bench_train", "bench_deploy", "bench_precision")
 
 
 def main() -> None:

@@ -136,7 +136,7 @@ def test_bad_device_and_half_on_cpu_are_config_errors():
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="CUDA"):
             resolve_device("cuda")
-    with pytest.raises(ConfigError, match="CUDA"):
+    with pytest.raises(ConfigError, match="CUDA"), pytest.warns(DeprecationWarning):
         Upscaler(plain_model(), device="cpu", half=True)
     with pytest.raises(ConfigError):
         Upscaler(plain_model(), device="cpu", tile=3)

@@ -7,6 +7,7 @@ alpha channels.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -24,7 +25,14 @@ class Upscaler:
     `upscaler(lr)` takes (C, H, W) or (N, C, H, W) float in [0, 1] on any device and returns the output
     on the same device, in float32 and not clamped (the tiled result equals the untiled one).
     `tile`: core tile side in LR pixels, `None` for no tiling, `"auto"` to size tiles from free memory.
-    `half` runs fp16 (CUDA only); a tile whose fp16 output overflows is recomputed in float32.
+    `precision` (see `repsr.precision`): `None` (default) is fp32 for a torch model and the file's own
+    precision for an ONNX runner, so results never depend on a timing; `auto` (what `repsr upscale`
+    uses) is bf16 where the device has native bf16 units and a short timing of this model finds it
+    faster, else fp32; `fp32`; `bf16` (input, global skip and output stay float32); `fp16` (CUDA only; a
+    tile whose fp16 output overflows is recomputed in float32); `int8` (ONNX Runtime on the CPU: pass a
+    `repsr.quantize.OnnxInt8Runner` of a file `repsr export --int8` wrote, or a model, quantized on the
+    spot). `precision_reason` says in one line what ran and why. `half=True` is the deprecated spelling
+    of `precision="fp16"`.
     """
 
     def __init__(
@@ -32,24 +40,36 @@ class Upscaler:
         model: nn.Module,
         *,
         device: str | torch.device = "auto",
+        precision: str | None = None,
         half: bool = False,
         tile: int | str | None = "auto",
         backend: str = "auto",
     ) -> None:
+        from repsr.precision import Precision, prepare_for_precision
+
         self.device = resolve_device(device)
-        if half and self.device.type != "cuda":
-            raise ConfigError("--half (fp16) needs a CUDA device; CPU inference runs in float32")
+        if half:
+            warnings.warn(
+                "Upscaler(half=True) is deprecated: use precision='fp16'", DeprecationWarning, stacklevel=2
+            )
+            precision = "fp16"
+        if precision is None:
+            precision = "auto" if getattr(model, "quantized", None) is not None else "fp32"
         if tile is not None and tile != "auto" and (not isinstance(tile, int) or tile < MIN_TILE):
             raise ConfigError(f"tile must be 'auto', None or an integer >= {MIN_TILE}, got {tile!r}")
-        self.dtype = torch.float16 if half else torch.float32
-        self.backend = resolve_backend(backend)
+        prepared = prepare_for_precision(model, self.device, precision, resolve_backend(backend))
+        self.precision, self.precision_reason = prepared.precision, prepared.reason
+        self.backend = prepared.backend
+        self.dtype = prepared.input_dtype  # what tiles are cast to before the network
         self.spec = model.spec
         self.scale = model_scale(model)
         self.radius = receptive_radius(model)
-        self.module = prepare_model(model, self.backend, self.device, self.dtype)
-        self._model = model if half else None  # kept only for the fp16 overflow fallback
+        self.module = prepared.module
+        fp16 = self.precision is Precision.FP16
+        self._model = model if fp16 else None  # kept only for the fp16 overflow fallback
         self._float_module: nn.Module | None = None
-        self.tile = auto_tile_size(model, self.device, self.dtype) if tile == "auto" else tile
+        compute = {Precision.FP16: torch.float16, Precision.BF16: torch.bfloat16}.get(self.precision)
+        self.tile = auto_tile_size(model, self.device, compute or torch.float32) if tile == "auto" else tile
 
     @property
     def in_channels(self) -> int:

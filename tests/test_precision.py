@@ -1,0 +1,305 @@
+"""Precision: hardware detection, the `auto` choice, bf16 inference, int8 export in ONNX Runtime."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from repsr import build_model, save_model
+from repsr.errors import ConfigError, ModelFileError
+from repsr.network import PlainSR, reparameterize_model
+from repsr.precision import (
+    Bf16PlainSR,
+    Capabilities,
+    Precision,
+    ProbeResult,
+    choose_precision,
+    cpu_capabilities,
+    detect_cpu,
+    device_capabilities,
+    probe_bf16,
+)
+from tests.helpers import randomize
+
+
+def plain_model(num_blocks: int = 2, channels: int = 8, scale: int = 2, in_channels: int = 3) -> PlainSR:
+    model = build_model(
+        "repsr", scale=scale, num_blocks=num_blocks, channels=channels, in_channels=in_channels
+    )
+    return reparameterize_model(randomize(model).eval())
+
+
+def caps(bf16: str) -> Capabilities:
+    return Capabilities("cpu", "Test CPU", bf16, fp16=False, int8_units="", source="test")
+
+
+# ------------------------------------------------------------------------------------------- detection
+
+
+def test_cpu_capabilities_are_consistent():
+    found = cpu_capabilities()
+    assert found is cpu_capabilities()  # detected once
+    assert found.device == "cpu" and found.name
+    assert found.bf16_native == bool(found.bf16_units)
+    assert device_capabilities("cpu") == found
+    assert found.name in found.describe()
+    flags = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else None
+    if flags is not None and flags.get("architecture") == "x86_64":
+        native = flags.get("amx_bf16", False) or flags.get("avx512_bf16", False)
+        assert found.bf16_native == bool(native)
+
+
+def test_cpu_detection_from_torch_flags_and_from_proc_cpuinfo(tmp_path):
+    amx = detect_cpu(
+        {"amx_bf16": True, "avx512_bf16": True, "amx_int8": True, "cpu_name": "Xeon"}, (set(), "")
+    )
+    assert (amx.bf16_units, amx.int8_units, amx.name) == ("AMX-BF16", "AMX-INT8", "Xeon")
+    zen4 = detect_cpu({"avx512_bf16": True, "avx512_vnni": True}, (set(), "AMD EPYC 9B14"))
+    assert (zen4.bf16_units, zen4.int8_units, zen4.name) == ("AVX512-BF16", "AVX512-VNNI", "AMD EPYC 9B14")
+    old = detect_cpu({"avx2": True}, (set(), "old"))
+    assert not old.bf16_native and old.int8_units == ""
+    # no torch detection: /proc/cpuinfo flags decide
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(
+        "processor\t: 0\nmodel name\t: Some Xeon\nflags\t\t: fpu avx2 avx512f amx_bf16 amx_tile\n\n"
+    )
+    from repsr.precision import _proc_cpuinfo
+
+    proc = detect_cpu(None, _proc_cpuinfo(cpuinfo))
+    assert (proc.bf16_units, proc.name, proc.source) == ("AMX-BF16", "Some Xeon", "/proc/cpuinfo")
+    assert not detect_cpu(None, _proc_cpuinfo(tmp_path / "missing")).bf16_native
+
+
+# ------------------------------------------------------------------------------------------- choice
+
+
+def test_precision_names_are_parsed_and_checked():
+    assert Precision.parse("BF16") is Precision.BF16 and Precision.parse(Precision.INT8) is Precision.INT8
+    with pytest.raises(ConfigError, match="precision must be one of"):
+        Precision.parse("fp8")
+
+
+def test_auto_is_fp32_where_bf16_is_not_native():
+    def probe(model, device):
+        raise AssertionError("no probe where bf16 is emulated")
+
+    choice, reason = choose_precision(plain_model(), "cpu", "auto", capabilities=caps(""), probe=probe)
+    assert choice is Precision.FP32 and "no native bf16" in reason and "\n" not in reason
+
+
+def test_auto_follows_the_measurement_where_bf16_is_native():
+    fast = lambda model, device: ProbeResult(fp32_s=0.02, bf16_s=0.01, side=32)  # noqa: E731
+    slow = lambda model, device: ProbeResult(fp32_s=0.01, bf16_s=0.0105, side=32)  # noqa: E731
+    model = plain_model()
+    choice, reason = choose_precision(model, "cpu", capabilities=caps("AMX-BF16"), probe=fast)
+    assert choice is Precision.BF16 and "2.0x faster" in reason and "AMX-BF16" in reason
+    choice, reason = choose_precision(model, "cpu", capabilities=caps("AMX-BF16"), probe=slow)
+    assert choice is Precision.FP32 and "gains too little" in reason
+
+
+def test_auto_with_the_real_probe_is_fast_and_cached():
+    model = plain_model(num_blocks=1, channels=4)
+    first = probe_bf16(model, torch.device("cpu"), budget_s=0.05)
+    assert first.fp32_s > 0 and first.bf16_s > 0
+    assert probe_bf16(model, torch.device("cpu")) is first  # same spec, device, threads: cached
+    choice, reason = choose_precision(model, "cpu")
+    assert choice in (Precision.FP32, Precision.BF16) and reason.startswith(choice.value)
+
+
+def test_fp16_on_cpu_and_int8_on_cuda_are_clear_errors():
+    with pytest.raises(ConfigError, match="fp16 needs a CUDA device"):
+        choose_precision(plain_model(), "cpu", "fp16", capabilities=caps(""))
+    explicit, reason = choose_precision(plain_model(), "cpu", "bf16", capabilities=caps(""))
+    assert explicit is Precision.BF16 and "emulated" in reason
+
+
+# ------------------------------------------------------------------------------------------- bf16 net
+
+
+@pytest.mark.parametrize("in_channels", [3, 1])
+def test_bf16_output_is_close_to_fp32(in_channels):
+    plain = plain_model(in_channels=in_channels)
+    x = torch.rand(2, in_channels, 20, 24, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        reference = plain(x)
+        out = Bf16PlainSR(plain)(x)
+    assert out.dtype == torch.float32 and out.shape == reference.shape
+    error = (out - reference).abs()
+    assert 0 < float(error.max()) < 0.03 and float(error.mean()) < 0.003  # bf16 rounding, not a bug
+    # keeping head and tail in float32 takes them out of the error
+    with torch.no_grad():
+        mixed = Bf16PlainSR(plain, float_head=1, float_tail=1)(x)
+    assert [d for d in Bf16PlainSR(plain, float_head=1, float_tail=1).dtypes[:2]] == [torch.float32] * 2
+    assert float((mixed - reference).abs().max()) < 0.03
+
+
+def test_bf16_global_skip_is_exact_float32():
+    plain = plain_model()
+    with torch.no_grad():
+        plain.body[-1].weight.zero_()
+        plain.body[-1].bias.zero_()
+    x = torch.rand(1, 3, 9, 11, dtype=torch.float32) * 0.999 + 1e-4  # not representable in bf16
+    with torch.no_grad():
+        out = Bf16PlainSR(plain)(x)
+    assert torch.equal(out, F.interpolate(x, scale_factor=2, mode="nearest"))
+
+
+def test_bf16_leaves_the_model_untouched():
+    plain = plain_model()
+    before = {k: v.clone() for k, v in plain.state_dict().items()}
+    Bf16PlainSR(plain)
+    assert all(v.dtype == torch.float32 and torch.equal(v, before[k]) for k, v in plain.state_dict().items())
+
+
+# ------------------------------------------------------------------------------------------- int8
+
+
+def int8_plain() -> PlainSR:
+    """A small plain network whose residual is small next to the skip, like a trained model's."""
+    plain = plain_model(num_blocks=2, channels=8, scale=2)
+    with torch.no_grad():
+        for layer in plain.body:
+            if isinstance(layer, torch.nn.Conv2d):
+                layer.weight.mul_(0.5)
+    return plain
+
+
+@pytest.fixture(scope="module")
+def int8_file(tmp_path_factory):
+    """One verified int8 export (`repsr export --int8`) shared by the int8 tests: exports take seconds."""
+    pytest.importorskip("onnxruntime.quantization", reason="needs onnxruntime's quantization tools")
+    pytest.importorskip("onnxscript", reason="needs onnxscript (the ONNX exporter)")
+    from repsr.cli import main
+
+    folder = tmp_path_factory.mktemp("int8")
+    save_model(int8_plain(), folder / "plain.safetensors")
+    path = folder / "model-int8.onnx"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["export", str(folder / "plain.safetensors"), "--onnx", str(path), "--int8"]) == 0
+    return path, printed.getvalue()
+
+
+def test_int8_export_verifies_and_runs(int8_file):
+    from repsr.quantize import MIN_INT8_PSNR, OnnxInt8Runner
+
+    path, printed = int8_file
+    plain = int8_plain()
+    psnr = float(re.search(r"PSNR ([0-9.]+) dB", printed).group(1))
+    assert path.is_file() and psnr >= MIN_INT8_PSNR and "on 2 held-out photos" in printed
+    assert printed.count("node_") == 3  # kept in float32: last body conv, its PReLU, the tail conv
+    runner = OnnxInt8Runner(path, threads=1)
+    assert runner.quantized and runner.spec == plain.spec
+    x = torch.rand(2, 3, 17, 23, generator=torch.Generator().manual_seed(3))  # dynamic size and batch
+    with torch.no_grad():
+        out, reference = runner(x), plain(x)
+    assert out.shape == reference.shape and out.dtype == torch.float32
+    assert 0 < float((out - reference).abs().max()) < 0.1
+
+
+def test_int8_export_refuses_below_the_threshold(tmp_path):
+    pytest.importorskip("onnxruntime.quantization", reason="needs onnxruntime's quantization tools")
+    pytest.importorskip("onnxscript", reason="needs onnxscript (the ONNX exporter)")
+    from repsr.quantize import export_int8_onnx
+
+    refused = tmp_path / "refused.onnx"
+    with pytest.raises(ModelFileError, match="dB from fp32"):
+        export_int8_onnx(int8_plain(), refused, min_psnr=200.0, float_tail=False)
+    assert not refused.exists()
+    with pytest.raises(ConfigError, match="calibration method"):
+        export_int8_onnx(int8_plain(), refused, method="guess")
+
+
+# ------------------------------------------------------------------------------------------- Upscaler
+
+
+def test_upscaler_bf16_tiled_equals_untiled_and_stays_close_to_fp32():
+    from repsr.inference import Upscaler
+
+    model = plain_model(num_blocks=3, channels=8, scale=3)
+    lr = torch.rand(2, 3, 45, 83, generator=torch.Generator().manual_seed(1))
+    whole = Upscaler(model, device="cpu", precision="bf16", tile=None)
+    tiled = Upscaler(model, device="cpu", precision="bf16", tile=16)
+    assert whole.precision is Precision.BF16 and whole.precision_reason.startswith("bf16")
+    out = tiled(lr)
+    assert out.dtype == torch.float32 and (out - whole(lr)).abs().max() <= 1e-6
+    reference = Upscaler(model, device="cpu", precision="fp32", tile=None)(lr)
+    assert 0 < float((out - reference).abs().max()) < 0.05
+
+
+def test_upscaler_half_is_a_deprecated_alias_of_fp16():
+    from repsr.inference import Upscaler
+
+    with pytest.warns(DeprecationWarning, match="precision='fp16'"), pytest.raises(ConfigError, match="CUDA"):
+        Upscaler(plain_model(), device="cpu", half=True)
+    with pytest.raises(ConfigError, match="fp16 needs a CUDA device"):
+        Upscaler(plain_model(), device="cpu", precision="fp16")
+
+
+def test_upscaler_auto_says_what_it_chose():
+    from repsr.inference import Upscaler
+
+    model = plain_model(num_blocks=1, channels=4)
+    exact = Upscaler(model, device="cpu", tile=None)  # default: fp32, no timing decides
+    assert exact.precision is Precision.FP32 and exact.precision_reason == "fp32 as requested on " + (
+        f"{cpu_capabilities().name} (cpu)"
+    )
+    upscaler = Upscaler(model, device="cpu", tile=None, precision="auto")
+    assert upscaler.precision in (Precision.FP32, Precision.BF16)
+    assert (
+        upscaler.precision_reason.startswith(upscaler.precision.value)
+        and "\n" not in upscaler.precision_reason
+    )
+
+
+def test_upscaler_int8_tiles_exactly_and_the_cli_runs_onnx_files(int8_file, tmp_path, capsys):
+    from repsr.cli import main
+    from repsr.inference import Upscaler
+    from repsr.io import write_image
+    from repsr.quantize import OnnxInt8Runner
+
+    path, _ = int8_file
+    runner = OnnxInt8Runner(path, threads=1)
+    lr = torch.rand(1, 3, 40, 70, generator=torch.Generator().manual_seed(2))
+    whole = Upscaler(runner, device="cpu", tile=None)
+    assert whole.precision is Precision.INT8 and "ONNX Runtime" in whole.precision_reason
+    tiled = Upscaler(runner, device="cpu", precision="int8", tile=16)
+    assert (tiled(lr) - whole(lr)).abs().max() <= 1e-5
+    with pytest.raises(ConfigError, match="cannot run in bf16"):
+        Upscaler(runner, device="cpu", precision="bf16")
+    # the CLI: an .onnx model, RGBA input (alpha handled by the same code as for torch models)
+    rgba = torch.rand(4, 20, 30, generator=torch.Generator().manual_seed(4))
+    write_image(tmp_path / "in.png", rgba[:3], rgba[3:])
+    out = tmp_path / "out"
+    assert main(["upscale", str(tmp_path / "in.png"), "-o", str(out), "-m", str(path), "--tile", "16"]) == 0
+    printed = capsys.readouterr().out
+    assert "precision int8: int8: ONNX file run by ONNX Runtime" in printed
+    from repsr.io import read_image
+
+    image = read_image(out / "in.png")
+    assert image.alpha is not None and image.rgb.shape == (3, 40, 60)
+
+
+def test_cli_upscale_prints_the_precision_and_rejects_fp16_on_cpu(tmp_path, capsys):
+    from repsr.cli import main
+    from repsr.io import write_image
+
+    save_model(plain_model(num_blocks=1, channels=4), tmp_path / "m.safetensors")
+    write_image(tmp_path / "in.png", torch.rand(3, 12, 14))
+    args = [
+        "upscale",
+        str(tmp_path / "in.png"),
+        "-o",
+        str(tmp_path / "o"),
+        "-m",
+        str(tmp_path / "m.safetensors"),
+    ]
+    assert main([*args, "--device", "cpu", "--precision", "bf16"]) == 0
+    assert "precision bf16: bf16 as requested" in capsys.readouterr().out
+    assert main([*args, "--device", "cpu", "--half"]) == 2
+    assert "fp16 needs a CUDA device" in capsys.readouterr().err
