@@ -52,9 +52,9 @@ class PretrainedModel:
 PRETRAINED: dict[str, PretrainedModel] = {
     model.name: model
     for model in (
-        PretrainedModel("repsr-m4c16-x2", 2, "RGB RepSR M4C16 x2 (about 17k parameters deployed)"),
-        PretrainedModel("repsr-m4c16-x3", 3, "RGB RepSR M4C16 x3 (about 17k parameters deployed)"),
-        PretrainedModel("repsr-m4c16-x4", 4, "RGB RepSR M4C16 x4 (about 17k parameters deployed)"),
+        PretrainedModel("repsr-m4c16-x2", 2, "RGB RepSR M4C16 x2 (11.5k parameters deployed)"),
+        PretrainedModel("repsr-m4c16-x3", 3, "RGB RepSR M4C16 x3 (13.7k parameters deployed)"),
+        PretrainedModel("repsr-m4c16-x4", 4, "RGB RepSR M4C16 x4 (16.8k parameters deployed)"),
     )
 }
 
