@@ -17,6 +17,7 @@ artifacts the BN switch is about; the plain network shows what a user of the del
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -28,6 +29,8 @@ from torch import Tensor, nn
 
 from repsr.errors import ConfigError, DataError
 from repsr.inference import Upscaler, upscale_rgb
+
+log = logging.getLogger(__name__)
 
 SAMPLE_NAME = "sample"
 _CACHE_BYTES = 256 * 2**20  # images kept decoded in memory per cached set (re-read beyond that)
@@ -116,21 +119,37 @@ def evaluate(
     """PSNR/SSIM of `model` and of bicubic on each dataset (name -> iterable of `EvalPair`-like items
     with `.name`, `.lr`, `.hr`); `crop_border` defaults to the scale, metrics on Y by default.
     `baseline=False` skips the bicubic row (its fields are NaN), as validation during training does."""
-    from repsr.metrics import psnr, ssim
+    from repsr.metrics import min_image_side, psnr, ssim
     from repsr.resize import imresize
 
     upscaler = upscaler or Upscaler(model, device=device, tile=tile)
     scale = upscaler.scale
     border = scale if crop_border is None else crop_border
     results = EvalResults(model.spec.name, scale, border, y_channel)
+    smallest = min_image_side(border)
     for name, pairs in datasets.items():
         score = DatasetScore(name)
+        skipped = 0
         for pair in _progress(pairs, name, progress):
             lr, hr = pair.lr.float(), pair.hr.float()
             if tuple(hr.shape[-2:]) != (lr.shape[-2] * scale, lr.shape[-1] * scale):
                 raise DataError(
                     f"{name}/{pair.name}: HR {tuple(hr.shape[-2:])} is not LR {tuple(lr.shape[-2:])} x{scale}"
                 )
+            if min(hr.shape[-2:]) < smallest:
+                height, width = hr.shape[-2:]
+                log.warning(
+                    "%s/%s: skipped, HR %dx%d is below %dx%d (the SSIM window after a %d-pixel border)",
+                    name,
+                    pair.name,
+                    width,
+                    height,
+                    smallest,
+                    smallest,
+                    border,
+                )
+                skipped += 1
+                continue
             prediction = _prediction(upscaler, lr, hr).clamp(0, 1)
             bicubic = imresize(lr, scale).clamp(0, 1) if baseline else None
             score.images.append(
@@ -143,7 +162,8 @@ def evaluate(
                 )
             )
         if not score.images:
-            raise DataError(f"dataset {name} has no images")
+            why = f" ({skipped} too small to measure)" if skipped else ""
+            raise DataError(f"dataset {name} has no measurable images{why}")
         results.datasets.append(score)
     return results
 

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from repsr.atomic import atomic_write
+from repsr.atomic import atomic_write, check_target
 from repsr.equivalence import IMAGE_TOLERANCE, check_deviation, max_deviation, verify_equivalence
 from repsr.errors import (
     ConfigError,
@@ -151,6 +151,7 @@ def deploy(
     source, target = Path(checkpoint), Path(output)
     if target.suffix not in (".safetensors", ".pth"):
         raise ConfigError(f"{target}: deployed models are written as .safetensors or .pth")
+    check_target(target, what="deployed model")
     model, used = load_for_deploy(source, weights, device)
     plain = reparameterize_model(model)
     x = verification_image(model.spec.in_channels)
@@ -284,12 +285,13 @@ def export_onnx(
     and the check runs on a different size and batch than the export trace, to prove it. The file
     appears only if ONNX Runtime matches PyTorch within `tolerance`; otherwise `ModelFileError`.
     """
-    require_onnx()
-    if opset < 17:
-        raise ConfigError(f"opset must be 17 or newer, got {opset}")
     path = Path(path)
     if path.suffix != ".onnx":
         raise ConfigError(f"{path}: ONNX files must end in .onnx")
+    check_target(path, what="ONNX file")
+    require_onnx()
+    if opset < 17:
+        raise ConfigError(f"opset must be 17 or newer, got {opset}")
     plain = reparameterize_model(model).cpu().float()
     channels = plain.spec.in_channels
     example = verification_image(channels, size)
