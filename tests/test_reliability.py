@@ -339,3 +339,18 @@ def test_tile_has_one_rule(value):
 def test_tile_accepts_auto_none_and_the_minimum():
     for value, expected in (("auto", "auto"), ("none", None), ("16", 16)):
         assert build_parser().parse_args(["upscale", "m", "x", "-o", "o", "--tile", value]).tile == expected
+
+
+def test_deploy_of_a_checkpoint_from_before_the_switch_warns(tmp_path, caplog):
+    from repsr.export import deploy
+
+    model = randomize(build_model("repsr", scale=2, num_blocks=1, channels=4), 2).eval()
+    for phase in ("batch", "frozen"):
+        state = {"spec": model.spec.to_dict(), "model": model.state_dict(), "iteration": 5, "bn_phase": phase}
+        torch.save(state, tmp_path / f"{phase}.pt")
+    caplog.set_level(logging.WARNING)
+    report = deploy(tmp_path / "batch.pt", tmp_path / "a.safetensors")
+    assert len(report.warnings) == 1 and "before the BN switch" in report.warnings[0]
+    assert "batch.pt" in report.warnings[0] and "mini-batch" in report.warnings[0]
+    assert any("before the BN switch" in r.getMessage() for r in caplog.records)
+    assert deploy(tmp_path / "frozen.pt", tmp_path / "b.safetensors").warnings == []
