@@ -354,3 +354,20 @@ def test_deploy_of_a_checkpoint_from_before_the_switch_warns(tmp_path, caplog):
     assert "batch.pt" in report.warnings[0] and "mini-batch" in report.warnings[0]
     assert any("before the BN switch" in r.getMessage() for r in caplog.records)
     assert deploy(tmp_path / "frozen.pt", tmp_path / "b.safetensors").warnings == []
+
+
+# ------------------------------------------------------------------------- training entry points
+
+
+def test_train_out_under_a_file_and_a_config_folder_are_one_line(tmp_path, capsys, monkeypatch):
+    import repsr.training as training
+
+    monkeypatch.setattr(training, "train", lambda *a, **k: pytest.fail("trained despite the bad path"))
+    (tmp_path / "afile").write_text("x")
+    config = ROOT / "configs" / "quick.yaml"
+    assert main(["train", str(config), "--out", str(tmp_path / "afile" / "sub"), "--no-progress"]) == 2
+    err = _one_line_error(capsys)
+    assert "afile" in err and "not a folder" in err
+    assert main(["train", str(tmp_path), "--no-progress"]) == 2
+    err = _one_line_error(capsys)
+    assert "is a folder" in err and "no such config" not in err

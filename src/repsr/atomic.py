@@ -125,3 +125,19 @@ def atomic_write_stream(path: str | Path, write: Callable[[object], object]) -> 
             write(handle)
 
     atomic_write(path, to_file)
+
+
+def check_folder(path: str | Path, *, what: str = "output folder") -> Path:
+    """Raise `WriteError` now if folder `path` cannot be created or written: it is a file, a parent is a
+    file, or the nearest existing parent is not writable. Called before long work (training)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise WriteError(f"{path}: the {what} is a file, not a folder", errno.ENOTDIR)
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise WriteError(f"{path}: cannot create the {what} ({probe} is a file, not a folder)", errno.ENOTDIR)
+    if probe.is_dir() and not os.access(probe, os.W_OK | os.X_OK):
+        raise WriteError(f"{path}: cannot write the {what} ({probe} is not writable)", errno.EACCES)
+    return path

@@ -38,12 +38,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from repsr.atomic import check_folder
     from repsr.evaluation import parse_named_folders
     from repsr.training import load_config, train
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     overrides = [*args.overrides, *([f"train.init={args.init}"] if args.init else [])]
     config = load_config(args.config, overrides)
+    check_folder(args.out if args.out is not None else Path("runs") / config.name, what="run folder")
     result = train(
         config,
         data=args.data,
