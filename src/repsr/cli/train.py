@@ -77,6 +77,8 @@ def resume_command(args: argparse.Namespace, name: str) -> str:
     words += ["--out", str(args.out if args.out is not None else Path("runs") / name)]
     for override in args.overrides:
         words += ["--set", override]
+    if args.init:
+        words += ["--init", args.init]  # the same config; a resumed run takes its weights from the checkpoint
     if args.no_progress:
         words.append("--no-progress")
     return shlex.join([*words, "--resume"])
