@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import pickle
 import warnings
 from pathlib import Path
@@ -169,16 +170,21 @@ def test_cache_second_run_decodes_nothing_and_source_change_rebuilds(hr_folder, 
     assert decoded == []
 
 
-def test_bad_data_skipped_with_one_warning(hr_folder, tmp_path, monkeypatch):
+def _data_warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "repsr.data" and r.levelno == logging.WARNING]
+
+
+def test_bad_data_skipped_with_one_warning(hr_folder, tmp_path, monkeypatch, caplog):
     good = (hr_folder / "a.png").read_bytes()
     (hr_folder / "broken.png").write_text("this is not a png")
     (hr_folder / "cut.png").write_bytes(good[: len(good) // 3])
     (hr_folder / "empty.jpg").write_bytes(b"")
     write_image(hr_folder / "tiny.png", torch.rand(3, 20, 20))
-    with pytest.warns(UserWarning) as record:
-        ds = TrainPatches(hr_folder, 2, 12, cache_dir=tmp_path / "cache")
+    caplog.set_level(logging.WARNING, logger="repsr.data")
+    ds = TrainPatches(hr_folder, 2, 12, cache_dir=tmp_path / "cache")
+    record = _data_warnings(caplog)
     assert len(record) == 1
-    message = str(record[0].message)
+    message = record[0]
     assert "skipped 4 of 7 training images" in message
     for name in ("broken.png", "cut.png", "empty.jpg", "tiny.png"):
         assert name in message
@@ -186,8 +192,9 @@ def test_bad_data_skipped_with_one_warning(hr_folder, tmp_path, monkeypatch):
     assert len(ds) == 3
     # The verdicts are cached too: no decoding on the second run, same warning.
     monkeypatch.setattr(rio, "read_pixels", lambda p: (_ for _ in ()).throw(AssertionError(p)))
-    with pytest.warns(UserWarning, match="skipped 4 of 7"):
-        assert len(TrainPatches(hr_folder, 2, 12, cache_dir=tmp_path / "cache")) == 3
+    caplog.clear()
+    assert len(TrainPatches(hr_folder, 2, 12, cache_dir=tmp_path / "cache")) == 3
+    assert len(_data_warnings(caplog)) == 1 and "skipped 4 of 7" in _data_warnings(caplog)[0]
 
 
 def test_nothing_usable_or_empty_is_an_error(tmp_path):
@@ -205,7 +212,7 @@ def test_nothing_usable_or_empty_is_an_error(tmp_path):
         TrainPatches(bad, 2, 8, cache_dir=tmp_path / "cache")
 
 
-def test_paired_layout_matches_generated(hr_folder, tmp_path):
+def test_paired_layout_matches_generated(hr_folder, tmp_path, caplog):
     lr_folder = tmp_path / "lr" / "X2"
     for path in rio.list_images(hr_folder):
         pixels = rio.read_pixels(path).array
@@ -217,9 +224,11 @@ def test_paired_layout_matches_generated(hr_folder, tmp_path):
         torch.testing.assert_close(paired[key], generated[key], atol=0, rtol=0)
     (lr_folder / "bx2.png").unlink()
     write_image(lr_folder / "cx2.png", torch.rand(3, 20, 20))  # wrong size for a 60x60 HR at x2
-    with pytest.warns(UserWarning, match="skipped 2 of 3") as record:
-        assert len(TrainPatches(hr_folder, 2, 12, lr=lr_folder, cache_dir=tmp_path / "c2")) == 1
-    assert "no LR image" in str(record[0].message) and "expected 30x30" in str(record[0].message)
+    caplog.set_level(logging.WARNING, logger="repsr.data")
+    assert len(TrainPatches(hr_folder, 2, 12, lr=lr_folder, cache_dir=tmp_path / "c2")) == 1
+    record = _data_warnings(caplog)
+    assert len(record) == 1 and "skipped 2 of 3" in record[0]
+    assert "no LR image" in record[0] and "expected 30x30" in record[0]
 
 
 def test_sequence_input_pickles_small_and_loader_runs(hr_folder, tmp_path):

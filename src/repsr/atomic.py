@@ -5,14 +5,27 @@
 `path`. A crash or kill leaves either the old file or the new one, plus at worst a hidden `.NAME.*.tmp`
 file; two processes writing the same path at once each rename a complete file. Used for models,
 checkpoints, exports, result files and the data cache.
+
+Failures raise `repsr.errors.WriteError` (a `RepsrError` and an `OSError`) naming the path and the cause,
+"disk full" for a full disk, including torch's C++ writer that reports it as a `RuntimeError`.
+`check_target` tells before long work starts whether a path can be written at all.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+
+from repsr.errors import WriteError, describe_os_error, first_line
+
+# Below this much free space, a write error that does not say why (torch's C++ writer) is a full disk.
+_NEARLY_FULL = 1 << 20
+# How library writers that raise their own exception types describe a failed write.
+_WRITE_WORDS = ("write", "no space left", "storagefull", "ioerror")
+_FULL_WORDS = ("no space left", "storagefull", "disk full")
 
 
 def _current_umask() -> int:
@@ -41,18 +54,67 @@ def atomic_write(path: str | Path, write: Callable[[str], object]) -> None:
     propagates; `path` is then unchanged.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+    except OSError as error:
+        raise _write_error(path, error) from None
     try:
         write(tmp)
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(error, WriteError):
+            raise
+        if isinstance(error, OSError):
+            raise _write_error(path, error) from None
+        if isinstance(error, Exception) and any(word in str(error).lower() for word in _WRITE_WORDS):
+            raise _write_error(path, error) from None  # torch's C++ writer, safetensors' Rust writer
         raise
+
+
+def _write_error(path: Path, error: BaseException) -> WriteError:
+    """`WriteError` naming `path` and the cause in one line."""
+    code = getattr(error, "errno", None)
+    if not isinstance(error, OSError) and (
+        any(word in str(error).lower() for word in _FULL_WORDS) or _free_bytes(path.parent) < _NEARLY_FULL
+    ):
+        code = errno.ENOSPC
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        cause = "disk full: no space left on the device"
+    elif isinstance(error, OSError):
+        cause = describe_os_error(error)
+    else:
+        cause = first_line(error)
+    return WriteError(f"{path}: cannot write ({cause})", code)
+
+
+def _free_bytes(folder: Path) -> int:
+    try:
+        stats = os.statvfs(folder)
+    except (OSError, AttributeError):
+        return _NEARLY_FULL
+    return stats.f_bavail * stats.f_frsize
+
+
+def check_target(path: str | Path, *, what: str = "output") -> Path:
+    """Raise `WriteError` now if `path` cannot be written later: it is a folder, a parent is a file, or
+    the nearest existing parent folder is not writable. Called before long work (evaluation, export)."""
+    path = Path(path)
+    if path.is_dir():
+        raise WriteError(f"{path}: the {what} path is a folder, not a file", errno.EISDIR)
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if parent.exists() and not parent.is_dir():
+        raise WriteError(f"{path}: cannot write the {what} ({parent} is a file, not a folder)", errno.ENOTDIR)
+    if parent.is_dir() and not os.access(parent, os.W_OK | os.X_OK):
+        raise WriteError(f"{path}: cannot write the {what} ({parent} is not writable)", errno.EACCES)
+    return path
 
 
 def atomic_write_stream(path: str | Path, write: Callable[[object], object]) -> None:
@@ -63,3 +125,19 @@ def atomic_write_stream(path: str | Path, write: Callable[[object], object]) -> 
             write(handle)
 
     atomic_write(path, to_file)
+
+
+def check_folder(path: str | Path, *, what: str = "output folder") -> Path:
+    """Raise `WriteError` now if folder `path` cannot be created or written: it is a file, a parent is a
+    file, or the nearest existing parent is not writable. Called before long work (training)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise WriteError(f"{path}: the {what} is a file, not a folder", errno.ENOTDIR)
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise WriteError(f"{path}: cannot create the {what} ({probe} is a file, not a folder)", errno.ENOTDIR)
+    if probe.is_dir() and not os.access(probe, os.W_OK | os.X_OK):
+        raise WriteError(f"{path}: cannot write the {what} ({probe} is not writable)", errno.EACCES)
+    return path

@@ -18,7 +18,6 @@ import logging
 import operator
 import os
 import re
-import warnings
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -264,12 +263,13 @@ class _Cache:
         if shape is not None:
             return target, shape, None
         bad = target.with_suffix(".bad")
-        if bad.is_file():
-            raise ImageError(bad.read_text().strip() or f"{source}: unreadable image")
+        if bad.is_file():  # the verdict is keyed by content: name the file being read, not the first one
+            raise ImageError(f"{source}: {bad.read_text().strip() or 'unreadable image'}")
         try:
             arr = _to_rgb3(rio.read_pixels(source).array)
         except ImageError as exc:
-            reason = str(exc).encode()
+            text, prefix = str(exc), f"{source}: "
+            reason = (text[len(prefix) :] if text.startswith(prefix) else text).encode()
             _atomic_write(bad, lambda f: f.write(reason))
             raise
         self.save(target, arr)
@@ -303,7 +303,8 @@ class TrainPatches(torch.utils.data.Dataset):
     plain ``range(len(dataset))`` gives the same patches every epoch.
 
     Unreadable images, images whose LR is smaller than the patch, and HR images without an LR partner are
-    skipped with one warning listing them and the count; DataError if nothing usable remains.
+    skipped with one logged warning (one line) listing them and the count; DataError if nothing usable
+    remains.
     """
 
     def __init__(
@@ -357,7 +358,7 @@ class TrainPatches(torch.utils.data.Dataset):
             message = _summarize(self.skipped, len(sources), "training images")
             if not self.entries:
                 raise DataError(f"{hr}: no usable training images ({message})")
-            warnings.warn(message, stacklevel=2)
+            log.warning("%s", message)
         self._open: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
 
     @staticmethod
@@ -452,6 +453,10 @@ class _Skip(Exception):
 # ------------------------------------------------------------------------------------------- evaluation
 
 
+class TooSmallError(DataError):
+    """An evaluation image too small to be measured at this scale (skipped when iterating a set)."""
+
+
 class EvalPair(NamedTuple):
     """One evaluation image: ``lr`` and ``hr`` float32 (C, h, w) / (C, h*scale, w*scale) in [0, 1]."""
 
@@ -528,7 +533,7 @@ class EvalSet:
         hr = modcrop(loaded.rgb, s)
         if self.lr_files is None:
             if hr.shape[-1] == 0 or hr.shape[-2] == 0:
-                raise DataError(f"{source}: smaller than the scale x{s}")
+                raise TooSmallError(f"{source}: smaller than the scale x{s}")
             lr = rio.quantize(imresize(hr.double(), 1.0 / s), loaded.bit_depth).float()
         else:
             lr = rio.read_image(self.lr_files[i]).rgb
@@ -545,8 +550,12 @@ class EvalSet:
         return EvalPair(source.stem, lr, hr)
 
     def __iter__(self) -> Iterator[EvalPair]:
+        """The pairs in order; an HR image smaller than the scale is skipped with a one-line warning."""
         for i in range(len(self)):
-            yield self[i]
+            try:
+                yield self[i]
+            except TooSmallError as error:
+                log.warning("%s; skipped", error)
 
 
 def build_train_set(

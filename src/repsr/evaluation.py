@@ -17,6 +17,7 @@ artifacts the BN switch is about; the plain network shows what a user of the del
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -28,6 +29,8 @@ from torch import Tensor, nn
 
 from repsr.errors import ConfigError, DataError
 from repsr.inference import Upscaler, upscale_rgb
+
+log = logging.getLogger(__name__)
 
 SAMPLE_NAME = "sample"
 _CACHE_BYTES = 256 * 2**20  # images kept decoded in memory per cached set (re-read beyond that)
@@ -116,21 +119,37 @@ def evaluate(
     """PSNR/SSIM of `model` and of bicubic on each dataset (name -> iterable of `EvalPair`-like items
     with `.name`, `.lr`, `.hr`); `crop_border` defaults to the scale, metrics on Y by default.
     `baseline=False` skips the bicubic row (its fields are NaN), as validation during training does."""
-    from repsr.metrics import psnr, ssim
+    from repsr.metrics import min_image_side, psnr, ssim
     from repsr.resize import imresize
 
     upscaler = upscaler or Upscaler(model, device=device, tile=tile)
     scale = upscaler.scale
     border = scale if crop_border is None else crop_border
     results = EvalResults(model.spec.name, scale, border, y_channel)
+    smallest = min_image_side(border)
     for name, pairs in datasets.items():
         score = DatasetScore(name)
+        skipped = 0
         for pair in _progress(pairs, name, progress):
             lr, hr = pair.lr.float(), pair.hr.float()
             if tuple(hr.shape[-2:]) != (lr.shape[-2] * scale, lr.shape[-1] * scale):
                 raise DataError(
                     f"{name}/{pair.name}: HR {tuple(hr.shape[-2:])} is not LR {tuple(lr.shape[-2:])} x{scale}"
                 )
+            if min(hr.shape[-2:]) < smallest:
+                height, width = hr.shape[-2:]
+                log.warning(
+                    "%s/%s: skipped, HR %dx%d is below %dx%d (the SSIM window after a %d-pixel border)",
+                    name,
+                    pair.name,
+                    width,
+                    height,
+                    smallest,
+                    smallest,
+                    border,
+                )
+                skipped += 1
+                continue
             prediction = _prediction(upscaler, lr, hr).clamp(0, 1)
             bicubic = imresize(lr, scale).clamp(0, 1) if baseline else None
             score.images.append(
@@ -143,7 +162,8 @@ def evaluate(
                 )
             )
         if not score.images:
-            raise DataError(f"dataset {name} has no images")
+            why = f" ({skipped} too small to measure)" if skipped else ""
+            raise DataError(f"dataset {name} has no measurable images{why}")
         results.datasets.append(score)
     return results
 
@@ -238,20 +258,82 @@ class CachedEvalSet:
             self._cache, self._complete = kept, True
 
 
+def checked_eval_set(dataset: Any, crop_border: int) -> tuple[Any, list[str]]:
+    """Read every image of an `EvalSet` once; returns a copy holding only the usable ones and a
+    one-line reason for each skipped one (unreadable, not matching its LR, too small to measure)."""
+    import copy
+
+    from repsr.errors import ImageError
+    from repsr.metrics import min_image_side
+
+    keep: list[int] = []
+    skipped: list[str] = []
+    smallest = min_image_side(crop_border)
+    for index, source in enumerate(dataset.hr_files):
+        try:
+            pair = dataset[index]
+        except (ImageError, DataError) as error:
+            skipped.append(str(error) if str(source) in str(error) else f"{source}: {error}")
+            continue
+        except OSError as error:
+            skipped.append(f"{source}: cannot read ({error.strerror or error})")
+            continue
+        height, width = pair.hr.shape[-2:]
+        if min(height, width) < smallest:
+            skipped.append(
+                f"{source}: {width}x{height} is smaller than {smallest}x{smallest} (SSIM window + border)"
+            )
+            continue
+        keep.append(index)
+    usable = copy.copy(dataset)
+    usable.hr_files = [dataset.hr_files[i] for i in keep]
+    if dataset.lr_files is not None:
+        usable.lr_files = [dataset.lr_files[i] for i in keep]
+    return usable, skipped
+
+
 def build_eval_sets(
-    folders: Mapping[str, Path], scale: int, *, sample: bool = True, cached: bool = False
+    folders: Mapping[str, Path],
+    scale: int,
+    *,
+    sample: bool = True,
+    cached: bool = False,
+    checked: bool = False,
+    crop_border: int | None = None,
 ) -> dict[str, Iterable[Any]]:
     """Named evaluation sets from folders (kept decoded in memory with `cached`); the built-in sample
     images as set `sample` when `folders` is empty and `sample` is set.
 
+    `checked` (training): every image is read now; unusable images are skipped and unusable sets dropped,
+    each with a one-line warning, and `DataError` is raised only when no folder has a usable image.
     Sets are RGB whatever the model: a Y model is measured on the RGB image it produces.
     """
     from repsr.data import EvalSet
+    from repsr.errors import ImageError
 
     sets: dict[str, Iterable[Any]] = {}
+    problems: list[str] = []
     for name, folder in folders.items():
-        dataset = EvalSet(folder, scale, name=name)
+        try:
+            dataset = EvalSet(folder, scale, name=name)
+        except (DataError, ImageError) as error:
+            if not checked:
+                raise
+            problems.append(str(error))
+            log.warning("validation set %s skipped: %s", name, error)
+            continue
+        if checked:
+            dataset, skipped = checked_eval_set(dataset, scale if crop_border is None else crop_border)
+            for reason in skipped:
+                log.warning("validation set %s: skipped %s", name, reason)
+            problems += skipped
+            if not dataset.hr_files:
+                log.warning("validation set %s skipped: no usable images in %s", name, folder)
+                continue
         sets[name] = CachedEvalSet(name, [dataset]) if cached else dataset
+    if folders and not sets and checked:
+        shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
+        raise DataError(f"no usable validation images in {', '.join(map(str, folders.values()))} ({shown})")
     if not sets and sample:
         sets[SAMPLE_NAME] = sample_dataset(scale)
     return sets

@@ -17,14 +17,14 @@ import io
 import logging
 import tempfile
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from repsr.atomic import atomic_write
+from repsr.atomic import atomic_write, check_target
 from repsr.equivalence import IMAGE_TOLERANCE, check_deviation, max_deviation, verify_equivalence
 from repsr.errors import (
     ConfigError,
@@ -42,6 +42,8 @@ ONNX_TOLERANCE = IMAGE_TOLERANCE
 ONNX_OPSET = 18
 VERIFY_SIZE = (128, 128)  # (height, width) of the photograph crop the checks run on
 ONNX_PACKAGES = ("onnx", "onnxruntime", "onnxscript")
+
+log = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------------------------------- the photo
@@ -94,6 +96,7 @@ class DeployReport:
     max_abs_diff: float
     tolerance: float
     weights: str = "model"  # "ema" when a checkpoint's EMA weights were deployed
+    warnings: list[str] = field(default_factory=list)  # e.g. a checkpoint from before the BN switch
 
 
 def save_compact_pth(plain: PlainSR, path: str | Path) -> None:
@@ -114,6 +117,14 @@ def load_for_deploy(
     """`load_model`, but a training checkpoint's EMA weights replace the raw ones when `weights` is
     `ema`, or `auto` and the checkpoint has them (the trainer also delivers EMA weights when enabled).
     Returns the model and which weights it carries (`ema` or `model`)."""
+    model, used, _ = _load_for_deploy(path, weights, device)
+    return model, used
+
+
+def _load_for_deploy(
+    path: str | Path, weights: str, device: str | torch.device
+) -> tuple[nn.Module, str, dict[str, Any]]:
+    """`load_for_deploy`, plus the checkpoint's other entries (empty for other files)."""
     if weights not in WEIGHTS_CHOICES:
         raise ConfigError(f"weights must be one of {', '.join(WEIGHTS_CHOICES)}, got {weights!r}")
     path = Path(path)
@@ -122,14 +133,27 @@ def load_for_deploy(
     if not isinstance(ema, dict) or not ema:
         if weights == "ema":
             raise ModelFileError(f"{path}: no EMA weights in this file (use --weights model)")
-        return model, "model"
+        return model, "model", extras
     try:
         model.load_state_dict(ema)
     except RuntimeError as error:
         raise ModelFileError(f"{path}: EMA weights do not fit the model ({first_line(error)})") from None
     if any(t.is_floating_point() and not torch.isfinite(t).all() for t in ema.values()):
         raise ModelFileError(f"{path}: EMA weights have non-finite values")
-    return model.eval(), "ema"
+    return model.eval(), "ema", extras
+
+
+def pre_switch_warning(path: Path, extras: dict[str, Any]) -> str | None:
+    """The warning for a checkpoint saved before the BN switch (BN still on mini-batch statistics)."""
+    if str(extras.get("bn_phase", "")) != "batch":
+        return None
+    iteration = extras.get("iteration")
+    when = f" at iteration {iteration}" if iteration is not None else ""
+    return (
+        f"{path} was saved{when}, before the BN switch: its BN layers carry running averages of "
+        "mini-batch statistics, not the precise population statistics the switch computes; the deployed "
+        "model may show artifacts (deploy a checkpoint from after the switch, or final.pt)"
+    )
 
 
 def deploy(
@@ -151,7 +175,11 @@ def deploy(
     source, target = Path(checkpoint), Path(output)
     if target.suffix not in (".safetensors", ".pth"):
         raise ConfigError(f"{target}: deployed models are written as .safetensors or .pth")
-    model, used = load_for_deploy(source, weights, device)
+    check_target(target, what="deployed model")
+    model, used, extras = _load_for_deploy(source, weights, device)
+    notes = [note] if (note := pre_switch_warning(source, extras)) else []
+    for note in notes:
+        log.warning("warning: %s", note)
     plain = reparameterize_model(model)
     x = verification_image(model.spec.in_channels)
     try:
@@ -163,7 +191,9 @@ def deploy(
     else:
         save_model(plain, target)
     was_plain = isinstance(model, PlainSR)
-    return DeployReport(source, target, plain.spec, was_plain, difference, tolerance, weights=used)
+    return DeployReport(
+        source, target, plain.spec, was_plain, difference, tolerance, weights=used, warnings=notes
+    )
 
 
 # ------------------------------------------------------------------------------------------- ONNX
@@ -284,12 +314,13 @@ def export_onnx(
     and the check runs on a different size and batch than the export trace, to prove it. The file
     appears only if ONNX Runtime matches PyTorch within `tolerance`; otherwise `ModelFileError`.
     """
-    require_onnx()
-    if opset < 17:
-        raise ConfigError(f"opset must be 17 or newer, got {opset}")
     path = Path(path)
     if path.suffix != ".onnx":
         raise ConfigError(f"{path}: ONNX files must end in .onnx")
+    check_target(path, what="ONNX file")
+    require_onnx()
+    if opset < 17:
+        raise ConfigError(f"opset must be 17 or newer, got {opset}")
     plain = reparameterize_model(model).cpu().float()
     channels = plain.spec.in_channels
     example = verification_image(channels, size)

@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from repsr.errors import DataError, ImageError, first_line
+from repsr.atomic import atomic_write
+from repsr.errors import DataError, ImageError, WriteError, describe_os_error, first_line
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -33,6 +34,7 @@ __all__ = [
     "read_pixels",
     "to_pixels",
     "write_image",
+    "write_pixels",
 ]
 
 IMAGE_SUFFIXES: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"})
@@ -170,6 +172,12 @@ def read_pixels(path: str | Path) -> Pixels:
         if path.stat().st_size == 0:
             raise ImageError(f"{path}: empty file")
         with Image.open(path) as im:
+            frames = getattr(im, "n_frames", 1) if getattr(im, "is_animated", False) else 1
+            if frames > 1:
+                raise ImageError(
+                    f"{path}: animated or multi-frame image ({frames} frames); repsr reads still images "
+                    "only: extract the frames first"
+                )
             pixels = _decode(im, path)
     except ImageError:
         raise
@@ -246,30 +254,50 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
 
 
-def _encode_png16(arr: np.ndarray) -> bytes:
-    """Minimal 16-bit PNG encoder (Pillow cannot write 16-bit RGB): Paeth filter on every row, zlib."""
-    height, width, channels = arr.shape
-    color_type = {1: 0, 2: 4, 3: 2, 4: 6}[channels]
-    bpp = 2 * channels
-    cur = np.ascontiguousarray(arr, dtype=">u2").view(np.uint8).reshape(height, width * bpp).astype(np.int16)
+_PNG16_ROWS = 256  # rows filtered and compressed at a time: memory stays a small multiple of one band
+
+
+def _paeth_rows(cur: np.ndarray, up: np.ndarray, bpp: int) -> np.ndarray:
+    """Paeth-filtered bytes of rows `cur` (int16, rows x bytes) whose previous rows are `up`."""
     left = np.zeros_like(cur)
     left[:, bpp:] = cur[:, :-bpp]
-    up = np.zeros_like(cur)
-    up[1:] = cur[:-1]
     upleft = np.zeros_like(cur)
     upleft[:, bpp:] = up[:, :-bpp]
     p = left + up - upleft
     pa, pb, pc = np.abs(p - left), np.abs(p - up), np.abs(p - upleft)
     pred = np.where((pa <= pb) & (pa <= pc), left, np.where(pb <= pc, up, upleft))
     filtered = ((cur - pred) % 256).astype(np.uint8)
-    rows = np.concatenate([np.full((height, 1), 4, dtype=np.uint8), filtered], axis=1)
+    return np.concatenate([np.full((cur.shape[0], 1), 4, dtype=np.uint8), filtered], axis=1)
+
+
+def _write_png16(handle, arr: np.ndarray) -> None:
+    """Minimal 16-bit PNG encoder (Pillow cannot write 16-bit RGB): Paeth filter on every row, zlib,
+    streamed in bands of rows so that memory does not grow with the image."""
+    height, width, channels = arr.shape
+    color_type = {1: 0, 2: 4, 3: 2, 4: 6}[channels]
+    bpp = 2 * channels
     header = struct.pack(">IIBBBBB", width, height, 16, color_type, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + _png_chunk(b"IHDR", header)
-        + _png_chunk(b"IDAT", zlib.compress(rows.tobytes(), 6))
-        + _png_chunk(b"IEND", b"")
-    )
+    handle.write(b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header))
+    compressor = zlib.compressobj(6)
+    previous = np.zeros((1, width * bpp), dtype=np.int16)
+    for top in range(0, height, _PNG16_ROWS):
+        band = np.ascontiguousarray(arr[top : top + _PNG16_ROWS], dtype=">u2")
+        cur = band.view(np.uint8).reshape(band.shape[0], width * bpp).astype(np.int16)
+        up = np.concatenate([previous, cur[:-1]], axis=0)
+        data = compressor.compress(_paeth_rows(cur, up, bpp).tobytes())
+        if data:
+            handle.write(_png_chunk(b"IDAT", data))
+        previous = cur[-1:]
+    handle.write(_png_chunk(b"IDAT", compressor.flush()) + _png_chunk(b"IEND", b""))
+
+
+def _encode_png16(arr: np.ndarray) -> bytes:
+    """The bytes `_write_png16` writes (for callers that want them in memory)."""
+    import io
+
+    buffer = io.BytesIO()
+    _write_png16(buffer, arr)
+    return buffer.getvalue()
 
 
 def write_image(
@@ -296,22 +324,44 @@ def write_image(
     if suffix in (".jpg", ".jpeg") and alpha is not None:
         warnings.warn(f"{path}: JPEG has no alpha channel; alpha dropped", stacklevel=2)
         alpha = None
-    arr = to_pixels(rgb, alpha, bit_depth, gray)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if bit_depth == 16:
-            path.write_bytes(_encode_png16(arr))
+    write_pixels(path, to_pixels(rgb, alpha, bit_depth, gray), quality=quality)
+
+
+def write_pixels(path: str | Path, arr: np.ndarray, *, quality: int = 95) -> None:
+    """Write integer pixels (H, W, C) (uint8, or uint16 for .png; C = 1, 2, 3 or 4 with alpha last)
+    to .png, .jpg/.jpeg or .webp. A JPEG drops alpha with a warning. Raises ImageError naming the file
+    for an unsupported suffix or a failed write (a full disk says so)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in WRITE_SUFFIXES:
+        raise ImageError(f"{path}: cannot write '{suffix or path.name}' files (use .png, .jpg or .webp)")
+    sixteen = arr.dtype == np.uint16
+    if sixteen and suffix != ".png":
+        raise ImageError(f"{path}: 16-bit output needs a .png file")
+    if suffix in (".jpg", ".jpeg") and arr.shape[2] in (2, 4):
+        warnings.warn(f"{path}: JPEG has no alpha channel; alpha dropped", stacklevel=2)
+        arr = arr[:, :, :-1]
+
+    def save(tmp: str) -> None:
+        if sixteen:
+            with open(tmp, "wb") as handle:
+                _write_png16(handle, arr)
             return
         mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[arr.shape[2]]
         im = Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr, mode=mode)
         if suffix == ".png":
-            im.save(path, format="PNG", compress_level=6)
+            im.save(tmp, format="PNG", compress_level=6)
         elif suffix == ".webp":
-            im.save(path, format="WEBP", quality=quality, lossless=quality >= 100)
+            im.save(tmp, format="WEBP", quality=quality, lossless=quality >= 100)
         else:
-            im.save(path, format="JPEG", quality=quality, subsampling=0)
+            im.save(tmp, format="JPEG", quality=quality, subsampling=0)
+
+    try:
+        atomic_write(path, save)  # a failed or interrupted write leaves no half image
+    except WriteError as exc:
+        raise ImageError(str(exc)) from None
     except OSError as exc:
-        raise ImageError(f"{path}: cannot write ({exc.strerror or exc})") from exc
+        raise ImageError(f"{path}: cannot write ({describe_os_error(exc)})") from exc
 
 
 # ----------------------------------------------------------------------------------------------- listing

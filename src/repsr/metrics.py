@@ -127,6 +127,11 @@ def _ssim_plane(a: np.ndarray, b: np.ndarray) -> float:
     return float(ssim_map.mean())
 
 
+def min_image_side(crop_border: int) -> int:
+    """The smallest HR side PSNR and SSIM can measure with `crop_border`: the SSIM window after the crop."""
+    return _SSIM_SIZE + 2 * crop_border
+
+
 def ssim(
     sr: ArrayLike, hr: ArrayLike, crop_border: int, y_channel: bool = True, *, round_y: bool = False
 ) -> float:

@@ -93,9 +93,7 @@ def _from_torch_file(path: Path) -> tuple[nn.Module, dict[str, Any]]:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for corrupt or unsafe files
-        raise ModelFileError(
-            f"{path}: not a loadable weights-only PyTorch file ({first_line(error)})"
-        ) from None
+        raise ModelFileError(f"{path}: {_torch_load_problem(error)}") from None
     if not isinstance(data, dict):
         raise ModelFileError(f"{path}: expected a state dict, found {type(data).__name__}")
     extras: dict[str, Any] = {}
@@ -112,6 +110,20 @@ def _from_torch_file(path: Path) -> tuple[nn.Module, dict[str, Any]]:
         model = PlainSR(infer_plain_spec(state, path))
     _load_checked(model, state, path)
     return model, extras
+
+
+def _torch_load_problem(error: Exception) -> str:
+    """Why `torch.load(weights_only=True)` refused a file, without torch's advice to load it unsafely."""
+    text = str(error)
+    if "weights only load failed" in text.lower() or "weights_only" in text:
+        found = re.search(r"Unsupported (?:global|operand):? (?:GLOBAL )?[\w.]*\w", text)
+        detail = f" ({found.group(0).strip()})" if found else ""
+        return (
+            "not a loadable weights-only PyTorch file: not a plain state dict (tensors only); "
+            f"repsr does not unpickle other Python objects{detail}"
+        )
+    detail = f"{type(error).__name__}: {first_line(error, 120)}"
+    return f"not a loadable weights-only PyTorch file (not a state dict saved by torch.save; {detail})"
 
 
 def infer_plain_spec(state: dict[str, Tensor], path: Path | str = "<state dict>") -> ModelSpec:

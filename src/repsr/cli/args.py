@@ -18,15 +18,24 @@ def size_type(text: str) -> tuple[int, int]:
 
 
 def tile_type(text: str) -> int | str | None:
-    """`auto`, `none`/`0` (no tiling) or a tile side in LR pixels."""
+    """`auto`, `none` (no tiling) or a tile side of at least `MIN_TILE` LR pixels (the one rule,
+    `repsr.inference.upscaler.check_tile`); 0 is refused with a pointer to `none`."""
+    from repsr.inference.tiling import MIN_TILE
+
     if text == "auto":
         return "auto"
-    if text in ("none", "0"):
+    if text == "none":
         return None
     try:
-        return int(text)
+        value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected auto, none or a number of pixels, got {text!r}") from None
+    if value < MIN_TILE:
+        hint = " (use --tile none for no tiling)" if value <= 0 else ""
+        raise argparse.ArgumentTypeError(
+            f"tile must be auto, none or >= {MIN_TILE} pixels, got {value}{hint}"
+        )
+    return value
 
 
 def add_size(parser: argparse.ArgumentParser, default: tuple[int, int], what: str) -> None:

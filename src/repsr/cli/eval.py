@@ -27,9 +27,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from repsr.atomic import check_target
     from repsr.evaluation import evaluate, format_table, open_datasets
     from repsr.serialization import load_model
 
+    if args.json is not None:
+        check_target(args.json, what="JSON results")  # before the evaluation, not after it
     model = load_model(args.model)
     datasets = open_datasets(args.data, model.spec.scale)
     results = evaluate(

@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
+import sys
 from pathlib import Path
 
 from repsr.cli.args import add_named_folders, add_overrides, add_progress
@@ -38,20 +40,45 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from repsr.atomic import check_folder
     from repsr.evaluation import parse_named_folders
-    from repsr.training import load_config, train
+    from repsr.training import TrainingInterrupted, load_config, train
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     overrides = [*args.overrides, *([f"train.init={args.init}"] if args.init else [])]
     config = load_config(args.config, overrides)
-    result = train(
-        config,
-        data=args.data,
-        val=parse_named_folders(args.val, "--val") or None,
-        out=args.out,
-        resume=args.resume,
-        progress=not args.no_progress,
-    )
+    check_folder(args.out if args.out is not None else Path("runs") / config.name, what="run folder")
+    try:
+        result = train(
+            config,
+            data=args.data,
+            val=parse_named_folders(args.val, "--val") or None,
+            out=args.out,
+            resume=args.resume,
+            progress=not args.no_progress,
+        )
+    except TrainingInterrupted as stop:
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"repsr: {stop}", file=sys.stderr)
+            print(f"resume with: {resume_command(args, config.name)}", file=sys.stderr)
+        return 128 + int(stop.signum)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"deployed model: {result.model_path}")
     return 0
+
+
+def resume_command(args: argparse.Namespace, name: str) -> str:
+    """The exact `repsr train ... --resume` command that continues this run (same config, data, sets)."""
+    words = ["repsr", "train", str(args.config)]
+    if args.data is not None:
+        words += ["--data", str(args.data)]
+    for spec in args.val:
+        words += ["--val", spec]
+    words += ["--out", str(args.out if args.out is not None else Path("runs") / name)]
+    for override in args.overrides:
+        words += ["--set", override]
+    if args.init:
+        words += ["--init", args.init]  # the same config; a resumed run takes its weights from the checkpoint
+    if args.no_progress:
+        words.append("--no-progress")
+    return shlex.join([*words, "--resume"])

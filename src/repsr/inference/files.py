@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from repsr.errors import ConfigError, DataError, ImageError, RepsrError
-from repsr.inference.upscaler import Upscaler, upscale_image
+from repsr.inference.upscaler import Upscaler, output_bytes, upscale_pixels
 
 OUTPUT_FORMATS = ("png", "jpg", "webp")
 
@@ -25,13 +25,26 @@ def output_path(source: Path, relative: Path, out_dir: Path, fmt: str | None) ->
 
 
 def upscale_file(upscaler: Upscaler, source: Path, target: Path) -> Path:
-    """Read `source`, upscale, write `target` (16 bit kept in PNG, 8 bit otherwise); returns `target`."""
-    from repsr.io import read_image, write_image
+    """Read `source`, upscale, write `target` (16 bit kept in PNG, 8 bit otherwise); returns `target`.
 
-    image = read_image(source)
-    result = upscale_image(upscaler, image)
-    bit_depth = result.bit_depth if target.suffix.lower() == ".png" else 8
-    write_image(target, result.rgb, result.alpha, bit_depth=bit_depth, gray=result.gray)
+    Memory: the decoded input, the output in its final 8/16-bit form and one tile (`upscale_pixels`).
+    An output too large for memory raises `ImageError` naming `source` and the size it needs.
+    """
+    from repsr.io import read_pixels, write_pixels
+
+    pixels = read_pixels(source)
+    bit_depth = pixels.bit_depth if target.suffix.lower() == ".png" else 8
+    try:
+        result = upscale_pixels(upscaler, pixels, bit_depth=bit_depth)
+        write_pixels(target, result)
+    except MemoryError:
+        height, width, channels = pixels.array.shape
+        s = upscaler.scale
+        needed = output_bytes(height, width, channels, s, bit_depth)
+        raise ImageError(
+            f"{source}: not enough memory to upscale {width}x{height} to {width * s}x{height * s} "
+            f"(the output alone needs {needed / 2**30:.1f} GiB); skipped"
+        ) from None
     return target
 
 
@@ -120,6 +133,9 @@ def upscale_files(
             upscale_file(upscaler, source, target)
         except (RepsrError, OSError) as error:
             report.failed.append((source, str(error)))
+            continue
+        except MemoryError:  # decoding a huge input
+            report.failed.append((source, f"{source}: not enough memory to read and upscale this image"))
             continue
         report.written.append(target)
         if on_done is not None:

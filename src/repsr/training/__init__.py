@@ -12,6 +12,14 @@ Modules: `config` (typed config), `schedule` (BN phases, the switch, LR factor),
 """
 
 from repsr.training.config import TrainConfig, load_config
-from repsr.training.trainer import Trainer, TrainingError, TrainResult, train
+from repsr.training.trainer import Trainer, TrainingError, TrainingInterrupted, TrainResult, train
 
-__all__ = ["TrainConfig", "TrainResult", "Trainer", "TrainingError", "load_config", "train"]
+__all__ = [
+    "TrainConfig",
+    "TrainResult",
+    "Trainer",
+    "TrainingError",
+    "TrainingInterrupted",
+    "load_config",
+    "train",
+]

@@ -42,9 +42,19 @@ def list_checkpoints(directory: Path) -> list[tuple[int, Path]]:
     return sorted(found, reverse=True)
 
 
+class NonFiniteState(ValueError):
+    """A checkpoint that would hold NaN/inf (a diverged run): not written."""
+
+
 def save_checkpoint(state: dict[str, Any], directory: Path, keep: int) -> Path:
-    """Write `state` as the checkpoint of its iteration atomically, then drop all but the newest `keep`."""
+    """Write `state` as the checkpoint of its iteration atomically, then drop all but the newest `keep`.
+
+    Raises `NonFiniteState` (and writes nothing) if any tensor in `state` is NaN/inf: a checkpoint is
+    only ever a state training can go on from."""
     path = checkpoint_path(directory, int(state["iteration"]))
+    bad = non_finite(state)
+    if bad is not None:
+        raise NonFiniteState(f"{bad} is not finite at iteration {state['iteration']}")
     atomic_write(path, lambda tmp: torch.save(state, tmp))
     for _, old in list_checkpoints(directory)[keep:]:
         old.unlink(missing_ok=True)
@@ -62,10 +72,46 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     missing = [k for k in REQUIRED_KEYS if k not in state]
     if missing:
         raise ValueError(f"missing key(s) {', '.join(missing)}")
-    for key, tensor in state["model"].items():
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-            raise ValueError(f"non-finite values in {key}")
+    bad = non_finite(state)
+    if bad is not None:
+        raise ValueError(f"non-finite values in {bad}")
     return state
+
+
+def non_finite(state: Any, prefix: str = "") -> str | None:
+    """The key path of the first floating-point tensor with NaN/inf anywhere in `state` (weights, BN
+    buffers, EMA, optimizer moments), or None when every tensor is finite."""
+    if isinstance(state, torch.Tensor):
+        if state.is_floating_point() and not bool(torch.isfinite(state).all()):
+            return prefix or "<tensor>"
+        return None
+    if isinstance(state, dict):
+        items = state.items()
+    elif isinstance(state, list | tuple):
+        items = enumerate(state)
+    else:
+        return None
+    for key, value in items:
+        found = non_finite(value, f"{prefix}.{key}" if prefix else str(key))
+        if found is not None:
+            return found
+    return None
+
+
+# The run's own atomic writers leave `.NAME.XXXX.tmp` when killed mid-write (see `repsr.atomic`).
+RUN_FILES = ("best.safetensors", "model.safetensors", "final.pt", "config.yaml", "metrics.csv")
+
+
+def remove_stray_temp_files(run_dir: Path) -> list[Path]:
+    """Delete the temp files a killed run's writers left in `run_dir` and its `checkpoints/`."""
+    strays: list[Path] = []
+    if run_dir.is_dir():
+        strays += [p for name in RUN_FILES for p in run_dir.glob(f".{name}.*.tmp")]
+    if (run_dir / "checkpoints").is_dir():
+        strays += list((run_dir / "checkpoints").glob(".ckpt_*.tmp"))
+    for stray in strays:
+        stray.unlink(missing_ok=True)
+    return strays
 
 
 def newest_valid_checkpoint(directory: Path) -> tuple[Path, dict[str, Any]] | None:

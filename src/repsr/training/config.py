@@ -199,6 +199,10 @@ def load_config(path: str | Path, overrides: typing.Iterable[str] = ()) -> Train
     `name` defaults to the file's stem, so `configs/quick.yaml` runs in `runs/quick`.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(
+            f"{path}: is a folder, not a config file (give a YAML file, e.g. configs/quick.yaml)"
+        )
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file")
     try:

@@ -26,6 +26,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import signal
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -39,7 +41,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from repsr.blocks import BNMode, RepBlock
 from repsr.data import EvalPair, build_train_set
-from repsr.errors import ConfigError
+from repsr.errors import ConfigError, first_line
 from repsr.network import ModelSpec, PlainSR, RepNet, build_network, reparameterize_model
 from repsr.network import config_has_bn as model_has_bn
 from repsr.phase import set_merged_training
@@ -69,6 +71,7 @@ __all__ = [
     "FINAL_CHECKPOINT",
     "Trainer",
     "TrainingError",
+    "TrainingInterrupted",
     "TrainResult",
     "build_network",  # re-exported: repsr.network's since issue 13 (demo and benchmark import it here)
     "build_train_set",
@@ -95,6 +98,16 @@ class TrainResult:
 
 
 # -------------------------------------------------------------------------------------------- trainer
+
+
+class TrainingInterrupted(TrainingError):
+    """SIGINT/SIGTERM stopped a run after finishing a step; `checkpoint` holds that step's state."""
+
+    def __init__(self, message: str, *, checkpoint: Path | None, iteration: int, signum: int) -> None:
+        super().__init__(message)
+        self.checkpoint = checkpoint
+        self.iteration = iteration
+        self.signum = signum
 
 
 class Trainer:
@@ -160,6 +173,8 @@ class Trainer:
         self._history: list[dict[str, Any]] = []
         self.log: RunLog | None = None  # opened by start()
         self._threads_before: int | None = None
+        self._saved_at: int | None = None
+        self._stop_signal: int | None = None
 
         state = self._load_resume_state() if resume else None
         if state is None and config.train.init:
@@ -213,6 +228,7 @@ class Trainer:
                 {name: Path(root) for name, root in config.val.sets.items()},
                 config.model.scale,
                 sample=config.val.sample and val is None,
+                crop_border=config.model.scale if config.val.crop_border is None else config.val.crop_border,
             )
         )
         sets.update({k: v for k, v in (val or {}).items() if not isinstance(v, str | Path)})
@@ -221,8 +237,16 @@ class Trainer:
     # ------------------------------------------------------------------------------------- state
 
     def _load_resume_state(self) -> dict[str, Any] | None:
-        found = ckpt.newest_valid_checkpoint(self.checkpoint_dir) if self.dist.is_main else None
-        path = self.dist.broadcast_object(str(found[0]) if found else None)
+        found, refusal = None, None
+        if self.dist.is_main:
+            for stray in ckpt.remove_stray_temp_files(self.run_dir):
+                log.info("--resume: removed %s (left by a run stopped while writing it)", stray)
+            found = ckpt.newest_valid_checkpoint(self.checkpoint_dir)
+            if found is None:
+                refusal = self._nothing_to_resume()
+        path, refusal = self.dist.broadcast_object((str(found[0]) if found else None, refusal))
+        if refusal is not None:
+            raise ConfigError(refusal)
         if path is None:
             if self.dist.is_main:
                 log.info("--resume: no checkpoint in %s, starting from scratch", self.checkpoint_dir)
@@ -239,6 +263,25 @@ class Trainer:
                 log.warning("--resume: config differs from the checkpoint's in %s", ", ".join(changed))
             log.info("resuming from %s (iteration %d)", path, state["iteration"])
         return state
+
+    def _nothing_to_resume(self) -> str | None:
+        """Why `--resume` must not start from scratch here (an earlier run's files), or None."""
+        unusable = [path.name for _, path in ckpt.list_checkpoints(self.checkpoint_dir)]
+        earlier = [
+            name
+            for name in ("metrics.csv", "final.pt", "model.safetensors")
+            if (self.run_dir / name).exists()
+        ]
+        if not unusable and not earlier:
+            return None
+        what = (
+            f"{len(unusable)} unusable checkpoint(s) (non-finite or corrupt)" if unusable else "no checkpoint"
+        )
+        return (
+            f"--resume: {self.checkpoint_dir} has {what} but {self.run_dir} holds an earlier run "
+            f"({', '.join(earlier or unusable[:3])}); not training from scratch over it: choose a new --out, "
+            "or delete the folder to start again"
+        )
 
     def _restore(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
@@ -381,7 +424,8 @@ class Trainer:
         stop = self.total if until is None else min(until, self.total)
         self.start()
         try:
-            self._loop(stop)
+            with self._stop_on_signals():
+                self._loop(stop)
             if self.iteration < self.total:
                 return None
             result = self._finish()
@@ -390,6 +434,64 @@ class Trainer:
             raise
         self.close()
         return result
+
+    @contextlib.contextmanager
+    def _stop_on_signals(self) -> Iterator[None]:
+        """SIGINT/SIGTERM: finish the current step, save a checkpoint, raise `TrainingInterrupted`; a
+        second signal aborts at once (KeyboardInterrupt). Only in the main thread (signals go there)."""
+        self._stop_signal: int | None = None
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        signums = [signal.SIGINT, signal.SIGTERM]
+        previous = {signum: signal.getsignal(signum) for signum in signums}
+
+        def restore() -> None:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+        def handler(signum: int, frame: Any) -> None:
+            if self._stop_signal is not None:
+                restore()
+                raise KeyboardInterrupt
+            self._stop_signal = signum
+            log.warning(
+                "%s: finishing iteration %d, then saving a checkpoint (press Ctrl-C again to abort at once)",
+                signal.Signals(signum).name,
+                self.iteration + 1,
+            )
+
+        for signum in signums:
+            signal.signal(signum, handler)
+        try:
+            yield
+        finally:
+            restore()
+
+    def _stop_requested(self) -> bool:
+        """Whether a signal asked this run (any process of it) to stop after the current step."""
+        asked = getattr(self, "_stop_signal", None) is not None
+        if not self.dist.enabled:
+            return asked
+        if self.iteration % self.config.log.every:  # processes agree on it at the log interval
+            return False
+        flag = torch.tensor(float(asked), device=self.device)
+        return bool(self.dist.all_reduce_sum(flag) > 0)
+
+    def _interrupt(self) -> None:
+        """Save this iteration's state (unless just saved) and raise `TrainingInterrupted`."""
+        signum = self._stop_signal if self._stop_signal is not None else signal.SIGTERM
+        self.log.flush()
+        saved = ckpt.checkpoint_path(self.checkpoint_dir, self.iteration)
+        if not (saved.is_file() and self._saved_at == self.iteration):
+            saved = self.save_checkpoint()
+        name = signal.Signals(signum).name
+        raise TrainingInterrupted(
+            f"interrupted ({name}) after iteration {self.iteration}; checkpoint {saved} written",
+            checkpoint=saved,
+            iteration=self.iteration,
+            signum=signum,
+        )
 
     def close(self) -> None:
         """Close the log files and restore the thread setting; the trainer cannot log afterwards."""
@@ -431,7 +533,7 @@ class Trainer:
         self.model.train()
         if self.iteration >= stop:
             return
-        batches = iter(self._loader(TRAIN_STREAM, self.iteration, self.total))
+        batches = self._guarded(iter(self._loader(TRAIN_STREAM, self.iteration, self.total)))
         self._last_tick = time.perf_counter()
 
         def step(batch: tuple[Tensor, Tensor]) -> Tensor:
@@ -446,10 +548,26 @@ class Trainer:
                 if bar is not None:
                     bar.update(1)
                 self._after_step(bar)
+                if iteration < stop and self._stop_requested():
+                    self._interrupt()
 
             before = lambda _: self._switch_if_due()  # noqa: E731
             run_steps(self.iteration, stop, batches, step, before=before, after=after)
         self._tick()
+
+    def _guarded(self, batches: Iterator[Any]) -> Iterator[Any]:
+        """`batches`, but a loader failing after a stop signal (Ctrl-C also reaches the data workers,
+        which then exit) stops the run like the signal does, with the last finished step saved."""
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            except Exception:
+                if self._stop_signal is not None:
+                    self._interrupt()
+                raise
+            yield batch
 
     def _after_step(self, bar: Any) -> None:
         """What happens between iterations: log, the switch at the very end, validation, checkpoint."""
@@ -469,7 +587,16 @@ class Trainer:
         if last:
             self._switch_if_due()  # bn.switch_at 1.0: precise statistics for the delivered model
         if (config.val.every and it % config.val.every == 0) or last:
-            self.validate()
+            try:
+                self.validate()
+            except Exception as error:  # keep this iteration's state before reporting
+                self.log.flush()
+                saved = self.save_checkpoint()
+                kept = f"checkpoint {saved} written; " if saved is not None else ""
+                raise TrainingError(
+                    f"validation failed at iteration {it} ({first_line(error)}); {kept}fix the validation "
+                    "data and continue with --resume"
+                ) from error
         self.log.flush()  # before the checkpoint, which stores the history
         if it % config.checkpoint.every == 0 or last:
             self._tick()
@@ -481,12 +608,23 @@ class Trainer:
             return
         since, self._checked_at = self._checked_at, self.iteration
         if self._losses.any_bad(self.dist):
-            found = ckpt.list_checkpoints(self.checkpoint_dir)
-            kept = f"the last good checkpoint is {found[0][1]}" if found else "no checkpoint was written yet"
             raise TrainingError(
                 f"the loss became non-finite in iterations {since + 1}-{self.iteration}; "
-                f"stopped without saving ({kept}); try a lower train.lr or train.grad_clip"
+                f"stopped without saving ({self._last_good()}); try a lower train.lr or train.grad_clip"
             )
+
+    def _last_good(self) -> str:
+        """Which checkpoint a diverged run can resume from (checked: every tensor finite), in words."""
+        found = ckpt.newest_valid_checkpoint(self.checkpoint_dir) if self.dist.is_main else None
+        if found is None:
+            return "no usable checkpoint was written"
+        return f"the last good checkpoint is {found[0]}; --resume continues from it"
+
+    def _diverged(self, what: str) -> TrainingError:
+        return TrainingError(
+            f"training diverged: {what}; stopped without saving ({self._last_good()}); "
+            "try a lower train.lr or train.grad_clip"
+        )
 
     def validate(self) -> dict[str, float]:
         """Validate the deployed form of the delivered model (EMA if enabled); keep the best."""
@@ -526,9 +664,13 @@ class Trainer:
         self._check_finite()
         if not self.dist.is_main:
             return None
-        path = ckpt.save_checkpoint(
-            self._checkpoint_state(), self.checkpoint_dir, self.config.checkpoint.keep
-        )
+        try:
+            path = ckpt.save_checkpoint(
+                self._checkpoint_state(), self.checkpoint_dir, self.config.checkpoint.keep
+            )
+        except ckpt.NonFiniteState as error:
+            raise self._diverged(str(error)) from None
+        self._saved_at = self.iteration
         log.debug("checkpoint %s", path)
         return path
 
@@ -553,6 +695,9 @@ class Trainer:
                 weights="ema" if self.ema is not None else "model",
                 dtype=torch.float32,
             )
+            bad = ckpt.non_finite(final)
+            if bad is not None:
+                raise self._diverged(f"{bad} of the delivered model is not finite")
             final_path, model_path, error = write_final(self.run_dir, final, delivered, plain)
             log.info(
                 "done: %d iterations in %.0fs; deployed %s (max deviation from the training form %.1e)",

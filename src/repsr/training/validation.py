@@ -15,9 +15,16 @@ from repsr.evaluation import CachedEvalSet
 from repsr.evaluation import validation_metrics as evaluate
 
 
-def build_eval_sets(val: dict[str, Path], scale: int, *, sample: bool) -> dict[str, Iterable[Any]]:
-    """`repsr.evaluation.build_eval_sets` with the sets kept decoded in memory between validations."""
-    return evaluation.build_eval_sets(val, scale, sample=sample, cached=True)
+def build_eval_sets(
+    val: dict[str, Path], scale: int, *, sample: bool, crop_border: int | None = None
+) -> dict[str, Iterable[Any]]:
+    """`repsr.evaluation.build_eval_sets` with the sets kept decoded in memory between validations,
+    checked when the run starts: unusable images (unreadable, too small to measure) are named and
+    skipped, a set with none usable is dropped, and `DataError` if nothing usable remains."""
+    border = scale if crop_border is None else crop_border
+    return evaluation.build_eval_sets(
+        val, scale, sample=sample, cached=True, checked=True, crop_border=border
+    )
 
 
 __all__ = ["CachedEvalSet", "build_eval_sets", "evaluate"]
