@@ -1,6 +1,6 @@
 """Plot the held-out validation curves of several `repsr train` runs into one PNG (a maintainer's tool).
 
-    python scripts/plot_runs.py OUT.png LABEL=RUN_DIR [LABEL=RUN_DIR ...]
+python scripts/plot_runs.py OUT.png LABEL=RUN_DIR [LABEL=RUN_DIR ...]
 """
 
 from __future__ import annotations
