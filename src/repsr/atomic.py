@@ -107,14 +107,19 @@ def check_target(path: str | Path, *, what: str = "output") -> Path:
     path = Path(path)
     if path.is_dir():
         raise WriteError(f"{path}: the {what} path is a folder, not a file", errno.EISDIR)
-    parent = path.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if parent.exists() and not parent.is_dir():
-        raise WriteError(f"{path}: cannot write the {what} ({parent} is a file, not a folder)", errno.ENOTDIR)
-    if parent.is_dir() and not os.access(parent, os.W_OK | os.X_OK):
-        raise WriteError(f"{path}: cannot write the {what} ({parent} is not writable)", errno.EACCES)
+    _check_nearest_folder(path, path.parent, f"write the {what}", what)
     return path
+
+
+def _check_nearest_folder(path: Path, start: Path, action: str, what: str) -> None:
+    """The nearest existing folder at or above `start` must be a writable folder (not a file)."""
+    probe = start
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise WriteError(f"{path}: cannot {action} ({probe} is a file, not a folder)", errno.ENOTDIR)
+    if probe.is_dir() and not os.access(probe, os.W_OK | os.X_OK):
+        raise WriteError(f"{path}: cannot write the {what} ({probe} is not writable)", errno.EACCES)
 
 
 def atomic_write_stream(path: str | Path, write: Callable[[object], object]) -> None:
@@ -133,11 +138,5 @@ def check_folder(path: str | Path, *, what: str = "output folder") -> Path:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise WriteError(f"{path}: the {what} is a file, not a folder", errno.ENOTDIR)
-    probe = path
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    if probe.exists() and not probe.is_dir():
-        raise WriteError(f"{path}: cannot create the {what} ({probe} is a file, not a folder)", errno.ENOTDIR)
-    if probe.is_dir() and not os.access(probe, os.W_OK | os.X_OK):
-        raise WriteError(f"{path}: cannot write the {what} ({probe} is not writable)", errno.EACCES)
+    _check_nearest_folder(path, path, f"create the {what}", what)
     return path
