@@ -58,7 +58,8 @@ def tiny_config(**overrides) -> TrainConfig:
         "device": "cpu",
         "model": {"block": "repsr", "scale": 2, "num_blocks": 2, "channels": 8},
         "data": {"patch_size": 12, "workers": 0},
-        "train": {"iterations": 8, "batch_size": 4, "lr": 2e-3, "threads": 1},  # tiny ops: 1 thread
+        # tiny ops: 1 thread; amp pinned so the suite runs the same on CPUs with and without bf16 units
+        "train": {"iterations": 8, "batch_size": 4, "lr": 2e-3, "threads": 1, "amp": False},
         "bn": {"mode": "switch", "switch_at": 0.5, "precise_batches": 2},
         "checkpoint": {"every": 4, "keep": 2},
         "val": {"every": 4},
@@ -91,6 +92,44 @@ def test_loss_decreases_on_a_fixed_batch(tmp_path):
     trainer.model.train()
     losses = [float(trainer.train_step(lr_patch, hr_patch)) for _ in range(40)]
     assert losses[-1] < 0.5 * losses[0]
+
+
+def test_amp_runs_the_forward_in_bf16_and_keeps_the_state_in_float32(tmp_path):
+    """bf16 autocast on CPU: the convs see bf16, while weights, gradients, the loss and the BN statistics
+    stay float32 (so the optimizer and the BN switch work in full precision)."""
+    trainer = make_trainer(tmp_path, tiny_config(**{"train.amp": True}))
+    batch = (torch.stack(t) for t in zip(*(trainer.train_set[k] for k in range(4)), strict=True))
+    lr_patch, hr_patch = (trainer._to_device(t) for t in batch)
+    trainer.start()
+    trainer.model.train()
+    seen: list[torch.dtype] = []
+    conv = next(m for m in trainer.model.modules() if isinstance(m, torch.nn.Conv2d))
+    handle = conv.register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
+    loss = trainer.train_step(lr_patch, hr_patch)
+    handle.remove()
+    assert seen == [torch.bfloat16] and loss.dtype == torch.float32 and torch.isfinite(loss)
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
+    assert all(p.grad is None or p.grad.dtype == torch.float32 for p in trainer.model.parameters())
+    bns = [m for m in trainer.model.modules() if isinstance(m, RepBN)]
+    assert bns and all(bn.running_mean.dtype == torch.float32 for bn in bns)
+    trainer.close()
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_amp_auto_follows_the_device_and_is_recorded(tmp_path, monkeypatch, native):
+    from repsr import precision
+
+    units = "AVX512-BF16" if native else ""
+    found = precision.Capabilities("cpu", "Test CPU", units, fp16=False, int8_units="", source="test")
+    monkeypatch.setattr(precision, "device_capabilities", lambda device: found)
+    config = tiny_config(**{"train.amp": "auto"})
+    assert config.train.amp is None  # "auto" in YAML or --set
+    trainer = make_trainer(tmp_path, config)
+    assert trainer.config.train.amp is native  # what config.yaml and the checkpoints record
+    trainer.close()
+    exact = make_trainer(tmp_path, config, name="float64", dtype=torch.float64)
+    assert exact.config.train.amp is False  # a float64 run exists to be exact
+    exact.close()
 
 
 def test_switch_happens_at_the_configured_iteration(tmp_path):
@@ -151,10 +190,12 @@ def test_merged_phase_two_equals_branch_phase_two_in_float64(tmp_path):
         torch.testing.assert_close(value, finals[False][key], rtol=1e-9, atol=1e-11, msg=key)
 
 
-def test_resume_gives_the_same_weights_as_one_run(tmp_path):
+@pytest.mark.parametrize("amp", [False, True], ids=["fp32", "bf16-autocast"])
+def test_resume_gives_the_same_weights_as_one_run(tmp_path, amp):
     """Killed before the switch and again after it: twice resumed, the run ends exactly as the whole one."""
     config = tiny_config(
-        **{"train.iterations": 10, "bn.switch_at": 0.6, "ema.enabled": True, "ema.decay": 0.9}
+        **{"train.iterations": 10, "bn.switch_at": 0.6, "ema.enabled": True, "ema.decay": 0.9},
+        **{"train.amp": amp},
     )
     whole = make_trainer(tmp_path, config, name="whole").run()
 

@@ -48,6 +48,15 @@ def test_keys_scripts_rely_on_exist_and_override(tmp_path):
     assert config.model.block == "acb" and config.val.sets == {"Set5": "/data/Set5"}
 
 
+def test_auto_spells_none_only_for_optional_switches(tmp_path):
+    overrides = ["train.amp=auto", "train.channels_last=auto", "data.root=auto"]
+    config = load_config(write(tmp_path, {}), overrides)
+    assert config.train.amp is None and config.train.channels_last is None  # decided from the device
+    assert config.data.root == "auto"  # a folder may be called "auto"
+    assert load_config(write(tmp_path, {}), ["train.amp=true"]).train.amp is True
+    assert TrainConfig().train.amp is None  # the default: bf16 autocast where the device has bf16 units
+
+
 @pytest.mark.parametrize(
     "data,overrides,message",
     [

@@ -96,8 +96,10 @@ class OptimConfig:
     warmup: int = 0  # iterations of linear warm-up
     loss: str = "l1"  # l1 | l2
     grad_clip: float = 0.0  # max gradient norm, 0 = off
-    amp: bool = False  # bfloat16 autocast of the forward pass (CPU and CUDA); loss and optimizer in float32
-    channels_last: bool | None = None  # channels-last memory format; None = on for CPU, off for CUDA
+    # bfloat16 autocast of the forward pass (CPU and CUDA); loss, BN statistics and optimizer stay in
+    # float32. None ("auto"): on where the device has native bf16 units (AMX or AVX512-BF16, CUDA sm80+)
+    amp: bool | None = None
+    channels_last: bool | None = None  # channels-last memory format; None ("auto") = on for CPU, off for CUDA
     compile: bool = False  # torch.compile the training forward
     threads: int = 0  # CPU intra-op threads, 0 = PyTorch's default
     init: str | None = None  # starting weights: a shipped model's name or a training-form model file
@@ -261,8 +263,8 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         return _build(hint, {} if value is None else value, key + ".")
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
+        if type(None) in args and (value is None or (value == "auto" and bool in args)):
+            return None  # an optional switch's None is its automatic choice; YAML may spell it "auto"
         (inner,) = [a for a in args if a is not type(None)]
         return _coerce(value, inner, key)
     if origin is list:

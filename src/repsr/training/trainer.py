@@ -45,6 +45,7 @@ from repsr.errors import ConfigError, first_line
 from repsr.network import ModelSpec, PlainSR, RepNet, build_network, reparameterize_model
 from repsr.network import config_has_bn as model_has_bn
 from repsr.phase import set_merged_training
+from repsr.precision import autocast_bf16_default
 from repsr.serialization import load_model, save_model
 from repsr.training import checkpoint as ckpt
 from repsr.training.artifacts import (
@@ -150,6 +151,10 @@ class Trainer:
         self.schedule = PhaseSchedule.from_config(config)
         channels_last = config.train.channels_last
         self.channels_last = self.device.type == "cpu" if channels_last is None else channels_last
+        if config.train.amp is None:  # "auto": decided here, recorded in config.yaml and checkpoints
+            amp = autocast_bf16_default(self.device, dtype)
+            config = dataclasses.replace(config, train=dataclasses.replace(config.train, amp=amp))
+            self.config = config
 
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):  # the global RNG is left as it was
