@@ -45,7 +45,7 @@ from repsr.errors import ConfigError, first_line
 from repsr.network import ModelSpec, PlainSR, RepNet, build_network, reparameterize_model
 from repsr.network import config_has_bn as model_has_bn
 from repsr.phase import set_merged_training
-from repsr.precision import autocast_bf16_default
+from repsr.precision import autocast_bf16_default, device_capabilities
 from repsr.serialization import load_model, save_model
 from repsr.training import checkpoint as ckpt
 from repsr.training.artifacts import (
@@ -155,6 +155,9 @@ class Trainer:
             amp = autocast_bf16_default(self.device, dtype)
             config = dataclasses.replace(config, train=dataclasses.replace(config.train, amp=amp))
             self.config = config
+            if self.dist.is_main:
+                found = device_capabilities(self.device).describe()
+                log.info("train.amp auto: bf16 autocast %s (%s)", "on" if amp else "off", found)
 
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):  # the global RNG is left as it was
