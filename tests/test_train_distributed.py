@@ -1,16 +1,20 @@
-"""Two CPU processes with Gloo, set up as `torchrun` would: identical weights and BN statistics at the end."""
+"""Two CPU processes with Gloo, set up as `torchrun` would: identical weights and BN statistics at the end,
+and a stop signal reaching one process stops both at the same iteration, resumably."""
 
 from __future__ import annotations
 
+import datetime
 import os
+import signal
 import socket
 from pathlib import Path
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 
 from repsr.blocks import RepBN
-from repsr.training import train
+from repsr.training import Trainer, TrainingInterrupted, train
 from repsr.training.config import TrainConfig
 from repsr.training.distributed import Distributed, SyncRepBN, combine_moments, enable_sync_bn
 
@@ -67,7 +71,8 @@ def _worker(rank: int, port: int, out: str, config: dict) -> None:
     torch.set_num_threads(1)
     import torch.distributed as dist
 
-    dist.init_process_group("gloo")  # as train() would; kept open for the moment check below
+    # as train() would, but a collective that waits for a rank gone elsewhere fails in 60 s, not 30 min
+    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))
     try:
         # the moments of different amounts of data on each rank combine to those of all data together
         x = _rank_data(rank)
@@ -90,15 +95,46 @@ def _worker(rank: int, port: int, out: str, config: dict) -> None:
         )
         state = {k: v.clone() for k, v in result.model.state_dict().items()}
         torch.save({"model": state, "history": result.history}, Path(out) / f"rank{rank}.pt")
+        _interrupted_and_resumed(rank, Path(out), config)
     finally:
         dist.destroy_process_group()
 
 
-def test_two_processes_end_with_identical_weights_and_bn_statistics(tmp_path):
+def _interrupted_and_resumed(rank: int, out: Path, config: dict) -> None:
+    """The same run again, but SIGTERM reaches only rank 1 (during its 3rd step), as when a scheduler
+    stops one node; then both ranks resume. Records where each rank stopped and the final weights."""
+    step = Trainer.train_step
+
+    def signalled_step(self: Trainer, lr_patch: torch.Tensor, hr_patch: torch.Tensor) -> torch.Tensor:
+        if rank == 1 and self.iteration == 2:  # 2 steps done: the signal arrives during the 3rd
+            os.kill(os.getpid(), signal.SIGTERM)
+        return step(self, lr_patch, hr_patch)
+
+    Trainer.train_step = signalled_step
+    arguments = {"data": SyntheticPatches(), "val": {"synth": synthetic_val()}, "progress": False}
+    try:
+        train(TrainConfig.from_dict(config), out=out / "split", **arguments)
+        stopped = -1  # not interrupted: the test fails on it
+    except TrainingInterrupted as interrupted:
+        stopped = interrupted.iteration
+    finally:
+        Trainer.train_step = step
+    result = train(TrainConfig.from_dict(config), out=out / "split", resume=True, **arguments)
+    state = {k: v.clone() for k, v in result.model.state_dict().items()}
+    torch.save({"model": state, "stopped": stopped}, out / f"rank{rank}-split.pt")
+
+
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory) -> Path:
+    """One spawn of two Gloo processes (a few seconds): the checks above, a whole run, a signalled one."""
+    out = tmp_path_factory.mktemp("ddp")
     config = tiny_config(**{"bn.sync": True, "checkpoint.every": 4}).to_dict()
-    mp.start_processes(
-        _worker, args=(_free_port(), str(tmp_path), config), nprocs=WORLD, start_method="spawn"
-    )
+    mp.start_processes(_worker, args=(_free_port(), str(out), config), nprocs=WORLD, start_method="spawn")
+    return out
+
+
+def test_two_processes_end_with_identical_weights_and_bn_statistics(two_process_run):
+    tmp_path = two_process_run
     states = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True)["model"] for r in range(WORLD)]
     assert states[0].keys() == states[1].keys()
     for key in states[0]:
@@ -111,3 +147,15 @@ def test_two_processes_end_with_identical_weights_and_bn_statistics(tmp_path):
         "ckpt_00000004.pt",
         "ckpt_00000008.pt",
     ]
+
+
+def test_a_signal_to_one_process_stops_all_at_one_iteration_and_resumes(two_process_run):
+    """Rank 1 alone got SIGTERM during step 3; the ranks agree at the log interval (2), so both stopped
+    after iteration 4, rank 0 saved it, and the resumed run ends exactly where the uninterrupted one did."""
+    tmp_path = two_process_run
+    whole = torch.load(tmp_path / "rank0.pt", weights_only=True)["model"]
+    split = [torch.load(tmp_path / f"rank{r}-split.pt", weights_only=True) for r in range(WORLD)]
+    assert [s["stopped"] for s in split] == [4, 4]
+    for key in whole:
+        assert torch.equal(split[0]["model"][key], whole[key]), key
+        assert torch.equal(split[1]["model"][key], whole[key]), key
