@@ -1,6 +1,7 @@
 """Video benchmark: end-to-end frames/s of `repsr.video.upscale_video` vs the model alone on the same frames.
 
-Run: ``python benchmarks/bench_video.py [--frames N]`` (needs ``pip install 'repsr[video]'``).
+Run: ``python benchmarks/bench_video.py [--frames N] [--codec C] [--preset P]`` (needs
+``pip install 'repsr[video]'``).
 
 Two cases, each with a deployed M4C16 (random weights: speed does not depend on them), fp32 on CPU:
 - 640x480 -> 2560x1920 (x4): the pipeline's overhead; goal: end to end >= 90% of the model-alone rate;
@@ -15,18 +16,19 @@ one process; on a shared machine compare the ratios, not the absolute numbers.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `import repsr` does; must precede torch
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from repsr.runtime import use_passive_omp_wait  # noqa: E402
+
+use_passive_omp_wait()  # as the `repsr` CLI does; must precede torch
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from repsr import build_model, reparameterize_model  # noqa: E402
 from repsr.inference import Upscaler  # noqa: E402
@@ -85,7 +87,9 @@ def model_alone_fps(upscaler: Upscaler, frames: list[torch.Tensor]) -> float:
     return len(frames) / (time.perf_counter() - start)
 
 
-def case(name: str, size: tuple[int, int], scale: int, frames: int, codec: str, workdir: Path) -> None:
+def case(
+    name: str, size: tuple[int, int], scale: int, frames: int, codec: str, preset: str | None, workdir: Path
+) -> None:
     width, height = size
     model = reparameterize_model(build_model("repsr", scale=scale, num_blocks=4, channels=16).eval())
     upscaler = Upscaler(model, device="cpu")
@@ -94,24 +98,25 @@ def case(name: str, size: tuple[int, int], scale: int, frames: int, codec: str, 
     lr = decoded(clip)
     alone = model_alone_fps(upscaler, lr)
     suffix = ".mkv" if codec == "ffv1" else ".mp4"
-    report = upscale_video(upscaler, clip, workdir / f"out{suffix}", codec=codec)
+    report = upscale_video(upscaler, clip, workdir / f"out{suffix}", codec=codec, preset=preset)
     alone_after = model_alone_fps(upscaler, lr)
     reference = (alone + alone_after) / 2  # the machine's load drifts: bracket the pipeline run
     fraction = report.fps / reference
     print(
-        f"{name}: {width}x{height} -> {width * scale}x{height * scale} (M4C16 x{scale}, {codec}), "
+        f"{name}: {width}x{height} -> {width * scale}x{height * scale} (M4C16 x{scale}, {codec}"
+        f"{f' preset {preset}' if preset else ''}), "
         f"{report.frames} frames: model alone {alone:.2f} / {alone_after:.2f} frames/s, "
         f"end to end {report.fps:.2f} frames/s = {100 * fraction:.0f}% of model alone"
     )
 
 
-def main(frames: int = 24, codecs: tuple[str, ...] = ("libx264", "ffv1")) -> None:
+def main(frames: int = 24, codecs: tuple[str, ...] = ("libx264", "ffv1"), preset: str | None = None) -> None:
     print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, fp32, tile auto")
     with tempfile.TemporaryDirectory() as tmp:
         for codec in codecs:
-            case("480p x4", (640, 480), 4, frames, codec, Path(tmp))
+            case("480p x4", (640, 480), 4, frames, codec, preset if codec != "ffv1" else None, Path(tmp))
         for codec in codecs:
-            case("540p x2", (960, 540), 2, frames, codec, Path(tmp))
+            case("540p x2", (960, 540), 2, frames, codec, preset if codec != "ffv1" else None, Path(tmp))
     print(
         f"goals: end to end >= {100 * GOAL_FRACTION:.0f}% of model alone; "
         f"960x540 -> 1920x1080 at >= {REALTIME_FPS:.0f} frames/s"
@@ -122,5 +127,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=24)
     parser.add_argument("--codec", action="append", help="encoder(s) to run (default libx264 and ffv1)")
+    parser.add_argument("--preset", help="encoder preset for libx264/libx265/libsvtav1 (default: theirs)")
     args = parser.parse_args()
-    main(args.frames, tuple(args.codec or ("libx264", "ffv1")))
+    main(args.frames, tuple(args.codec or ("libx264", "ffv1")), args.preset)

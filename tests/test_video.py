@@ -282,6 +282,27 @@ def test_cli_upscales_a_clip(tmp_path, capsys):
     assert code == 2 and "exactly one video" in capsys.readouterr().err
 
 
+def test_preset_reaches_the_encoder_and_bad_presets_are_one_line_errors(tmp_path, capsys):
+    """x264 writes its settings into the stream: ultrafast turns CABAC off, the default preset keeps it."""
+    source = tmp_path / "clip.mp4"
+    make_clip(source, frames=3, audio=None)
+    upscaler = tiny_upscaler()
+    upscale_video(upscaler, source, tmp_path / "fast.mp4", preset="ultrafast")
+    upscale_video(upscaler, source, tmp_path / "default.mp4")
+    assert b"cabac=0" in (tmp_path / "fast.mp4").read_bytes()
+    assert b"cabac=1" in (tmp_path / "default.mp4").read_bytes()
+    with pytest.raises(ConfigError, match="ffv1 takes no preset"):
+        upscale_video(upscaler, source, tmp_path / "x.mkv", codec="ffv1", preset="fast")
+    with pytest.raises(ConfigError, match="libx264 takes one of ultrafast.*not 'warp'"):
+        upscale_video(upscaler, source, tmp_path / "x.mp4", preset="warp")
+    from repsr.cli import main
+
+    code = main(["upscale", str(source), "-o", str(tmp_path / "y.mp4"), "--preset", "warp"])
+    error = capsys.readouterr().err
+    assert code == 2 and "not 'warp'" in error and error.count("\n") == 1
+    assert not (tmp_path / "x.mp4").exists() and not (tmp_path / "y.mp4").exists()
+
+
 def test_ten_bit_h264_stays_ten_bit(tmp_path):
     source, target = tmp_path / "clip.mp4", tmp_path / "up.mp4"
     make_clip(source, frames=2, pix_fmt="yuv420p10le", depth=16, audio=None)

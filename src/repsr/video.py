@@ -51,6 +51,12 @@ CRF_OPTION = {
     "libsvtav1": "crf",
 }
 
+# Encoders with a speed/size trade-off (`--preset`) and the values each accepts.
+_X26X_PRESETS = (
+    "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow", "placebo"
+)  # fmt: skip
+PRESETS = {"libx264": _X26X_PRESETS, "libx265": _X26X_PRESETS, "libsvtav1": tuple(map(str, range(14)))}
+
 
 class VideoError(RepsrError):
     """A video file that is not a video, cannot be decoded, or cannot be written as asked."""
@@ -206,6 +212,22 @@ def _temporary_target(target: Path) -> Path:
     return Path(tmp)
 
 
+def encoder_options(codec: str, crf: int | None, preset: str | None) -> dict[str, str]:
+    """The FFmpeg options for encoder `codec`: its quality option from `crf` (where it has one) and
+    `preset`. Raises `ConfigError` for a preset the encoder does not take."""
+    options = {}
+    option = CRF_OPTION.get(codec)
+    if option and crf is not None:
+        options[option] = str(crf)
+    if preset is not None:
+        if codec not in PRESETS:
+            raise ConfigError(f"preset: {codec} takes no preset (these do: {', '.join(PRESETS)})")
+        if preset not in PRESETS[codec]:
+            raise ConfigError(f"preset: {codec} takes one of {', '.join(PRESETS[codec])}, not {preset!r}")
+        options["preset"] = preset
+    return options
+
+
 def upscale_video(
     upscaler: Any,
     source: str | Path,
@@ -213,6 +235,7 @@ def upscale_video(
     *,
     codec: str = DEFAULT_CODEC,
     crf: int | None = DEFAULT_CRF,
+    preset: str | None = None,
     batch: int | str = "auto",
     progress: bool | Callable[[int], None] = False,
 ) -> VideoReport:
@@ -220,7 +243,9 @@ def upscale_video(
 
     `upscaler`: a `repsr.inference.Upscaler` (device, tiling and backend are its own). `codec`: FFmpeg
     encoder name (default libx264; `ffv1` is lossless). `crf`: quality for libx264/libx265/VP9/AV1
-    (lower is better; ignored by other encoders). `batch`: frames per model call, or `auto`.
+    (lower is better; ignored by other encoders). `preset`: the encoder's speed/size trade-off
+    (libx264/libx265: ultrafast ... veryslow, default medium; libsvtav1: 0-13); a faster preset keeps the
+    encoder from being the bottleneck at a larger file size. `batch`: frames per model call, or `auto`.
     `progress`: a tqdm bar on stderr when True, or a callable given the number of frames just written.
     Raises `VideoError` (one line) for bad input or output, `DependencyError` without PyAV.
     """
@@ -235,6 +260,7 @@ def upscale_video(
     if crf is not None and not 0 <= crf <= 63:
         raise ConfigError(f"crf must be between 0 and 63, got {crf}")
     encoder = _encoder(av, codec)
+    options = encoder_options(encoder.name, crf, preset)
     try:
         container = av.open(str(source), "r")
     except Exception as error:
@@ -244,7 +270,7 @@ def upscale_video(
             raise VideoError(f"{source}: no video stream in this file")
         tmp = _temporary_target(target)
         try:
-            report = _transcode(av, upscaler, container, source, tmp, encoder, crf, batch, progress)
+            report = _transcode(av, upscaler, container, source, tmp, encoder, options, batch, progress)
             umask = os.umask(0o22)
             os.umask(umask)
             os.chmod(tmp, 0o666 & ~umask)  # mkstemp made it 0600; give what a plain open() would
@@ -265,7 +291,7 @@ def _transcode(
     source: Path,
     tmp: Path,
     encoder: Any,
-    crf: int | None,
+    options: dict[str, str],
     batch: int | str,
     progress: bool | Callable[[int], None],
 ) -> VideoReport:
@@ -300,9 +326,8 @@ def _transcode(
                     setattr(out_video.codec_context, attribute, value)
                 except Exception:
                     pass
-        option = CRF_OPTION.get(encoder.name)
-        if option and crf is not None:
-            out_video.options = {option: str(crf)}
+        if options:
+            out_video.options = options
         mapping = {}
         for stream in copied:
             try:

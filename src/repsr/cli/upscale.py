@@ -54,6 +54,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--codec", default="libx264", help="video encoder (default libx264; ffv1: lossless)")
     parser.add_argument("--crf", type=int, default=18, help="video quality, lower is better (default 18)")
+    parser.add_argument(
+        "--preset",
+        help="video encoder speed: libx264/libx265 ultrafast ... veryslow (default medium), libsvtav1 0-13; "
+        "a faster preset keeps the encoder from slowing the pipeline, at a larger file",
+    )
     add_progress(parser)
     parser.set_defaults(func=run)
 
@@ -72,8 +77,11 @@ def load_upscale_model(model: str):
 
 def run(args: argparse.Namespace) -> int:
     from repsr.inference import Upscaler, upscale_files
-    from repsr.video import describe, upscale_video, video_jobs
+    from repsr.video import describe, encoder_options, upscale_video, video_jobs
 
+    videos, images = video_jobs(args.inputs, args.output)
+    if videos:
+        encoder_options(args.codec, args.crf, args.preset)  # a bad --preset fails before any work
     precision = "fp16" if args.half else args.precision
     upscaler = Upscaler(
         load_upscale_model(args.model),
@@ -84,13 +92,9 @@ def run(args: argparse.Namespace) -> int:
     )
     print(f"precision {upscaler.precision}: {upscaler.precision_reason}")
     progress = not args.no_progress and sys.stderr.isatty()
-    videos, images = video_jobs(args.inputs, args.output)
+    encoding = {"codec": args.codec, "crf": args.crf, "preset": args.preset}
     for source, target in videos:
-        print(
-            describe(
-                upscale_video(upscaler, source, target, codec=args.codec, crf=args.crf, progress=progress)
-            )
-        )
+        print(describe(upscale_video(upscaler, source, target, **encoding, progress=progress)))
     if videos and not images:
         return 0
     report = upscale_files(
