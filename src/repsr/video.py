@@ -212,20 +212,25 @@ def _temporary_target(target: Path) -> Path:
     return Path(tmp)
 
 
-def encoder_options(codec: str, crf: int | None, preset: str | None) -> dict[str, str]:
-    """The FFmpeg options for encoder `codec`: its quality option from `crf` (where it has one) and
-    `preset`. Raises `ConfigError` for a preset the encoder does not take."""
+def check_encoding(codec: str, crf: int | None = DEFAULT_CRF, preset: str | None = None) -> tuple[Any, dict]:
+    """The encoder named `codec` and its FFmpeg options: the quality option from `crf` (where the encoder
+    has one) and `preset`. Raises a one-line `VideoError`/`ConfigError` for an unknown encoder, a crf out
+    of range or a preset the encoder does not take, so a caller can check before doing any work."""
+    if crf is not None and not 0 <= crf <= 63:
+        raise ConfigError(f"crf must be between 0 and 63, got {crf}")
+    encoder = _encoder(require_av(), codec)
     options = {}
-    option = CRF_OPTION.get(codec)
+    option = CRF_OPTION.get(encoder.name)
     if option and crf is not None:
         options[option] = str(crf)
     if preset is not None:
-        if codec not in PRESETS:
-            raise ConfigError(f"preset: {codec} takes no preset (these do: {', '.join(PRESETS)})")
-        if preset not in PRESETS[codec]:
-            raise ConfigError(f"preset: {codec} takes one of {', '.join(PRESETS[codec])}, not {preset!r}")
+        values = PRESETS.get(encoder.name)
+        if values is None:
+            raise ConfigError(f"preset: {encoder.name} takes no preset (these do: {', '.join(PRESETS)})")
+        if preset not in values:
+            raise ConfigError(f"preset: {encoder.name} takes one of {', '.join(values)}, not {preset!r}")
         options["preset"] = preset
-    return options
+    return encoder, options
 
 
 def upscale_video(
@@ -257,10 +262,7 @@ def upscale_video(
         raise VideoError(f"{source}: output would overwrite the input; choose another output name")
     if not is_video_path(target):
         raise VideoError(f"{target}: output needs a video extension ({', '.join(VIDEO_EXTENSIONS)})")
-    if crf is not None and not 0 <= crf <= 63:
-        raise ConfigError(f"crf must be between 0 and 63, got {crf}")
-    encoder = _encoder(av, codec)
-    options = encoder_options(encoder.name, crf, preset)
+    encoder, options = check_encoding(codec, crf, preset)
     try:
         container = av.open(str(source), "r")
     except Exception as error:

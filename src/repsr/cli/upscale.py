@@ -77,11 +77,11 @@ def load_upscale_model(model: str):
 
 def run(args: argparse.Namespace) -> int:
     from repsr.inference import Upscaler, upscale_files
-    from repsr.video import describe, encoder_options, upscale_video, video_jobs
+    from repsr.video import check_encoding, describe, upscale_video, video_jobs
 
     videos, images = video_jobs(args.inputs, args.output)
     if videos:
-        encoder_options(args.codec, args.crf, args.preset)  # a bad --preset fails before any work
+        check_encoding(args.codec, args.crf, args.preset)  # a bad encoder setting fails before any work
     precision = "fp16" if args.half else args.precision
     upscaler = Upscaler(
         load_upscale_model(args.model),
