@@ -34,8 +34,9 @@ from repsr.errors import ConfigError, DataError, DependencyError, ModelFileError
 from repsr.network import ModelSpec
 
 # Refuse an int8 file whose output is further than this from the fp32 network's (PSNR over RGB on the
-# 0..255 scale, on held-out photographs). Measured: 41-46 dB for a trained M4C16 x4 (a 0.14 dB Y-PSNR
-# cost against HR); a broken calibration or an unsupported graph gives well under 30 dB.
+# 0..255 scale, on held-out photographs). Measured: 41-46 dB for early M4C16 x4 checkpoints (a 0.14 dB
+# Y-PSNR cost against HR), 46-50 dB for the shipped models (0.02-0.04 dB); a broken calibration or an
+# unsupported graph gives well under 30 dB.
 MIN_INT8_PSNR = 38.0
 CALIBRATION_CROP = 96  # side of the LR calibration crops
 CALIBRATION_CROPS_PER_IMAGE = 4
