@@ -209,40 +209,10 @@ def speed(threads: int, rounds: int, with_int8: bool) -> None:
 
 
 def train_step(blocks: int, channels: int, batch: int, patch: int, amp: bool, phase: int, folder: Path):
-    from repsr.training.config import TrainConfig
-    from repsr.training.trainer import Trainer
+    """bench_train's step (the trainer's real one) for RepSR x4 in fp32 or under bf16 autocast."""
+    from bench_train import make_step
 
-    class NoData(torch.utils.data.Dataset):
-        def __len__(self) -> int:
-            return 1
-
-        def __getitem__(self, key: int):
-            raise RuntimeError("not used")
-
-    config = TrainConfig().with_overrides(
-        [
-            "model.block=repsr",
-            "model.scale=4",
-            f"model.num_blocks={blocks}",
-            f"model.channels={channels}",
-            f"train.batch_size={batch}",
-            f"data.patch_size={patch}",
-            "data.workers=0",
-            "device=cpu",
-            f"train.amp={str(amp).lower()}",
-            "bn.precise_batches=0",
-            "val.sample=false",
-            "log.tensorboard=false",
-        ]
-    )
-    trainer = Trainer(config, data=NoData(), val={}, out=folder / f"run-{time.time_ns()}", progress=False)
-    if phase == 2 and trainer.bn_phase == "batch":
-        trainer.switch_bn()
-    trainer.model.train()
-    generator = torch.Generator().manual_seed(0)
-    lr = trainer._to_device(torch.rand(batch, 3, patch, patch, generator=generator))
-    hr = trainer._to_device(torch.rand(batch, 3, patch * 4, patch * 4, generator=generator))
-    return lambda: trainer.train_step(lr, hr)
+    return make_step("repsr", (blocks, channels), 4, batch, patch, phase=phase, amp=amp, folder=folder)
 
 
 def training(threads: int, rounds: int) -> None:

@@ -75,9 +75,11 @@ def make_step(
     channels_last: bool = True,
     compile_model: bool = False,
     separate_paths: bool = False,
+    amp: bool = False,
     folder: Path,
 ) -> Callable[[], None]:
-    """One training iteration of the configured network as a zero-argument callable."""
+    """One training iteration of the configured network as a zero-argument callable (fp32 unless `amp`:
+    pinned, so rows do not change with the CPU's `train.amp: auto` choice)."""
     blocks, channels = size
     config = TrainConfig().with_overrides(
         [
@@ -93,6 +95,7 @@ def make_step(
             "bn.precise_batches=0",
             f"train.channels_last={channels_last}",
             f"train.compile={compile_model}",
+            f"train.amp={amp}",
             "val.sample=false",
             "log.tensorboard=false",
         ]
