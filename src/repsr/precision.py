@@ -194,7 +194,7 @@ def autocast_bf16_default(device: str | torch.device, dtype: torch.dtype = torch
 
     On where the device has native bf16 units and the weights are float32 (a float64 run exists to be
     exact). Measured on an idle 2-core AMD EPYC (AVX512-BF16), RepSR x4 training step fp32 / bf16:
-    M4C16 phase 1 1.40-1.57x, merged phase 2 1.10-1.20x; M16C64 1.87x / 1.57x (docs/results/precision.md).
+    M4C16 phase 1 1.22-1.57x, merged phase 2 0.97-1.20x; M16C64 1.87x / 1.57x (docs/results/precision.md).
     """
     return dtype == torch.float32 and device_capabilities(device).bf16_native
 
