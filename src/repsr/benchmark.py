@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from repsr.equivalence import BACKEND_TOLERANCE, check_deviation, deviation
 from repsr.errors import ConfigError, EquivalenceError, RepsrError, first_line
 from repsr.inference import BENCH_BACKENDS, prepare_input, prepare_model, resolve_device
+from repsr.kernels.build import KernelUnavailable
 from repsr.network import RepNet, build_model, reparameterize_model
 
 STANDARD_SIZES = ((4, 16), (10, 32), (16, 64))  # (num_blocks, channels): M4C16, M10C32, M16C64
@@ -196,7 +197,10 @@ def make_runner(model: nn.Module, backend: str, x: Tensor, *, threads: int) -> R
         return _onnx_runner(model, x, threads=threads, started=started)
     if backend not in BENCH_BACKENDS:
         raise ConfigError(f"backend must be one of {', '.join(BENCH_BACKENDS)}, got {backend!r}")
-    module = prepare_model(model, backend, device, torch.float32)
+    try:
+        module = prepare_model(model, backend, device, torch.float32)
+    except KernelUnavailable as error:  # the fused C kernel: no compiler, CPU or device
+        raise BackendUnavailable(str(error)) from None
     inp = prepare_input(x, backend)
 
     def call() -> Tensor:

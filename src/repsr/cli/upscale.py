@@ -91,6 +91,12 @@ def run(args: argparse.Namespace) -> int:
         backend=args.backend,
     )
     print(f"precision {upscaler.precision}: {upscaler.precision_reason}")
+    if upscaler.device.type == "cpu" and upscaler.backend != "fused":
+        from repsr.kernels import availability
+
+        missing = availability()
+        if missing:
+            print(f"fast kernel unavailable: {missing}")
     progress = not args.no_progress and sys.stderr.isatty()
     encoding = {"codec": args.codec, "crf": args.crf, "preset": args.preset}
     for source, target in videos:

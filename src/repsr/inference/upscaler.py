@@ -54,7 +54,9 @@ class Upscaler:
     faster, else fp32; `fp32`; `bf16` (input, global skip and output stay float32); `fp16` (CUDA only; a
     tile whose fp16 output overflows is recomputed in float32); `int8` (ONNX Runtime on the CPU: pass a
     `repsr.quantize.OnnxInt8Runner` of a file `repsr export --int8` wrote, or a model, quantized on the
-    spot). `precision_reason` says in one line what ran and why. `half=True` is the deprecated spelling
+    spot). On a CPU, `auto` with `backend="auto"` also times the fused C kernel (`repsr.kernels`) and
+    runs it where it is the fastest; `backend="fused"` asks for it. `precision_reason` says in one line
+    what ran and why. `half=True` is the deprecated spelling
     of `precision="fp16"`.
     """
 
@@ -80,7 +82,12 @@ class Upscaler:
             precision = "auto" if getattr(model, "quantized", None) is not None else "fp32"
         check_tile(tile)
         model = _inference_form(model)  # a training form runs as its merged plain network
-        prepared = prepare_for_precision(model, self.device, precision, resolve_backend(backend))
+        from repsr.kernels.select import prepare_fused
+
+        resolve_backend(backend)  # checks the name
+        prepared = prepare_fused(model, self.device, precision, backend) or prepare_for_precision(
+            model, self.device, precision, resolve_backend(backend)
+        )
         self.precision, self.precision_reason = prepared.precision, prepared.reason
         self.backend = prepared.backend
         self.dtype = prepared.input_dtype  # what tiles are cast to before the network
@@ -93,6 +100,8 @@ class Upscaler:
         self._float_module: nn.Module | None = None
         compute = {Precision.FP16: torch.float16, Precision.BF16: torch.bfloat16}.get(self.precision)
         self.tile = auto_tile_size(model, self.device, compute or torch.float32) if tile == "auto" else tile
+        if tile == "auto" and self.backend == "fused":
+            self.tile = None  # the kernel tiles in L2 itself and keeps no full-size intermediate
 
     @property
     def in_channels(self) -> int:
