@@ -46,19 +46,17 @@ class Variant:
     precisions: tuple[str, ...]
 
 
+_AVX512 = (("avx512f", "avx512_f"), ("avx512bw", "avx512_bw"), ("avx512vl", "avx512_vl"))
+_AVX512_FLAGS = ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mfma")
 VARIANTS: tuple[Variant, ...] = (
     Variant(
-        "avx512-bf16",
-        (("avx512f", "avx512_f"), ("avx512bw", "avx512_bw"), ("avx512vl", "avx512_vl"), ("avx512_bf16",)),
-        ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mfma", "-mavx512bf16"),
-        ("fp32", "bf16"),
+        "avx512-vnni-bf16",
+        (*_AVX512, ("avx512_vnni",), ("avx512_bf16",)),
+        (*_AVX512_FLAGS, "-mavx512vnni", "-mavx512bf16"),
+        ("fp32", "bf16", "int8"),
     ),
-    Variant(
-        "avx512",
-        (("avx512f", "avx512_f"), ("avx512bw", "avx512_bw"), ("avx512vl", "avx512_vl")),
-        ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mfma"),
-        ("fp32",),
-    ),
+    Variant("avx512-vnni", (*_AVX512, ("avx512_vnni",)), (*_AVX512_FLAGS, "-mavx512vnni"), ("fp32", "int8")),
+    Variant("avx512", _AVX512, _AVX512_FLAGS, ("fp32",)),
     Variant("avx2", (("avx2",), ("fma", "fma3")), ("-mavx2", "-mfma"), ("fp32",)),
 )
 CFLAGS = ("-O3", "-shared", "-fPIC", "-pthread", "-std=gnu11")
@@ -168,6 +166,7 @@ def load(name: str | None = None) -> tuple[Variant, ctypes.CDLL]:
     library.repsr_fused_run.restype = ctypes.c_int
     library.repsr_fused_run.argtypes = [
         ctypes.c_int,
+        ctypes.c_void_p,
         ctypes.c_void_p,
         ctypes.c_void_p,
         ctypes.c_void_p,

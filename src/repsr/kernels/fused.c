@@ -66,16 +66,24 @@ static inline vec vprelu(vec x, vec a) {
 #define HAVE_BF16 0
 #endif
 
+#if defined(__AVX512VNNI__)
+#define HAVE_INT8 1
+#else
+#define HAVE_INT8 0
+#endif
+
 #define PB_MAX 14
 
 typedef struct {
     int cin, cout, cpad, istr; /* istr: elements per pixel in this layer's input buffer */
-    const void *w;             /* fp32 [9][cin][cpad] or bf16 [9][ceil(cin/2)][cpad][2] */
+    const void *w;             /* fp32 [9][cin][cpad], bf16 [9][ceil(cin/2)][cpad][2], int8 [9][ceil(cin/4)][cpad][4] */
     const float *b, *a;        /* [cpad] each; a unused for the last layer */
+    const float *mul;          /* int8: [cpad] input scale x weight scale per output channel */
+    float qinv, qzero;         /* int8: quantization of this layer's INPUT: q = round(x * qinv + qzero) */
 } Layer;
 
 typedef struct {
-    int mode; /* 0 fp32, 1 bf16 */
+    int mode; /* 0 fp32, 1 bf16, 2 int8 */
     int nl, in_ch, scale, n, H, W, th, tw, tiles_y, tiles_x;
     Layer L[MAXL];
     const float *in;
@@ -148,6 +156,37 @@ static inline __attribute__((always_inline)) void conv_bf16(const int NB, const 
 }
 #endif
 
+#if HAVE_INT8
+static inline __attribute__((always_inline)) void conv_i8(const int NB, const int PB, const uint8_t *ip,
+                                                          int istr, size_t rstride, int cin4, const int8_t *w,
+                                                          int wpad, __m512i acc[PB_MAX][MAXG]) {
+#pragma GCC unroll 14
+    for (int p = 0; p < PB; p++)
+#pragma GCC unroll 4
+        for (int b = 0; b < NB; b++) acc[p][b] = _mm512_setzero_si512();
+    for (int dy = 0; dy < 3; dy++) {
+        for (int dx = 0; dx < 3; dx++) {
+            const uint8_t *src = ip + dy * rstride + dx * istr;
+            const int8_t *wt = w + (size_t)(dy * 3 + dx) * cin4 * wpad * 4;
+            for (int k = 0; k < cin4; k++) {
+                __m512i wv[MAXG];
+#pragma GCC unroll 4
+                for (int b = 0; b < NB; b++)
+                    wv[b] = _mm512_loadu_si512((const void *)(wt + ((size_t)k * wpad + b * VL) * 4));
+#pragma GCC unroll 14
+                for (int p = 0; p < PB; p++) {
+                    int32_t quad;
+                    memcpy(&quad, src + p * istr + 4 * k, 4);
+                    __m512i x = _mm512_set1_epi32(quad);
+#pragma GCC unroll 4
+                    for (int b = 0; b < NB; b++) acc[p][b] = _mm512_dpbusd_epi32(acc[p][b], x, wv[b]);
+                }
+            }
+        }
+    }
+}
+#endif
+
 /* One row segment of one layer: output pixels (r, c0..c1) of output-channel group g (NB blocks).
  * Intermediate layers: PReLU, store into `obuf` (may write up to PB-1 pixels past c1: padding columns).
  * Last layer: add the skip and scatter into the pixel-shuffled output (only pixels < c1). */
@@ -157,6 +196,7 @@ typedef struct {
     int last;
     const void *ibuf;
     void *obuf;
+    const Layer *next; /* the following layer (its input quantization), NULL for the last */
     int img, gy, gx0; /* global LR row of this buffer row, global LR column of buffer column 0 */
 } RowCtx;
 
@@ -173,6 +213,16 @@ static inline __attribute__((always_inline)) void epilogue(const int NB, const i
 #pragma GCC unroll 4
             for (int b = 0; b < NB; b++) {
                 vec v = vprelu(acc[p][b], vload(ly->a + g * MAXG * VL + b * VL));
+#if HAVE_INT8
+                if (job->mode == 2) {
+                    __m512i q = _mm512_cvtps_epi32(
+                        _mm512_fmadd_ps(v, _mm512_set1_ps(cx->next->qinv), _mm512_set1_ps(cx->next->qzero)));
+                    q = _mm512_max_epi32(q, _mm512_setzero_si512());
+                    _mm_storeu_si128((__m128i *)((uint8_t *)cx->obuf + base + p * ostr + b * VL),
+                                     _mm512_cvtusepi32_epi8(q));
+                    continue;
+                }
+#endif
 #if HAVE_BF16
                 if (job->mode == 1) {
                     __m256bh h = _mm512_cvtneps_pbh(v);
@@ -245,9 +295,42 @@ DEFINE_ROW_BF16(3, PB3)
 DEFINE_ROW_BF16(4, PB4)
 #endif
 
+#if HAVE_INT8
+#define DEFINE_ROW_INT8(NB, PB)                                                                           \
+    static void row_i8_##NB(const RowCtx *cx, int r, int c0, int c1, int g) {                             \
+        const Layer *ly = cx->ly;                                                                         \
+        const Job *job = cx->job;                                                                         \
+        __m512i acci[PB_MAX][MAXG];                                                                       \
+        vec acc[PB_MAX][MAXG];                                                                            \
+        for (int c = c0; c < c1; c += PB) {                                                               \
+            const uint8_t *ip = (const uint8_t *)cx->ibuf + (size_t)(r - 1) * job->rstride +              \
+                                (size_t)(c - 1) * ly->istr;                                               \
+            conv_i8(NB, PB, ip, ly->istr, job->rstride, (ly->cin + 3) / 4,                                \
+                    (const int8_t *)ly->w + g * MAXG * VL * 4, ly->cpad, acci);                           \
+            for (int p = 0; p < PB; p++)                                                                  \
+                for (int b = 0; b < NB; b++)                                                              \
+                    acc[p][b] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acci[p][b]),                           \
+                                                vload(ly->mul + g * MAXG * VL + b * VL),                  \
+                                                vload(ly->b + g * MAXG * VL + b * VL));                   \
+            int valid = c1 - c < PB ? c1 - c : PB;                                                        \
+            epilogue(NB, PB, cx, r, c, g, valid, acc);                                                    \
+        }                                                                                                 \
+    }
+DEFINE_ROW_INT8(1, PB1)
+DEFINE_ROW_INT8(2, PB2)
+DEFINE_ROW_INT8(3, PB3)
+DEFINE_ROW_INT8(4, PB4)
+#endif
+
 typedef void (*row_fn)(const RowCtx *, int, int, int, int);
 
 static row_fn pick_row(int mode, int nb) {
+#if HAVE_INT8
+    if (mode == 2) {
+        static const row_fn fns[4] = {row_i8_1, row_i8_2, row_i8_3, row_i8_4};
+        return fns[nb - 1];
+    }
+#endif
 #if HAVE_BF16
     if (mode == 1) {
         static const row_fn fns[4] = {row_bf16_1, row_bf16_2, row_bf16_3, row_bf16_4};
@@ -261,26 +344,29 @@ static row_fn pick_row(int mode, int nb) {
 
 /* ---------------------------------------------------------------------------------------- tiles */
 
+static size_t elem_size(int mode) { return mode == 0 ? 4 : mode == 1 ? 2 : 1; }
+
 static void zero_outside(const Job *job, void *buf, int stride_px, int fr0, int fr1, int fc0, int fc1,
-                         int oy, int ox) {
-    /* zero the buffer pixels (rows fr0..fr1, cols fc0..fc1) whose global position is outside the image */
-    size_t es = job->mode == 1 ? 2 : 4;
+                         int oy, int ox, int fill) {
+    /* zero the buffer pixels (rows fr0..fr1, cols fc0..fc1) whose global position is outside the image
+     * (`fill`: the byte pattern of zero, the zero point for int8) */
+    size_t es = elem_size(job->mode);
     for (int r = fr0; r < fr1; r++) {
         int gy = oy + r;
         char *row = (char *)buf + (size_t)r * job->rstride * es;
         if (gy < 0 || gy >= job->H) {
-            memset(row + (size_t)fc0 * stride_px * es, 0, (size_t)(fc1 - fc0) * stride_px * es);
+            memset(row + (size_t)fc0 * stride_px * es, fill, (size_t)(fc1 - fc0) * stride_px * es);
             continue;
         }
         int left = -ox; /* columns < left are outside */
         if (left > fc0) {
             int e = left < fc1 ? left : fc1;
-            memset(row + (size_t)fc0 * stride_px * es, 0, (size_t)(e - fc0) * stride_px * es);
+            memset(row + (size_t)fc0 * stride_px * es, fill, (size_t)(e - fc0) * stride_px * es);
         }
         int right = job->W - ox; /* columns >= right are outside */
         if (right < fc1) {
             int b = right > fc0 ? right : fc0;
-            memset(row + (size_t)b * stride_px * es, 0, (size_t)(fc1 - b) * stride_px * es);
+            memset(row + (size_t)b * stride_px * es, fill, (size_t)(fc1 - b) * stride_px * es);
         }
     }
 }
@@ -313,7 +399,16 @@ static void run_tile(Job *job, int t, void *b0, void *b1) {
         for (int k = 0; k < istr; k++) {
             const float *src = in + (size_t)k * H * W + (size_t)(row_in ? gy : 0) * W + ox;
             const int live = row_in && k < C;
-            if (job->mode == 1) {
+            if (job->mode == 2) {
+                uint8_t *dst = (uint8_t *)b0 + (size_t)r * job->rstride + k;
+                const float qi = job->L[0].qinv, qz = job->L[0].qzero;
+                const uint8_t zq = (uint8_t)qz;
+                for (int c = 0; c < FC; c++) {
+                    float q = (live && c >= cl && c < cr) ? src[c] * qi + qz : qz;
+                    q = q < 0.0f ? 0.0f : q > 255.0f ? 255.0f : q;
+                    dst[(size_t)c * istr] = k < C ? (uint8_t)__builtin_lrintf(q) : zq;
+                }
+            } else if (job->mode == 1) {
                 uint16_t *dst = (uint16_t *)b0 + (size_t)r * job->rstride + k;
                 for (int c = 0; c < FC; c++) dst[(size_t)c * istr] = (live && c >= cl && c < cr) ? to_bf16(src[c]) : 0;
             } else {
@@ -327,7 +422,7 @@ static void run_tile(Job *job, int t, void *b0, void *b1) {
     for (int l = 0; l < nl; l++) {
         const Layer *ly = &job->L[l];
         const int last = l == nl - 1;
-        RowCtx cx = {job, ly, last, ib, ob, img, 0, ox};
+        RowCtx cx = {job, ly, last, ib, ob, last ? NULL : &job->L[l + 1], img, 0, ox};
         const int r0 = l + 1, r1 = FR - l - 1, c0 = l + 1, c1 = FC - l - 1;
         const int groups = (ly->cpad / VL + MAXG - 1) / MAXG;
         for (int g = 0; g < groups; g++) {
@@ -339,7 +434,8 @@ static void run_tile(Job *job, int t, void *b0, void *b1) {
                 fn(&cx, r, c0, c1, g);
             }
         }
-        if (!last && border) zero_outside(job, ob, ly->cpad, r0, r1, c0, c1, oy, ox);
+        if (!last && border)
+            zero_outside(job, ob, ly->cpad, r0, r1, c0, c1, oy, ox, job->mode == 2 ? (int)job->L[l + 1].qzero : 0);
         void *tmp = ib;
         ib = ob;
         ob = tmp;
@@ -348,7 +444,7 @@ static void run_tile(Job *job, int t, void *b0, void *b1) {
 
 static void *worker(void *arg) {
     Job *job = (Job *)arg;
-    size_t es = job->mode == 1 ? 2 : 4;
+    size_t es = elem_size(job->mode);
     size_t bytes = (job->bufelems * es + 63) / 64 * 64;
     void *b0 = aligned_alloc(64, bytes), *b1 = aligned_alloc(64, bytes);
     if (!b0 || !b1) {
@@ -374,15 +470,17 @@ static void *worker(void *arg) {
 
 int repsr_fused_lanes(void) { return VL; }
 int repsr_fused_has_bf16(void) { return HAVE_BF16; }
+int repsr_fused_has_int8(void) { return HAVE_INT8; }
 
 /* dims: nl, in_ch, scale, then cin_l, cout_l per layer. weights: the layers' packed weights one after the
  * other (fp32 [9][cin][cpad], or bf16 [9][ceil(cin/2)][cpad][2]); ba: per layer bias[cpad], alpha[cpad].
- * in: (n, in_ch, H, W) float32; out: (n, in_ch, H*s, W*s) float32. Returns 0, or -1 bad arguments, -2 out
- * of memory, -3 precision not compiled in. */
-int repsr_fused_run(int mode, const int *dims, const void *weights, const float *ba, const float *in, int n,
-                    int H, int W, float *out, int th, int tw, int nthreads) {
-    if (mode == 1 && !HAVE_BF16) return -3;
-    if (mode != 0 && mode != 1) return -1;
+ * int8 (mode 2): ba holds per layer mul[cpad], bias[cpad], alpha[cpad] (the output is acc * mul + bias) and
+ * quant per layer (qinv, qzero) of its input. in: (n, in_ch, H, W) float32; out: (n, in_ch, H*s, W*s)
+ * float32. Returns 0, or -1 bad arguments, -2 out of memory, -3 precision not compiled in. */
+int repsr_fused_run(int mode, const int *dims, const void *weights, const float *ba, const float *quant,
+                    const float *in, int n, int H, int W, float *out, int th, int tw, int nthreads) {
+    if ((mode == 1 && !HAVE_BF16) || (mode == 2 && !HAVE_INT8)) return -3;
+    if (mode < 0 || mode > 2 || (mode == 2 && !quant)) return -1;
     Job job;
     memset(&job, 0, sizeof job);
     job.mode = mode;
@@ -399,10 +497,18 @@ int repsr_fused_run(int mode, const int *dims, const void *weights, const float 
         ly->cout = dims[4 + 2 * l];
         ly->cpad = (ly->cout + VL - 1) / VL * VL;
         int prev = l == 0 ? job.in_ch : job.L[l - 1].cpad;
-        ly->istr = mode == 1 ? (prev + 1) / 2 * 2 : prev;
+        ly->istr = mode == 1 ? (prev + 1) / 2 * 2 : mode == 2 ? (prev + 3) / 4 * 4 : prev;
         if (ly->cin != (l == 0 ? job.in_ch : job.L[l - 1].cout)) return -1;
         ly->w = wp;
-        wp += mode == 1 ? (size_t)9 * ((ly->cin + 1) / 2) * ly->cpad * 2 * 2 : (size_t)9 * ly->cin * ly->cpad * 4;
+        if (mode == 2) {
+            wp += (size_t)9 * ((ly->cin + 3) / 4) * ly->cpad * 4;
+            ly->mul = bp;
+            bp += ly->cpad;
+            ly->qinv = quant[2 * l];
+            ly->qzero = quant[2 * l + 1];
+        } else {
+            wp += mode == 1 ? (size_t)9 * ((ly->cin + 1) / 2) * ly->cpad * 2 * 2 : (size_t)9 * ly->cin * ly->cpad * 4;
+        }
         ly->b = bp;
         ly->a = bp + ly->cpad;
         bp += 2 * ly->cpad;

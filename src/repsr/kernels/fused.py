@@ -1,9 +1,14 @@
-"""`FusedPlainSR`: a plain network run by the fused C kernel (fp32, or bf16 with `vdpbf16ps`).
+"""`FusedPlainSR`: a plain network run by the fused C kernel: fp32, bf16 (`vdpbf16ps`) or int8 (`vpdpbusd`).
 
 Called like the torch network: float32 (N, C, H, W) on the CPU in, float32 (N, C, H*s, W*s) out. The
 kernel cuts the image into tiles itself (`tile`, LR pixels: height x width); every tile carries the
 receptive-field halo and the image border is zero-padded per layer as the torch convolutions do, so the
-result does not depend on the tile size (fp32: the same sums per pixel; bf16: the same roundings).
+result does not depend on the tile size (fp32: the same sums per pixel; bf16, int8: the same roundings).
+
+int8: weights symmetric per output channel (max |w| -> 127), activations unsigned 8-bit with a zero point
+per layer, their ranges calibrated (min/max) on the photographs `repsr export --int8` calibrates on
+(`repsr.quantize`); the input image is quantized to 8 bits (exact for 8-bit sources) for the residual
+network only: the nearest skip adds the float32 input, and bias, PReLU and the output stay float32.
 """
 
 from __future__ import annotations
@@ -16,10 +21,13 @@ from torch import Tensor, nn
 
 from repsr.kernels.build import KernelUnavailable, load
 
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "int8")
 # Tile (LR rows, columns) per kernel call: with C = 16 channels two 32x96 (+ halo) fp32 NHWC buffers are
 # about 0.6 MB, inside a 1-2 MB L2 per core; measured on the Xeon in README's speed section.
 DEFAULT_TILE = (32, 96)
+# int8 activation ranges clip this quantile on each side: finer steps for nearly all values beat covering
+# the rare extremes (shipped x2 model, held-out photos: min/max ranges cost 0.19 dB Y-PSNR, 99.9% 0.02).
+CALIBRATION_PERCENTILE = 0.999
 
 
 def _bf16_bits(array: np.ndarray) -> np.ndarray:
@@ -28,8 +36,82 @@ def _bf16_bits(array: np.ndarray) -> np.ndarray:
     return values.bfloat16().view(torch.int16).numpy()
 
 
-def pack_layers(plain: nn.Module, lanes: int, precision: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(dims int32, weights, bias+alpha float32) in the layout `repsr_fused_run` reads (see fused.c)."""
+def activation_ranges(
+    plain: nn.Module, crops: list[Tensor], percentile: float = CALIBRATION_PERCENTILE
+) -> list[tuple[float, float]]:
+    """(low, high) `percentile` range of each conv's input over `crops` (0 always inside), the image's
+    being (0, 1)."""
+    convs = [m for m in plain.body if isinstance(m, nn.Conv2d)]
+    values: list[list[Tensor]] = [[] for _ in convs]
+    with torch.inference_mode():
+        for crop in crops:
+            y, index = crop, 0
+            for layer in plain.body:
+                if isinstance(layer, nn.Conv2d):
+                    if index > 0:
+                        values[index].append(y.flatten()[::7])  # a subsample keeps quantile() small
+                    index += 1
+                y = layer(y)
+    ranges = [(0.0, 1.0)]
+    for chunks in values[1:]:
+        every = torch.cat(chunks).float() if chunks else torch.zeros(1)
+        bounds = torch.quantile(every, torch.tensor([1.0 - percentile, percentile]))
+        ranges.append((min(0.0, float(bounds[0])), max(0.0, float(bounds[1]))))
+    return ranges
+
+
+def calibration_crops(in_channels: int, seed: int = 0) -> list[Tensor]:
+    """LR crops of the photographs `repsr export --int8` calibrates on (`repsr.quantize`'s defaults)."""
+    from repsr.quantize import (
+        CALIBRATION_CROP,
+        CALIBRATION_CROPS_PER_IMAGE,
+        _photo_crops,
+        calibration_images,
+    )
+
+    crops = _photo_crops(
+        calibration_images(None), in_channels, CALIBRATION_CROP, CALIBRATION_CROPS_PER_IMAGE, seed
+    )
+    return [torch.from_numpy(crop) for crop in crops]
+
+
+_CALIBRATIONS: dict[tuple[str, str], np.ndarray] = {}
+
+
+def _calibrated(plain: nn.Module, calibration: list[Tensor] | None) -> np.ndarray:
+    """`_quant_params` of `plain` on `calibration` (default crops: cached per weights for the process)."""
+    if calibration is not None:
+        return _quant_params(activation_ranges(plain.float().eval(), calibration))
+    import hashlib
+
+    digest = hashlib.sha256()
+    for tensor in plain.state_dict().values():
+        digest.update(tensor.detach().float().cpu().numpy().tobytes())
+    key = (repr(plain.spec), digest.hexdigest())
+    if key not in _CALIBRATIONS:
+        crops = calibration_crops(plain.spec.in_channels)
+        _CALIBRATIONS[key] = _quant_params(activation_ranges(plain.float().eval(), crops))
+    return _CALIBRATIONS[key]
+
+
+def _quant_params(ranges: list[tuple[float, float]]) -> np.ndarray:
+    """Per conv input (qinv, qzero): q = round(x * qinv + qzero) in 0..255, zero exactly representable."""
+    params = []
+    for index, (lo, hi) in enumerate(ranges):
+        if index == 0:
+            params += [255.0, 0.0]  # the image: 8-bit levels
+            continue
+        scale = max(hi - lo, 1e-8) / 255.0
+        zero = float(np.clip(np.round(-lo / scale), 0, 255))
+        params += [1.0 / scale, zero]
+    return np.asarray(params, dtype=np.float32)
+
+
+def pack_layers(
+    plain: nn.Module, lanes: int, precision: str, quant: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(dims int32, weights, per-layer float32 scalars) in the layout `repsr_fused_run` reads (fused.c);
+    int8 needs `quant` (`_quant_params`)."""
     from repsr.network import PlainSR
 
     if not isinstance(plain, PlainSR):
@@ -47,7 +129,21 @@ def pack_layers(plain: nn.Module, lanes: int, precision: str) -> tuple[np.ndarra
         dims += [cin, cout]
         packed = np.zeros((3, 3, cin, cpad), dtype=np.float32)
         packed[..., :cout] = w.transpose(2, 3, 1, 0)
-        if precision == "bf16":
+        mul = None
+        if precision == "int8":
+            quads = -(-cin // 4)
+            wide = np.zeros((3, 3, quads * 4, cpad), dtype=np.float32)
+            wide[:, :, :cin] = packed
+            peak = np.abs(wide).max(axis=(0, 1, 2))
+            w_scale = np.where(peak > 0, peak / 127.0, 1.0).astype(np.float32)
+            q = np.clip(np.round(wide / w_scale), -127, 127).astype(np.int8)
+            weights.append(
+                q.reshape(3, 3, quads, 4, cpad).transpose(0, 1, 2, 4, 3).reshape(-1).view(np.uint8)
+            )
+            qinv, qzero = quant[2 * index], quant[2 * index + 1]
+            mul = (w_scale / qinv).astype(np.float32)  # input scale x weight scale
+            zero_term = mul * qzero * q.astype(np.int64).sum(axis=(0, 1, 2))
+        elif precision == "bf16":
             pairs = -(-cin // 2)
             even = np.zeros((3, 3, pairs * 2, cpad), dtype=np.float32)
             even[:, :, :cin] = packed
@@ -58,6 +154,9 @@ def pack_layers(plain: nn.Module, lanes: int, precision: str) -> tuple[np.ndarra
             weights.append(packed.reshape(-1))
         bias = np.zeros(cpad, dtype=np.float32)
         bias[:cout] = conv.bias.detach().float().cpu().numpy() if conv.bias is not None else 0.0
+        if mul is not None:
+            bias = (bias - zero_term).astype(np.float32)  # the zero point folded into the bias
+            scalars.append(mul)
         alpha = np.zeros(cpad, dtype=np.float32)
         if index < len(prelus):
             a = prelus[index].weight.detach().float().cpu().numpy()
@@ -68,8 +167,9 @@ def pack_layers(plain: nn.Module, lanes: int, precision: str) -> tuple[np.ndarra
 
 
 class FusedPlainSR(nn.Module):
-    """A `PlainSR` run by the fused kernel in `precision` (`fp32` or `bf16`), on `threads` threads (default
-    torch's thread count), with the kernel variant `variant` (default the best this CPU runs)."""
+    """A `PlainSR` run by the fused kernel in `precision` (`fp32`, `bf16` or `int8`), on `threads` threads
+    (default torch's thread count), with the kernel variant `variant` (default the best this CPU runs).
+    int8 calibrates its activation ranges on `calibration` (LR crops; default `calibration_crops`)."""
 
     def __init__(
         self,
@@ -79,6 +179,7 @@ class FusedPlainSR(nn.Module):
         variant: str | None = None,
         threads: int | None = None,
         tile: tuple[int, int] = DEFAULT_TILE,
+        calibration: list[Tensor] | None = None,
     ) -> None:
         super().__init__()
         if precision not in PRECISIONS:
@@ -91,7 +192,10 @@ class FusedPlainSR(nn.Module):
         self.threads = threads
         self.tile = tile
         lanes = int(self._lib.repsr_fused_lanes())
-        self._dims, self._weights, self._scalars = pack_layers(plain, lanes, precision)
+        self._quant = None
+        if precision == "int8":
+            self._quant = _calibrated(plain, calibration)
+        self._dims, self._weights, self._scalars = pack_layers(plain, lanes, precision, self._quant)
 
     @property
     def description(self) -> str:
@@ -106,10 +210,11 @@ class FusedPlainSR(nn.Module):
         out = torch.empty((n, c, h * s, w * s), dtype=torch.float32)
         threads = self.threads or torch.get_num_threads()
         code = self._lib.repsr_fused_run(
-            1 if self.precision == "bf16" else 0,
+            PRECISIONS.index(self.precision),
             self._dims.ctypes.data_as(ctypes.c_void_p),
             self._weights.ctypes.data_as(ctypes.c_void_p),
             self._scalars.ctypes.data_as(ctypes.c_void_p),
+            None if self._quant is None else self._quant.ctypes.data_as(ctypes.c_void_p),
             ctypes.c_void_p(x.data_ptr()),
             n,
             h,

@@ -23,6 +23,9 @@ from repsr.errors import ConfigError
 from repsr.kernels.build import KernelUnavailable, load
 
 PROBE_BUDGET_S = 0.4
+# int8 (fused kernel) must beat the best fp32 by this factor for `auto` to take it: it costs more
+# accuracy than bf16 (held-out photographs: up to 0.05 dB Y-PSNR, see tests/test_kernels.py).
+INT8_MIN_SPEEDUP = 1.5
 PROBE_MIN_RUNS = 3
 
 
@@ -35,15 +38,20 @@ class FusedProbe:
     side: int
     variant: str
 
-    def best(self, min_speedup: float) -> str:
-        """The fastest fp32 candidate, or a bf16 one at least `min_speedup` times faster than it."""
-        fp32 = min((k for k in self.seconds if k.endswith("fp32")), key=self.seconds.__getitem__)
-        bf16 = [k for k in self.seconds if k.endswith("bf16")]
-        if bf16:
-            fastest = min(bf16, key=self.seconds.__getitem__)
-            if self.seconds[fp32] / self.seconds[fastest] >= min_speedup:
-                return fastest
-        return fp32
+    def best(
+        self, min_speedup: float, int8_min_speedup: float = INT8_MIN_SPEEDUP, *, fused_only: bool = False
+    ) -> str:
+        """The fastest fp32 candidate, or the fastest reduced-precision one that beats it by its factor
+        (`min_speedup` for bf16, `int8_min_speedup` for int8); among the kernel's own with `fused_only`."""
+        names = [k for k in self.seconds if k.startswith("fused") or not fused_only]
+        fp32 = min((k for k in names if k.endswith("fp32")), key=self.seconds.__getitem__)
+        needs = {"bf16": min_speedup, "int8": int8_min_speedup}
+        good = [
+            k
+            for k in names
+            if k.split()[-1] in needs and self.seconds[fp32] / self.seconds[k] >= needs[k.split()[-1]]
+        ]
+        return min(good, key=self.seconds.__getitem__) if good else fp32
 
 
 _PROBES: dict[tuple[str, int], FusedProbe] = {}
@@ -106,9 +114,22 @@ def prepare_fused(model: nn.Module, device: torch.device, precision: str | None,
 
     requested = Precision.parse(precision or "fp32")
     if backend != "fused":
-        if backend != "auto" or requested is not Precision.AUTO or device.type != "cpu":
+        if backend != "auto" or device.type != "cpu" or not isinstance(model, PlainSR):
             return None
-        if not isinstance(model, PlainSR):
+        if requested is Precision.INT8:  # int8 of a torch model: the kernel where it has int8 units
+            try:
+                variant, _ = load()
+            except KernelUnavailable:
+                return None  # ONNX Runtime quantizes it (repsr.precision)
+            if "int8" not in variant.precisions:
+                return None
+            from repsr.kernels.fused import FusedPlainSR
+
+            reason = f"int8 as requested: the fused kernel ({variant.name}, {cpu_capabilities().int8_units})"
+            return PreparedNet(
+                FusedPlainSR(model, "int8"), Precision.INT8, reason, torch.float32, False, "fused"
+            )
+        if requested is not Precision.AUTO:
             return None
         try:
             probe = probe_fused(model)
@@ -134,7 +155,7 @@ def prepare_fused(model: nn.Module, device: torch.device, precision: str | None,
         if requested is Precision.AUTO:
             kernel_precision = "fp32"
             if "bf16" in variant.precisions:
-                kernel_precision = probe_fused(model).best(BF16_MIN_SPEEDUP).split()[1]
+                kernel_precision = probe_fused(model).best(BF16_MIN_SPEEDUP, fused_only=True).split()[1]
         elif requested.value in variant.precisions:
             kernel_precision = requested.value
         else:
