@@ -294,7 +294,9 @@ class TrainPatches(torch.utils.data.Dataset):
     LR side; the HR patch is ``patch_size * scale``. ``lr``: an LR folder for the paired layout (names
     equal to the HR stems, optionally with an ``x{scale}`` suffix, e.g. DIV2K's ``0001x4.png``) instead of
     generating LR. ``cache_dir``: defaults to :func:`default_cache_dir`. ``augment``: random horizontal and
-    vertical flips and transposition (the 8 flips/90-degree rotations). ``y_channel``: return the Y of
+    vertical flips and transposition (the 8 flips/90-degree rotations). ``channel_shuffle``: a random
+    order of the R, G, B channels per patch (bicubic LR commutes with it), so that colours the photographs
+    lack are trained on too. ``y_channel``: return the Y of
     :func:`repsr.color.rgb_to_y` (1 channel) instead of RGB.
 
     Indexing is deterministic for exact resume: ``dataset[key]`` uses image ``key % len(dataset)`` and takes
@@ -316,6 +318,7 @@ class TrainPatches(torch.utils.data.Dataset):
         lr: Path | str | None = None,
         cache_dir: Path | str | None = None,
         augment: bool = True,
+        channel_shuffle: bool = False,
         y_channel: bool = False,
     ):
         if int(scale) != scale or scale < 1:
@@ -325,6 +328,7 @@ class TrainPatches(torch.utils.data.Dataset):
         self.scale = int(scale)
         self.patch_size = int(patch_size)
         self.augment = augment
+        self.channel_shuffle = channel_shuffle
         self.y_channel = y_channel
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         sources = self._list_sources(hr)
@@ -440,6 +444,9 @@ class TrainPatches(torch.utils.data.Dataset):
                 lr_patch, hr_patch = lr_patch[::-1], hr_patch[::-1]
             if transpose:
                 lr_patch, hr_patch = lr_patch.transpose(1, 0, 2), hr_patch.transpose(1, 0, 2)
+        if self.channel_shuffle:  # drawn after the other choices: patches without it stay as they were
+            order = rng.permutation(3)
+            lr_patch, hr_patch = lr_patch[:, :, order], hr_patch[:, :, order]
         lr_t, hr_t = _to_tensor(lr_patch), _to_tensor(hr_patch)
         if self.y_channel:
             lr_t, hr_t = rgb_to_y(lr_t), rgb_to_y(hr_t)
@@ -573,5 +580,6 @@ def build_train_set(
         lr=config.data.lr_root,
         cache_dir=config.data.cache_dir,
         augment=config.data.augment,
+        channel_shuffle=config.data.channel_shuffle,
         y_channel=config.model.in_channels == 1,
     )

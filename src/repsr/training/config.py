@@ -76,6 +76,9 @@ class DataConfig:
     lr_root: str | None = None  # optional matching LR images; None = MATLAB bicubic from HR
     patch_size: int = 64  # LR patch side; the HR patch is patch_size * scale
     augment: bool = True  # random flips and 90-degree rotations
+    # random order of the R, G, B channels per patch (RGB models): colours the photographs lack, such as
+    # saturated green and blue (none in the `repsr corpus` photographs), are seen in training too
+    channel_shuffle: bool = False
     cache_dir: str | None = None  # on-disk cache of decoded/downscaled images (None = the data default)
     workers: int = 4  # DataLoader worker processes (0 = load in the training process)
 
