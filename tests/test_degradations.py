@@ -15,6 +15,7 @@ from repsr import degradations as dg
 from repsr.data import TrainPatches
 from repsr.errors import ConfigError
 from repsr.io import write_image
+from repsr.resize import imresize
 
 SKIMAGE_DATA = Path(__import__("skimage.data").data.__file__).parent
 
@@ -197,3 +198,30 @@ def test_general_preset_degrades_most_patches_deterministically_and_keeps_hr(hr_
         changed += not torch.equal(lr0, lr1)
     clean_share = dg.PRESETS["general"]["clean_prob"]
     assert 60 * (1 - clean_share) * 0.6 < changed < 60  # most, not all: the clean share stays bicubic
+
+
+# ------------------------------------------------------------------------------ the degraded benchmark
+
+
+def test_conditions_are_seeded_and_named_conditions_apply_their_stages():
+    from repsr.conditions import CONDITIONS, degrade_lr
+
+    hr = torch.from_numpy(_photo(size=96)).permute(2, 0, 1).float() / 255
+    clean = degrade_lr(hr, 4, CONDITIONS["clean"], (0, 1))
+    expected = torch.floor(imresize(hr.double(), 0.25).clamp(0, 1) * 255 + 0.5) / 255
+    torch.testing.assert_close(clean, expected.float(), atol=0, rtol=0)
+    for name in CONDITIONS:
+        a = degrade_lr(hr, 4, CONDITIONS[name], (3, 9))
+        assert a.shape == (3, 24, 24) and torch.equal(a, degrade_lr(hr, 4, CONDITIONS[name], (3, 9)))
+        assert torch.equal(torch.round(a * 255), a * 255)  # 8-bit levels, as a decoded file
+    noisy = degrade_lr(hr, 4, CONDITIONS["noise6"], (0, 1))
+    assert abs(float((noisy - clean).std()) * 255 - 6.0) < 1.0
+    assert not torch.equal(noisy, degrade_lr(hr, 4, CONDITIONS["noise6"], (0, 2)))
+
+
+def test_unknown_condition_is_one_line():
+    from repsr.conditions import select_conditions
+
+    with pytest.raises(ConfigError, match="unknown condition 'jpeg5'"):
+        select_conditions(["jpeg5"])
+    assert len(select_conditions(None)) >= 7
