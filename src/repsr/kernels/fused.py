@@ -1,9 +1,10 @@
 """`FusedPlainSR`: a plain network run by the fused C kernel: fp32, bf16 (`vdpbf16ps`) or int8 (`vpdpbusd`).
 
 Called like the torch network: float32 (N, C, H, W) on the CPU in, float32 (N, C, H*s, W*s) out. The
-kernel cuts the image into tiles itself (`tile`, LR pixels: height x width); every tile carries the
-receptive-field halo and the image border is zero-padded per layer as the torch convolutions do, so the
-result does not depend on the tile size (fp32: the same sums per pixel; bf16, int8: the same roundings).
+kernel cuts the image into tiles itself (`tile`, LR pixels: height x width, default `default_tile`);
+every tile carries the receptive-field halo and the image border is zero-padded per layer as the torch
+convolutions do, so the result does not depend on the tile size (fp32: the same sums per pixel; bf16,
+int8: the same roundings).
 
 int8: weights symmetric per output channel (max |w| -> 127), activations unsigned 8-bit with a zero point
 per layer, their ranges calibrated (min/max) on the photographs `repsr export --int8` calibrates on
@@ -22,9 +23,37 @@ from torch import Tensor, nn
 from repsr.kernels.build import KernelUnavailable, load
 
 PRECISIONS = ("fp32", "bf16", "int8")
-# Tile (LR rows, columns) per kernel call: with C = 16 channels two 32x96 (+ halo) fp32 NHWC buffers are
-# about 0.6 MB, inside a 1-2 MB L2 per core; measured on the Xeon in README's speed section.
-DEFAULT_TILE = (32, 96)
+# Tiles (LR rows x columns): wide rows (the halo costs less), as many rows as keep the two ping-pong
+# buffers within L2_SHARE of the core's L2, but no fewer than the halo. Measured on the 2-core Xeon
+# (2 MiB L2), M4C16 x2 960x540: fp32 64x128 / 128x128 / 32x240 within 3% of each other, 32x96 8%
+# slower; int8 64x240 fastest.
+TILE_WIDTH = {"fp32": 128, "bf16": 128, "int8": 240}
+TILE_ROWS = (8, 64)
+L2_SHARE = 0.75
+DEFAULT_L2 = 1 << 20  # when the CPU does not say
+
+
+def l2_bytes() -> int:
+    """The L2 cache of one core as torch's cpuinfo reports it, else `DEFAULT_L2`."""
+    try:
+        size = int(torch.cpu.get_capabilities().get("l2_cache_size", 0))
+    except Exception:  # detection must never fail a run
+        size = 0
+    return size if size > 0 else DEFAULT_L2
+
+
+def default_tile(spec, precision: str, lanes: int = 16) -> tuple[int, int]:
+    """(rows, columns) of the kernel's tiles for a model `spec` in `precision` (see `TILE_WIDTH`)."""
+    width = TILE_WIDTH[precision]
+    halo = 2 * (spec.num_blocks + 2)
+    stride = -(-max(spec.channels, spec.in_channels) // lanes) * lanes  # channels per pixel in a buffer
+    element = {"fp32": 4, "bf16": 2, "int8": 1}[precision]
+    row_bytes = (width + halo + 16) * stride * element
+    rows = int(L2_SHARE * l2_bytes() / (2 * row_bytes)) - halo
+    # deep networks: at least as many rows as the halo (else recomputing it dominates; L3 backs L2)
+    return max(TILE_ROWS[0], halo, min(TILE_ROWS[1], rows)), width
+
+
 # int8 activation ranges clip this quantile on each side: finer steps for nearly all values beat covering
 # the rare extremes (shipped x2 model, held-out photos: min/max ranges cost 0.19 dB Y-PSNR, 99.9% 0.02).
 CALIBRATION_PERCENTILE = 0.999
@@ -178,7 +207,7 @@ class FusedPlainSR(nn.Module):
         *,
         variant: str | None = None,
         threads: int | None = None,
-        tile: tuple[int, int] = DEFAULT_TILE,
+        tile: tuple[int, int] | None = None,
         calibration: list[Tensor] | None = None,
     ) -> None:
         super().__init__()
@@ -190,8 +219,8 @@ class FusedPlainSR(nn.Module):
         self.spec = plain.spec
         self.precision = precision
         self.threads = threads
-        self.tile = tile
         lanes = int(self._lib.repsr_fused_lanes())
+        self.tile = tile or default_tile(plain.spec, precision, lanes)
         self._quant = None
         if precision == "int8":
             self._quant = _calibrated(plain, calibration)
