@@ -532,6 +532,11 @@ int repsr_fused_run(int mode, const int *dims, const void *weights, const float 
     job.tw = tw < W ? tw : W;
     job.tiles_y = (H + job.th - 1) / job.th;
     job.tiles_x = (W + job.tw - 1) / job.tw;
+    /* tiles of (nearly) equal size: a narrow last column would leave a thread idle at the end */
+    job.th = (H + job.tiles_y - 1) / job.tiles_y;
+    job.tw = (W + job.tiles_x - 1) / job.tiles_x;
+    job.tiles_y = (H + job.th - 1) / job.th;
+    job.tiles_x = (W + job.tw - 1) / job.tw;
     job.in = in;
     job.out = out;
     /* row: tile + halo + room for a register tile's overrun (PB_MAX + 1 pixels) */
