@@ -15,13 +15,13 @@ import copy
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, overload
+from typing import Any, overload
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from repsr.blocks import BLOCKS, BlockOptions, BNMode, RepBlock
+from repsr.blocks import BLOCKS, BlockOptions, RepBlock
 from repsr.errors import ConfigError, RepsrError
 from repsr.phase import set_bn_mode, set_merged_training
 
@@ -30,15 +30,10 @@ __all__ = [
     "PlainSR",
     "RepNet",
     "build_model",
-    "build_network",
-    "config_has_bn",
     "reparameterize_model",
     "set_bn_mode",  # re-exported: lower-level steps of repsr.phase.set_phase
     "set_merged_training",
 ]
-
-if TYPE_CHECKING:
-    from repsr.training.config import TrainConfig
 
 SCALES = (2, 3, 4)
 IN_CHANNELS = (1, 3)
@@ -211,27 +206,6 @@ def build_model(
     re-parameterizable blocks.
     """
     return RepNet(ModelSpec(block, scale, num_blocks, channels, in_channels, dict(block_options)))
-
-
-def config_has_bn(config: TrainConfig) -> bool:
-    """Whether the network a training config describes has BN at all (`plain` and `ecb` never do)."""
-    return config.bn.mode != "none" and BLOCKS[config.model.block].has_bn
-
-
-def build_network(config: TrainConfig) -> RepNet:
-    """The training-form network a training config describes (BN in batch mode unless `bn.mode` is none)."""
-    m = config.model
-    options = m.block_options()
-    if BLOCKS[m.block].has_bn:
-        options["bn_mode"] = BNMode.BATCH if config_has_bn(config) else BNMode.NONE
-    return build_model(
-        m.block,
-        scale=m.scale,
-        num_blocks=m.num_blocks,
-        channels=m.channels,
-        in_channels=m.in_channels,
-        **options,
-    )
 
 
 def _as_conv(module: nn.Module) -> nn.Conv2d:
