@@ -65,6 +65,8 @@ def build_train_set(
         lr=config.data.lr_root,
         cache_dir=config.data.cache_dir,
         augment=config.data.augment,
+        channel_shuffle=config.data.channel_shuffle,
+        degradation=config.degradation,
         y_channel=config.model.in_channels == 1,
     )
 
