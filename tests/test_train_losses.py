@@ -8,9 +8,10 @@ import torch.nn.functional as F
 import yaml
 
 from repsr.errors import ConfigError
+from repsr.training.builders import build_loss, build_optimizer
 from repsr.training.config import BNSchedule, TrainConfig
-from repsr.training.losses import LOSSES, CharbonnierLoss, build_loss
-from repsr.training.optim import OPTIMIZERS, build_optimizer
+from repsr.training.losses import LOSSES, CharbonnierLoss
+from repsr.training.optim import OPTIMIZERS
 
 from .test_train import make_trainer, tiny_config
 

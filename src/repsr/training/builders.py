@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from repsr.blocks import BLOCKS
@@ -21,11 +21,16 @@ from repsr.network import ModelSpec, RepNet, build_model
 from repsr.pretrained import resolve_model
 from repsr.serialization import load_model
 from repsr.training.config import TrainConfig
-from repsr.training.schedule import config_has_bn
+from repsr.training.losses import LOSSES
+from repsr.training.optim import OPTIMIZERS
+from repsr.training.schedule import config_has_bn, lr_factor
 from repsr.training.validation import build_eval_sets
 
 __all__ = [
+    "build_loss",
     "build_network",
+    "build_optimizer",
+    "build_scheduler",
     "build_train_set",
     "build_val_sets",
     "config_has_bn",
@@ -48,6 +53,26 @@ def build_network(config: TrainConfig) -> RepNet:
         in_channels=m.in_channels,
         **options,
     )
+
+
+def build_loss(config: TrainConfig) -> nn.Module:
+    """The loss `train.loss` names (an entry of `losses.LOSSES`; the config checked the name)."""
+    return LOSSES[config.train.loss]()
+
+
+def build_optimizer(config: TrainConfig, params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
+    """The optimizer `train.optimizer` names (`optim.OPTIMIZERS`) over `params`, with `train.lr`,
+    `train.betas` and `train.weight_decay`."""
+    t = config.train
+    betas = (float(t.betas[0]), float(t.betas[1]))
+    return OPTIMIZERS[t.optimizer](params, t.lr, betas, t.weight_decay)
+
+
+def build_scheduler(
+    config: TrainConfig, optimizer: torch.optim.Optimizer
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """The LR schedule: `train.lr` times `schedule.lr_factor` (warm-up, then cosine/step/constant)."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(config, step))
 
 
 def build_train_set(

@@ -1,20 +1,17 @@
 """The training losses, one table: a new loss is one entry in `LOSSES` (plus a test).
 
-Each entry builds an `nn.Module` called as `loss(sr, hr) -> scalar tensor`; `train.loss` names it.
+Each entry builds an `nn.Module` called as `loss(sr, hr) -> scalar tensor`; `train.loss` names it and
+`training.builders.build_loss` builds it. This module knows nothing of the config.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
-if TYPE_CHECKING:
-    from repsr.training.config import TrainConfig
-
-__all__ = ["LOSSES", "CharbonnierLoss", "build_loss"]
+__all__ = ["LOSSES", "CharbonnierLoss"]
 
 
 class CharbonnierLoss(nn.Module):
@@ -33,8 +30,3 @@ LOSSES: dict[str, Callable[[], nn.Module]] = {
     "l2": nn.MSELoss,
     "charbonnier": CharbonnierLoss,
 }
-
-
-def build_loss(config: TrainConfig) -> nn.Module:
-    """The loss `train.loss` names (the config checked the name against `LOSSES`)."""
-    return LOSSES[config.train.loss]()

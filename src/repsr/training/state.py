@@ -18,10 +18,9 @@ from repsr.network import RepNet
 from repsr.phase import Phase
 from repsr.training import checkpoint as ckpt
 from repsr.training.artifacts import checkpoint_state
-from repsr.training.builders import build_network
+from repsr.training.builders import build_network, build_optimizer, build_scheduler
 from repsr.training.config import TrainConfig
 from repsr.training.ema import ModelEMA
-from repsr.training.optim import build_optimizer, build_scheduler
 from repsr.training.schedule import PhaseSchedule
 
 __all__ = ["TrainState"]

@@ -1,8 +1,8 @@
 """`TrainStep`: what one run does to its `TrainState` on a batch, at the BN switch and at validation.
 
-No loop, no files, no signals: the runner (`trainer.Trainer`) decides when each happens. The loss and
-the optimizer come from their tables (`losses.build_loss`, `optim.build_optimizer`), so a new loss is a
-table entry, not a branch here.
+No loop, no files, no signals: the runner (`trainer.Trainer`) decides when each happens. The loss comes
+from its table (`losses.LOSSES`, built by `builders.build_loss`), so a new loss is a table entry, not a
+branch here.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from torch import Tensor, nn
 from repsr.blocks import RepBlock
 from repsr.phase import Phase
 from repsr.training.bn_switch import SwitchReport, switch_to_population_statistics
+from repsr.training.builders import build_loss
 from repsr.training.config import TrainConfig
 from repsr.training.distributed import Distributed
-from repsr.training.losses import build_loss
 from repsr.training.schedule import PhaseSchedule
 from repsr.training.state import TrainState
 from repsr.training.validation import evaluate
