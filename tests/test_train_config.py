@@ -9,8 +9,8 @@ import yaml
 
 from repsr.cli import main
 from repsr.errors import ConfigError
-from repsr.network import build_network
 from repsr.training import TrainConfig, load_config
+from repsr.training.builders import build_network
 from repsr.training.config import save_config
 from repsr.training.schedule import lr_factor
 
