@@ -74,3 +74,10 @@ def test_eval_runs_an_onnx_file(tmp_path, capsys):
     assert main(["eval", str(tmp_path / "m.onnx"), "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "bicubic" in out.lower()
+
+
+def test_bench_refuses_an_onnx_file_in_one_line(tmp_path, capsys):
+    (tmp_path / "m.onnx").write_bytes(b"")
+    assert main(["bench", str(tmp_path / "m.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert "m.onnx" in err and "repsr bench times a torch model" in err and err.count("\n") == 1

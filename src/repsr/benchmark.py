@@ -209,12 +209,18 @@ def model_from_config(path: str | Path) -> nn.Module:
 
 
 def load_target(target: str | Path) -> tuple[str, nn.Module]:
-    """A bench argument: a YAML config (training form from its model section) or a model file."""
+    """A bench argument: a YAML config (training form from its model section), a model file or a shipped
+    model's name; an `.onnx` file is refused in one line (it runs on one backend only)."""
     from repsr.serialization import load_model
 
     path = Path(target)
     if path.suffix.lower() in CONFIG_SUFFIXES:
         model = model_from_config(path)
+    elif path.suffix.lower() == ".onnx":  # one fixed form: nothing to compare it against here
+        raise ConfigError(
+            f"{path}: repsr bench times a torch model on every backend (its onnxruntime row exports it); "
+            "give the model the ONNX file was exported from, or time the file with repsr upscale"
+        )
     else:
         model = load_model(path)
     return f"{path.stem} ({model.spec.name})", model
