@@ -83,19 +83,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def load_upscale_model(model: str, denoise: float | None = None, denoise_from: str | None = None):
     """A torch model (`load_model`: a shipped model's name or a file; a general model blended at its
     denoise strength), or for an .onnx file an ONNX Runtime runner (`OnnxInt8Runner`)."""
-    from repsr.blend import default_strength, load_blended
+    from repsr.blend import default_strength
+    from repsr.models import load_model
 
     if denoise is not None or denoise_from is not None or default_strength(model) is not None:
-        blended = load_blended(model, denoise, detail=denoise_from)
         strength = denoise if denoise is not None else default_strength(model)
+        blended = load_model(model, denoise=strength, denoise_from=denoise_from)
         print(f"denoise strength {strength:g}: {model} blended with its detail partner")
         return blended
-    if str(model).lower().endswith(".onnx"):
-        from repsr.quantize import OnnxInt8Runner
-
-        return OnnxInt8Runner(model)
-    from repsr.serialization import load_model
-
     return load_model(model)
 
 

@@ -26,7 +26,7 @@ from repsr.inference.devices import resolve_device
 from repsr.inference.forms import prepare_for_precision
 from repsr.inference.tiling import MIN_TILE, auto_tile_size, model_scale, receptive_radius, tile_windows
 from repsr.io import to_pixels
-from repsr.network import RepNet, reparameterize_model
+from repsr.network import RepNet, describe, reparameterize_model
 from repsr.precision import Precision
 from repsr.resize import imresize
 
@@ -81,7 +81,7 @@ class Upscaler:
             )
             precision = "fp16"
         if precision is None:
-            precision = "auto" if getattr(model, "quantized", None) is not None else "fp32"
+            precision = "auto" if describe(model).form == "onnx" else "fp32"  # an ONNX file's own
         check_tile(tile)
         model = _inference_form(model)  # a training form runs as its merged plain network
         from repsr.kernels.select import prepare_fused
@@ -165,15 +165,21 @@ class UpscaledImage:
 
 
 def upscale_rgb(upscaler: Upscaler, rgb: Tensor, *, tiled: bool = True) -> Tensor:
-    """Upscale an RGB image (3, H, W); a Y-channel model upscales Y and takes Cb/Cr by bicubic.
-    `tiled=False` runs the model in one piece (for a window that is already a tile)."""
-    run = upscaler if tiled else (lambda x: upscaler.untiled(x[None])[0])
+    """Upscale an RGB image (3, H, W) or a batch (N, 3, H, W: video frames); a Y-channel model upscales
+    Y and takes Cb/Cr by bicubic (in float64: the same in any window). The one RGB path of images and
+    video. `tiled=False` runs the model in one piece (for a window that is already a tile)."""
+    batched = rgb.ndim == 4
+    run = upscaler if tiled else (lambda x: upscaler.untiled(x) if batched else upscaler.untiled(x[None])[0])
     if upscaler.in_channels == 3:
         return run(rgb)
     ycc = rgb_to_ycbcr(rgb)
-    y = run(ycc[:1])
-    chroma = imresize(ycc[1:].double(), upscaler.scale).float()  # float64: the same in any window
-    return ycbcr_to_rgb(torch.cat([y, chroma], dim=0))
+    y = run(ycc[..., :1, :, :])
+    chroma = ycc[..., 1:, :, :].double()
+    if batched:
+        chroma = torch.stack([imresize(image, upscaler.scale) for image in chroma])
+    else:
+        chroma = imresize(chroma, upscaler.scale)
+    return ycbcr_to_rgb(torch.cat([y, chroma.float()], dim=-3))
 
 
 def upscale_image(upscaler: Upscaler, image) -> UpscaledImage:
