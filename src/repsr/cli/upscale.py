@@ -86,12 +86,10 @@ def load_upscale_model(model: str, denoise: float | None = None, denoise_from: s
     from repsr.blend import default_strength
     from repsr.models import load_model
 
-    if denoise is not None or denoise_from is not None or default_strength(model) is not None:
-        strength = denoise if denoise is not None else default_strength(model)
-        blended = load_model(model, denoise=strength, denoise_from=denoise_from)
+    strength = denoise if denoise is not None else default_strength(model)
+    if strength is not None:
         print(f"denoise strength {strength:g}: {model} blended with its detail partner")
-        return blended
-    return load_model(model)
+    return load_model(model, denoise=denoise, denoise_from=denoise_from)
 
 
 def run(args: argparse.Namespace) -> int:
