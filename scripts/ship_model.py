@@ -24,11 +24,13 @@ import torch
 import yaml
 
 import repsr
+from repsr.blend import blend_weights
 from repsr.conditions import degraded_sets, format_gains, select_conditions
 from repsr.data import EvalSet
 from repsr.evaluation import evaluate
 from repsr.gate import run_gate
-from repsr.pretrained import FOLDER
+from repsr.pretrained import FOLDER, resolve_model
+from repsr.serialization import load_model as load_torch_model
 
 TOLERANCE = 1e-4  # float32 deviation allowed between the training form and the deployed network
 
@@ -84,10 +86,19 @@ def main() -> None:
     parser.add_argument("--holdout", type=Path, required=True)
     parser.add_argument("--reference", type=Path, help="another run whose model.safetensors to compare")
     parser.add_argument("--note", type=Path, help="a Markdown file whose text goes into the card")
+    parser.add_argument(
+        "--blend-with",
+        metavar="NAME",
+        help="ship the training form blended with this shipped model's training form (same network) ...",
+    )
+    parser.add_argument("--strength", type=float, default=1.0, help="... at this weight of the run's own")
     args = parser.parse_args()
 
     run_dir: Path = args.run_dir
-    training = repsr.load_model(run_dir / "final.pt").eval()
+    training = load_torch_model(run_dir / "final.pt").eval()
+    if args.blend_with:
+        partner = load_torch_model(resolve_model(args.blend_with, training_form=True)).eval()
+        training = blend_weights(partner, training, args.strength)
     plain = repsr.reparameterize_model(training)
     deviation = max_deviation(training, plain)
     if deviation > TOLERANCE:

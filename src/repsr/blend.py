@@ -20,7 +20,7 @@ from repsr.network import reparameterize_model
 from repsr.pretrained import PRETRAINED
 from repsr.serialization import load_model
 
-__all__ = ["blend_models", "check_strength", "default_strength", "load_blended"]
+__all__ = ["blend_models", "blend_weights", "check_strength", "default_strength", "load_blended"]
 
 
 def check_strength(strength: float) -> float:
@@ -29,6 +29,21 @@ def check_strength(strength: float) -> float:
     if not 0.0 <= value <= 1.0 or value != value:
         raise ConfigError(f"--denoise: the strength must be between 0 and 1, got {strength}")
     return value
+
+
+def blend_weights(a: nn.Module, b: nn.Module, strength: float) -> nn.Module:
+    """A copy of `a` with every floating-point parameter and buffer `(1 - strength) * a + strength * b`;
+    the two must have the same state-dict keys and shapes (the same network in the same form)."""
+    strength = check_strength(strength)
+    state_b = b.state_dict()
+    blended = copy.deepcopy(a)
+    with torch.no_grad():
+        for key, value in blended.state_dict().items():
+            if key not in state_b or state_b[key].shape != value.shape:
+                raise ModelFileError(f"cannot blend: '{key}' differs between the two models")
+            if value.is_floating_point():
+                value.lerp_(state_b[key].to(value.dtype), strength)
+    return blended.eval()
 
 
 def blend_models(detail: nn.Module, denoise: nn.Module, strength: float) -> nn.Module:
@@ -44,13 +59,7 @@ def blend_models(detail: nn.Module, denoise: nn.Module, strength: float) -> nn.M
     shape_b = (spec_b.scale, spec_b.num_blocks, spec_b.channels, spec_b.in_channels)
     if shape_a != shape_b:
         raise ModelFileError(f"cannot blend {spec_a.name} with {spec_b.name}: the networks differ in shape")
-    blended = copy.deepcopy(a)
-    state_b = b.state_dict()
-    with torch.no_grad():
-        for key, value in blended.state_dict().items():
-            if value.is_floating_point():
-                value.lerp_(state_b[key].to(value.dtype), strength)
-    return blended.eval()
+    return blend_weights(a, b, strength)
 
 
 def default_strength(model: str | Path) -> float | None:
