@@ -29,9 +29,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help=f"a shipped model's name (repsr models lists them; default {DEFAULT_MODEL}) or a model file "
         "(.safetensors, .pth, a checkpoint, or an .onnx file from repsr export, run by ONNX Runtime)",
     )
-    parser.add_argument("inputs", nargs="+", help="image files, folders (recursive) or glob patterns")
     parser.add_argument(
-        "-o", "--output", type=Path, required=True, help="output folder (or the output video file)"
+        "inputs", nargs="+", help="image and video files, folders (recursive) or glob patterns"
+    )
+    parser.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        required=True,
+        help="output folder (or the output video file of one video); never read as input",
     )
     parser.add_argument(
         "--tile", type=tile_type, default="auto", help="tile side in LR pixels, auto (default) or none"
@@ -59,6 +65,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="video encoder speed: libx264/libx265 ultrafast ... veryslow (default medium), libsvtav1 0-13; "
         "a faster preset keeps the encoder from slowing the pipeline, at a larger file",
     )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace output files that already exist (e.g. an earlier run's results); without it a run "
+        "that would replace any file is refused before it starts. Inputs are never replaced",
+    )
     add_progress(parser)
     parser.set_defaults(func=run)
 
@@ -76,12 +88,16 @@ def load_upscale_model(model: str):
 
 
 def run(args: argparse.Namespace) -> int:
-    from repsr.inference import Upscaler, upscale_files
-    from repsr.video import check_encoding, describe, upscale_video, video_jobs
+    from repsr.inference import Upscaler, plan_outputs, upscale_files
+    from repsr.video import check_container, check_encoding, describe
 
-    videos, images = video_jobs(args.inputs, args.output)
+    # Every output path and encoder setting is checked before the model loads and any work starts.
+    jobs, _missing = plan_outputs(args.inputs, args.output, fmt=args.fmt, overwrite=args.overwrite)
+    videos = [job for job in jobs if job.video]
     if videos:
-        check_encoding(args.codec, args.crf, args.preset)  # a bad encoder setting fails before any work
+        check_encoding(args.codec, args.crf, args.preset)
+        for target in {job.target.suffix.lower(): job.target for job in videos}.values():
+            check_container(target, args.codec)
     precision = "fp16" if args.half else args.precision
     upscaler = Upscaler(
         load_upscale_model(args.model),
@@ -92,19 +108,20 @@ def run(args: argparse.Namespace) -> int:
     )
     print(f"precision {upscaler.precision}: {upscaler.precision_reason}")
     progress = not args.no_progress and sys.stderr.isatty()
-    encoding = {"codec": args.codec, "crf": args.crf, "preset": args.preset}
-    for source, target in videos:
-        print(describe(upscale_video(upscaler, source, target, **encoding, progress=progress)))
-    if videos and not images:
-        return 0
     report = upscale_files(
         upscaler,
-        images,
+        args.inputs,
         args.output,
         fmt=args.fmt,
         progress=progress,
+        overwrite=args.overwrite,
+        video={"codec": args.codec, "crf": args.crf, "preset": args.preset},
     )
-    print(f"{len(report.written)} image(s) written to {args.output}")
+    for video in report.videos:
+        print(describe(video))
+    images = len(report.written) - len(report.videos)
+    if images or not report.videos:
+        print(f"{images} image(s) written to {args.output}")
     if report.failed:
         print(f"{len(report.failed)} input(s) failed:", file=sys.stderr)
         for path, reason in report.failed:
