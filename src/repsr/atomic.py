@@ -19,7 +19,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from repsr.errors import WriteError, describe_os_error, first_line
+from repsr.errors import RepsrError, WriteError, describe_os_error, first_line
 
 # Below this much free space, a write error that does not say why (torch's C++ writer) is a full disk.
 _NEARLY_FULL = 1 << 20
@@ -68,7 +68,7 @@ def atomic_write(path: str | Path, write: Callable[[str], object]) -> None:
         os.replace(tmp, path)
     except BaseException as error:
         Path(tmp).unlink(missing_ok=True)
-        if isinstance(error, WriteError):
+        if isinstance(error, RepsrError):  # WriteError, or a writer's own check of what it wrote
             raise
         if isinstance(error, OSError):
             raise _write_error(path, error) from None
