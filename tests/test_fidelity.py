@@ -1,0 +1,274 @@
+"""Issue 21: never a wrong or lost file. Output planning, verified outputs, metadata carried, hostile
+inputs answered in one line. Each test names the case of the issue it covers."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from repsr import build_model, reparameterize_model, save_model
+from repsr.cli import main
+from repsr.errors import ConfigError, ImageError
+from repsr.inference import Upscaler, plan_outputs, upscale_files
+from repsr.io import read_pixels, write_pixels
+from tests.helpers import randomize
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_plain(scale: int = 2):
+    model = build_model("repsr", scale=scale, num_blocks=1, channels=4)
+    return reparameterize_model(randomize(model, seed=1).eval())
+
+
+@pytest.fixture
+def model_file(tmp_path) -> str:
+    path = tmp_path / "m.safetensors"
+    save_model(tiny_plain(), path)
+    return str(path)
+
+
+def upscaler(scale: int = 2) -> Upscaler:
+    return Upscaler(tiny_plain(scale), device="cpu", tile=None)
+
+
+def noise(h: int, w: int, c: int = 3, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w, c), dtype=np.uint8)
+
+
+def save(path: Path, array: np.ndarray, **options) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path, **options)
+    return path
+
+
+# ----------------------------------------------------------------------------- 1, 2, 10, 19: planning
+
+
+def test_case1_an_existing_file_that_is_not_an_input_is_never_replaced(tmp_path, model_file, capsys):
+    pair = tmp_path / "pair"
+    save(pair / "IMG_1.png", noise(8, 8))
+    original = save(pair / "IMG_1.jpg", noise(8, 8, seed=1)).read_bytes()
+    code = main(["upscale", str(pair / "*.png"), "--format", "jpg", "-o", str(pair), "-m", model_file])
+    err = capsys.readouterr().err
+    assert code == 2 and "IMG_1.jpg" in err and "--overwrite" in err and err.count("\n") == 1
+    assert (pair / "IMG_1.jpg").read_bytes() == original
+    assert sorted(p.name for p in pair.iterdir()) == ["IMG_1.jpg", "IMG_1.png"]
+    # with --overwrite the earlier result is replaced by a fresh one, and the input never
+    code = main(
+        ["upscale", str(pair / "*.png"), "--format", "jpg", "-o", str(pair), "-m", model_file, "--overwrite"]
+    )
+    assert code == 0 and Image.open(pair / "IMG_1.jpg").size == (16, 16)
+    with pytest.raises(ConfigError, match="would overwrite an input"):
+        plan_outputs([pair / "IMG_1.png"], pair, overwrite=True)
+
+
+def test_case1_bmp_into_its_own_folder_is_refused_before_work(tmp_path):
+    r = tmp_path / "r"
+    save(r / "a.bmp", noise(6, 6))
+    save(r / "a.png", noise(6, 6, seed=2))
+    with pytest.raises(ConfigError, match=r"a\.png.*already exist"):
+        plan_outputs([str(r / "*.bmp")], r)
+
+
+def test_case2_videos_and_images_sharing_an_output_name_are_refused(tmp_path):
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "clip.mp4").write_bytes(b"x")
+    with pytest.raises(ConfigError, match="would both be written to .*clip.mp4"):
+        plan_outputs([tmp_path / "a" / "clip.mp4", tmp_path / "b" / "clip.mp4"], tmp_path / "out")
+    save(tmp_path / "a" / "x.png", noise(4, 4))
+    save(tmp_path / "b" / "x.jpg", noise(4, 4))
+    with pytest.raises(ConfigError, match="would both be written"):
+        plan_outputs([tmp_path / "a" / "x.png", tmp_path / "b" / "x.jpg"], tmp_path / "out", fmt="png")
+    assert not (tmp_path / "out").exists()
+
+
+def test_case10_the_output_folder_is_never_read_as_input(tmp_path):
+    q = tmp_path / "q"
+    save(q / "a.png", noise(6, 6))
+    report = upscale_files(upscaler(), [q], q / "up", progress=False)
+    assert [p.relative_to(q).as_posix() for p in report.written] == ["up/a.png"]
+    report = upscale_files(upscaler(), [q], q / "up", progress=False, overwrite=True)
+    assert [p.relative_to(q).as_posix() for p in report.written] == ["up/a.png"]
+    assert not (q / "up" / "up").exists()
+    jobs, _ = plan_outputs([str(q / "**" / "*.png")], q / "up", overwrite=True)
+    assert [job.source.name for job in jobs] == ["a.png"]
+
+
+def test_case19_output_naming_an_existing_file_is_one_refusal_up_front(tmp_path, model_file, capsys):
+    save(tmp_path / "a.png", noise(6, 6))
+    afile = tmp_path / "afile"
+    afile.write_text("keep me")
+    code = main(["upscale", str(tmp_path / "a.png"), "-o", str(afile), "-m", model_file])
+    err = capsys.readouterr().err
+    assert code == 2 and "existing file" in err and err.count("\n") == 1
+    assert afile.read_text() == "keep me"
+
+
+# ------------------------------------------------------------------------- 6, 11, 13, 21: image files
+
+
+def _srgb_icc() -> bytes:
+    from PIL import ImageCms
+
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("LAB")).tobytes()
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg", ".webp"])
+def test_case6_icc_exif_dpi_and_text_are_carried(tmp_path, suffix):
+    icc = _srgb_icc()
+    exif = Image.Exif()
+    exif[0x010F] = "CameraMaker"  # Make
+    exif[0x0132] = "2024:01:02 03:04:05"  # DateTime
+    info = {"icc_profile": icc, "exif": exif.tobytes(), "dpi": (300, 300)}
+    if suffix == ".png":
+        from PIL.PngImagePlugin import PngInfo
+
+        text = PngInfo()
+        text.add_text("Title", "harbour")
+        info["pnginfo"] = text
+    src = save(tmp_path / f"in{suffix}", noise(10, 12), **info)
+    report = upscale_files(upscaler(), [src], tmp_path / "out", progress=False)
+    assert not report.failed
+    with Image.open(report.written[0]) as out:
+        assert out.size == (24, 20)
+        assert out.info.get("icc_profile") == icc
+        assert out.getexif().get(0x010F) == "CameraMaker"
+        if suffix != ".webp":  # WebP has no resolution field
+            assert tuple(round(v) for v in out.info["dpi"]) == (300, 300)
+        if suffix == ".png":
+            assert out.text.get("Title") == "harbour"
+
+
+def test_case6_sixteen_bit_png_carries_metadata_and_orientation_is_normalised(tmp_path):
+    icc = _srgb_icc()
+    arr = (np.random.default_rng(0).integers(0, 65536, (6, 10, 3))).astype(np.uint16)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 clockwise to view
+    exif[0x010F] = "Deep"
+    meta = {"icc_profile": icc, "exif": exif.tobytes(), "dpi": (72.0, 72.0), "text": {"Author": "me"}}
+    write_pixels(tmp_path / "deep.png", arr, meta=meta)
+    pixels = read_pixels(tmp_path / "deep.png")
+    assert pixels.bit_depth == 16 and pixels.array.shape == (10, 6, 3)  # turned upright
+    assert np.array_equal(pixels.array, np.rot90(arr, -1))
+    assert pixels.meta["icc_profile"] == icc and pixels.meta["text"] == {"Author": "me"}
+    reread = Image.Exif()
+    reread.load(pixels.meta["exif"])
+    assert reread[0x0112] == 1 and reread[0x010F] == "Deep"
+    report = upscale_files(upscaler(), [tmp_path / "deep.png"], tmp_path / "out", progress=False)
+    out = read_pixels(report.written[0])
+    assert out.bit_depth == 16 and out.array.shape == (20, 12, 3) and out.meta["icc_profile"] == icc
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_case6_exif_orientation_matches_pillow_for_every_value(tmp_path, orientation):
+    from PIL import ImageOps
+
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    src = save(tmp_path / "o.jpg", noise(5, 7), exif=exif.tobytes(), quality=100)
+    with Image.open(src) as im:
+        expected = np.asarray(ImageOps.exif_transpose(im))
+    assert np.array_equal(read_pixels(src).array, expected)
+
+
+def test_case6_cmyk_with_a_profile_is_converted_through_it(tmp_path):
+    from PIL import ImageCms
+
+    cmyk = Image.fromarray(noise(6, 6, 4), mode="CMYK")
+    cmyk.save(tmp_path / "c.jpg", quality=100)
+    pixels = read_pixels(tmp_path / "c.jpg")
+    assert pixels.array.shape == (6, 6, 3) and "icc_profile" not in pixels.meta  # sRGB now
+    assert ImageCms  # the conversion path exists in this Pillow
+
+
+def test_case11_float_tiffs_outside_0_1_are_refused_and_0_1_read(tmp_path):
+    tifffile = pytest.importorskip("tifffile")
+    values = np.linspace(0, 254.5, 48, dtype=np.float32).reshape(6, 8)
+    tifffile.imwrite(tmp_path / "f255.tif", values)
+    with pytest.raises(ImageError, match=r"0\.\.254\.5.*divide by 255"):
+        read_pixels(tmp_path / "f255.tif")
+    tifffile.imwrite(tmp_path / "f01.tif", values / 255)
+    pixels = read_pixels(tmp_path / "f01.tif")
+    assert pixels.bit_depth == 16 and int(pixels.array.max()) == round(254.5 / 255 * 65535)
+    # case 21: a float RGB TIFF (Pillow cannot open it) is read too
+    rgb = np.random.default_rng(0).random((5, 7, 3)).astype(np.float32)
+    tifffile.imwrite(tmp_path / "rgb.tif", rgb)
+    pixels = read_pixels(tmp_path / "rgb.tif")
+    assert pixels.array.shape == (5, 7, 3)
+    assert np.abs(pixels.array / 65535 - rgb).max() < 1e-4
+    tifffile.imwrite(tmp_path / "nan.tif", np.full((4, 4), np.nan, np.float32))
+    with pytest.raises(ImageError, match="NaN"):
+        read_pixels(tmp_path / "nan.tif")
+
+
+def test_case13_fuzzed_tiff_headers_are_one_line_errors(tmp_path):
+    buffer = io.BytesIO()
+    Image.fromarray(noise(8, 8)).save(buffer, format="TIFF")
+    data = buffer.getvalue()
+    rng = np.random.default_rng(13)
+    for trial in range(60):
+        mutated = bytearray(data)
+        for _ in range(4):
+            position = int(rng.integers(0, min(len(mutated), 200)))
+            mutated[position] = int(rng.integers(0, 256))
+        path = tmp_path / f"f{trial}.tif"
+        path.write_bytes(bytes(mutated))
+        try:
+            read_pixels(path)
+        except ImageError as error:
+            assert "\n" not in str(error) and path.name in str(error)
+
+
+def test_case21_jpeg_and_webp_size_limits_are_checked_before_the_work(tmp_path):
+    src = save(tmp_path / "wide.png", noise(2, 8200))
+    report = upscale_files(upscaler(), [src], tmp_path / "out", fmt="webp", progress=False)
+    ((path, reason),) = report.failed
+    assert "WEBP holds at most 16383" in reason and "--format png" in reason
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_written_images_are_verified_and_removed_when_they_do_not_decode(tmp_path, monkeypatch):
+    import repsr.io as rio
+
+    real = Image.Image.save
+
+    def broken_save(self, fp, *args, **kwargs):
+        real(self, fp, *args, **kwargs)
+        with open(fp, "r+b") as handle:  # damage the written file after the encoder wrote it
+            handle.truncate(40)
+
+    monkeypatch.setattr(Image.Image, "save", broken_save)
+    with pytest.raises(ImageError, match="does not decode.*not kept"):
+        rio.write_pixels(tmp_path / "x.png", noise(8, 8))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_upscale_leaves_no_file_it_did_not_report(tmp_path, model_file, capsys):
+    mixed = tmp_path / "mixed"
+    save(mixed / "good.png", noise(8, 8))
+    save(mixed / "sub" / "good.jpg", noise(8, 8))
+    (mixed / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
+    (mixed / "worse.tif").write_bytes(b"II*\x00" + bytes(40))
+    out = tmp_path / "out"
+    code = main(["upscale", str(mixed), "-o", str(out), "-m", model_file, "--no-progress"])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "bad.png" in captured.err and "worse.tif" in captured.err
+    written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert written == ["good.png", "sub/good.jpg"]
+    assert "2 image(s) written" in captured.out
+    assert not any(name.startswith(".") for name in os.listdir(out))
