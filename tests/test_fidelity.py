@@ -438,3 +438,51 @@ def test_case14_a_stream_that_cannot_be_decoded_is_one_line(tmp_path):
     with pytest.raises(VideoError, match="cannot be decoded") as error:
         upscale_video(upscaler(), source, tmp_path / "up.mp4")
     assert "clip.mp4" in str(error.value) and "\n" not in str(error.value)
+
+
+# ------------------------------------------------------------------------------ 7: run folder lock
+
+
+def test_case7_second_training_on_the_same_folder_is_refused_before_writing(tmp_path):
+    from repsr.training.lock import RunLock
+    from tests.test_train import make_trainer, tiny_config
+
+    holder = RunLock(tmp_path / "run")
+    assert holder.acquire() is None
+    trainer = make_trainer(tmp_path, tiny_config())
+    with pytest.raises(
+        ConfigError, match=rf"another training run is writing this folder \(pid {os.getpid()}"
+    ):
+        trainer.run()
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".lock"]  # nothing of the second run
+    holder.release()
+    result = make_trainer(tmp_path, tiny_config()).run()
+    assert result is not None and (tmp_path / "run" / "metrics.csv").is_file()
+    assert not (tmp_path / "run" / ".lock").exists()  # released on exit
+
+
+def test_case7_a_killed_holder_leaves_a_stale_lock_that_is_taken_over(tmp_path):
+    import subprocess
+    import sys
+
+    from repsr.training.lock import RunLock
+
+    script = (
+        "import sys, time; from repsr.training.lock import RunLock; "
+        "RunLock(sys.argv[1]).acquire(); print('locked', flush=True); time.sleep(60)"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    child = subprocess.Popen(
+        [sys.executable, "-c", script, str(tmp_path / "run")], stdout=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        assert child.stdout.readline().strip() == "locked"
+        with pytest.raises(ConfigError, match=f"pid {child.pid}"):
+            RunLock(tmp_path / "run").acquire()
+    finally:
+        child.kill()
+        child.wait()
+    lock = RunLock(tmp_path / "run")
+    note = lock.acquire()
+    assert note is not None and "stale lock" in note and f"pid {child.pid}" in note
+    lock.release()

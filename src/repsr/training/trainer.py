@@ -60,6 +60,7 @@ from repsr.training.bn_switch import switch_to_population_statistics
 from repsr.training.config import TrainConfig, save_config
 from repsr.training.distributed import Distributed
 from repsr.training.ema import ModelEMA
+from repsr.training.lock import RunLock
 from repsr.training.loop import LossMeter, run_steps
 from repsr.training.run_log import RunLog
 from repsr.training.sampling import PRECISE_STREAM, TRAIN_STREAM, KeyBatches
@@ -218,7 +219,10 @@ class Trainer:
         if self.config.train.threads:
             torch.set_num_threads(self.config.train.threads)
         if self.dist.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._lock = RunLock(self.run_dir)  # one run per folder, before anything is written
+            note = self._lock.acquire()
+            if note:
+                log.warning(note)
             save_config(self.config, self.run_dir / "config.yaml")
         self.log = RunLog(
             self.run_dir if self.dist.is_main else None,
@@ -430,8 +434,8 @@ class Trainer:
         After a partial run, call `run()` again to go on, or `close()` to abandon the trainer.
         """
         stop = self.total if until is None else min(until, self.total)
-        self.start()
         try:
+            self.start()
             with self._stop_on_signals():
                 self._loop(stop)
             if self.iteration < self.total:
@@ -505,6 +509,8 @@ class Trainer:
         """Close the log files and restore the thread setting; the trainer cannot log afterwards."""
         if self.log is not None:
             self.log.close()
+        if getattr(self, "_lock", None) is not None:
+            self._lock.release()
         if self._threads_before is not None:
             torch.set_num_threads(self._threads_before)
 
