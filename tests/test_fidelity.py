@@ -486,3 +486,104 @@ def test_case7_a_killed_holder_leaves_a_stale_lock_that_is_taken_over(tmp_path):
     note = lock.acquire()
     assert note is not None and "stale lock" in note and f"pid {child.pid}" in note
     lock.release()
+
+
+# ------------------------------------------------------------------ 8, 9, 16, 17, 20, 21: models, API
+
+
+def test_case8_deploy_never_writes_over_its_input(tmp_path, capsys):
+    model = build_model("repsr", scale=2, num_blocks=1, channels=4)
+    train_form = tmp_path / "X.train.safetensors"
+    save_model(model, train_form)
+    before = train_form.read_bytes()
+    code = main(["deploy", str(train_form), "-o", str(train_form)])
+    err = capsys.readouterr().err
+    assert code == 2 and "would overwrite its input" in err and err.count("\n") == 1
+    assert train_form.read_bytes() == before
+
+
+def test_case9_upscaler_validates_its_input():
+    up = upscaler()
+    with pytest.raises(TypeError, match=r"dtype torch.uint8.*float\(\) / 255"):
+        up(torch.randint(0, 255, (3, 10, 12), dtype=torch.uint8))
+    with pytest.raises(TypeError, match="got ndarray"):
+        up(np.zeros((10, 12, 3), np.float32))
+    with pytest.raises(ValueError, match="non-empty"):
+        up(torch.empty(3, 0, 5))
+    with pytest.raises(ValueError, match="divide by 255"):
+        up(torch.rand(3, 6, 6) * 255)
+    with pytest.raises(ValueError, match="NaN"):
+        up(torch.full((3, 4, 4), float("nan")))
+    with pytest.raises(ValueError, match=r"\(3, H, W\)"):
+        up(torch.rand(1, 6, 6))
+    assert up(torch.rand(3, 6, 6)).shape == (3, 12, 12)
+
+
+def test_case16_malformed_checkpoint_spec_is_a_model_file_error(tmp_path):
+    from repsr.errors import ModelFileError
+    from repsr.serialization import load_model
+
+    cases = {
+        "partial.pt": {"spec": {"block": "repsr", "scale": 2}, "model": {}},
+        "wrongtype.pt": {"spec": ["repsr"], "model": {}},
+        "badvalue.pt": {
+            "spec": {"block": "repsr", "scale": "x", "num_blocks": 1, "channels": 4},
+            "model": {},
+        },
+        "notstate.pt": {"spec": {"block": "repsr", "scale": 2, "num_blocks": 1, "channels": 4}, "model": 3},
+        "plainvalues.pth": {"body.0.weight": 3},
+    }
+    for name, data in cases.items():
+        torch.save(data, tmp_path / name)
+        with pytest.raises(ModelFileError) as error:
+            load_model(tmp_path / name)
+        assert name in str(error.value) and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("device", ["mps", "xla", "xpu", "meta"])
+def test_case17_devices_this_machine_lacks_are_one_line(tmp_path, model_file, device, capsys):
+    save(tmp_path / "a.png", noise(6, 6))
+    for argv in (
+        ["upscale", str(tmp_path / "a.png"), "-o", str(tmp_path / "o"), "-m", model_file],
+        ["eval", model_file],
+        ["deploy", model_file, "-o", str(tmp_path / "d.safetensors")],
+    ):
+        code = main([*argv, "--device", device])
+        err = capsys.readouterr().err
+        assert code == 2 and device in err and err.count("\n") == 1, (argv, err)
+    assert not (tmp_path / "o").exists() and not (tmp_path / "d.safetensors").exists()
+
+
+def test_case20_model_files_are_recognised_by_content(tmp_path, capsys):
+    from repsr.errors import ModelFileError
+    from repsr.serialization import load_model
+
+    model = tiny_plain()
+    save_model(model, tmp_path / "m.safetensors")
+    (tmp_path / "m.bin").write_bytes((tmp_path / "m.safetensors").read_bytes())
+    torch.save(model.state_dict(), tmp_path / "M.PTH")
+    x = torch.rand(1, 3, 6, 6)
+    for name in ("m.bin", "M.PTH"):
+        with torch.no_grad():
+            assert torch.allclose(load_model(tmp_path / name)(x), model(x))
+    (tmp_path / "m.onnx").write_bytes(b"\x08\x07\x12\x07pytorch" + bytes(50))
+    with pytest.raises(ModelFileError, match="an ONNX model.*repsr upscale -m"):
+        load_model(tmp_path / "m.onnx")
+    (tmp_path / "ncnn.bin").write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(ModelFileError, match="not a model file repsr reads"):
+        load_model(tmp_path / "ncnn.bin")
+    code = main(["deploy", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "d.safetensors")])
+    assert code == 2 and "ONNX model" in capsys.readouterr().err
+
+
+def test_case21_eval_has_no_progress_bar_when_stderr_is_not_a_terminal(tmp_path, model_file, capsys):
+    from repsr.cli.args import show_progress
+
+    class Args:
+        no_progress = False
+
+    assert show_progress(Args()) is False  # pytest's captured stderr is not a terminal
+    data = tmp_path / "set"
+    save(data / "a.png", noise(40, 40))
+    assert main(["eval", model_file, "--data", f"s={data}"]) == 0
+    assert "\r" not in capsys.readouterr().err

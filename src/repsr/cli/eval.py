@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from repsr.cli.args import add_device, add_named_folders, add_progress
+from repsr.cli.args import add_device, add_named_folders, add_progress, show_progress
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -29,14 +29,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from repsr.atomic import check_target
     from repsr.evaluation import evaluate, format_table, open_datasets
+    from repsr.inference import resolve_device
     from repsr.serialization import load_model
 
+    resolve_device(args.device)  # a device this machine lacks: one line before any work
     if args.json is not None:
-        check_target(args.json, what="JSON results")  # before the evaluation, not after it
+        check_target(args.json, what="JSON results", inputs=[args.model])  # before the evaluation
     model = load_model(args.model)
     datasets = open_datasets(args.data, model.spec.scale)
     results = evaluate(
-        model, datasets, device=args.device, y_channel=not args.rgb, progress=not args.no_progress
+        model, datasets, device=args.device, y_channel=not args.rgb, progress=show_progress(args)
     )
     print(format_table(results))
     if args.json is not None:

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from repsr.cli.args import add_device, add_progress, tile_type
+from repsr.cli.args import add_device, add_progress, show_progress, tile_type
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -88,10 +88,11 @@ def load_upscale_model(model: str):
 
 
 def run(args: argparse.Namespace) -> int:
-    from repsr.inference import Upscaler, plan_outputs, upscale_files
+    from repsr.inference import Upscaler, plan_outputs, resolve_device, upscale_files
     from repsr.video import check_container, check_encoding, describe
 
     # Every output path and encoder setting is checked before the model loads and any work starts.
+    resolve_device(args.device)
     jobs, _missing = plan_outputs(args.inputs, args.output, fmt=args.fmt, overwrite=args.overwrite)
     videos = [job for job in jobs if job.video]
     if videos:
@@ -107,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
         backend=args.backend,
     )
     print(f"precision {upscaler.precision}: {upscaler.precision_reason}")
-    progress = not args.no_progress and sys.stderr.isatty()
+    progress = show_progress(args)
     report = upscale_files(
         upscaler,
         args.inputs,
