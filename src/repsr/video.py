@@ -363,6 +363,12 @@ def _transcode(
     if not isinstance(batch, int) or batch < 1:
         raise ConfigError(f"batch must be 'auto' or a positive integer, got {batch!r}")
     copied = [s for s in container.streams if s.type in ("audio", "subtitle")]
+    for stream in copied:
+        if stream.codec_context is None:
+            raise VideoError(
+                f"{source}: {stream.type} stream #{stream.index} has a codec this FFmpeg build does not "
+                "know, so it cannot be copied (damaged file, or remove the stream first)"
+            )
 
     try:
         output = av.open(str(tmp), "w")
