@@ -587,3 +587,44 @@ def test_case21_eval_has_no_progress_bar_when_stderr_is_not_a_terminal(tmp_path,
     save(data / "a.png", noise(40, 40))
     assert main(["eval", model_file, "--data", f"s={data}"]) == 0
     assert "\r" not in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------- debatable cases, as decided
+
+
+def test_sigterm_during_upscale_leaves_no_file_not_even_a_hidden_one(tmp_path, model_file, monkeypatch):
+    import signal
+
+    import repsr.inference.files as files
+
+    save(tmp_path / "in" / "a.png", noise(8, 8))
+    real = files.upscale_pixels
+
+    def killed(*args, **kwargs):
+        result = real(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)  # arrives while the image is being written
+        return result
+
+    monkeypatch.setattr(files, "upscale_pixels", killed)
+    before = signal.getsignal(signal.SIGTERM)
+    code = main(["upscale", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "-m", model_file])
+    assert code == 130
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+    assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_resume_with_a_changed_learning_rate_keeps_the_checkpoint_schedule_and_says_so(tmp_path, caplog):
+    import dataclasses
+    import logging
+
+    from tests.test_train import make_trainer, tiny_config
+
+    trainer = make_trainer(tmp_path, tiny_config())
+    trainer.run(until=4)
+    trainer.close()
+    config = tiny_config()
+    config = dataclasses.replace(config, train=dataclasses.replace(config.train, lr=1e-5))
+    with caplog.at_level(logging.WARNING, logger="repsr"):
+        resumed = make_trainer(tmp_path, config, resume=True)
+    assert resumed.scheduler.base_lrs == [tiny_config().train.lr]
+    assert "train.lr" in caplog.text and "new train.lr is not applied" in caplog.text

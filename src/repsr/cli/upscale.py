@@ -88,6 +88,25 @@ def load_upscale_model(model: str):
 
 
 def run(args: argparse.Namespace) -> int:
+    """SIGTERM raises KeyboardInterrupt here (main thread), so the atomic writers remove their hidden
+    temporary file as for Ctrl-C (Python's default for SIGTERM exits without any cleanup)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return _run(args)
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        return _run(args)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args: argparse.Namespace) -> int:
     from repsr.inference import Upscaler, plan_outputs, resolve_device, upscale_files
     from repsr.video import check_container, check_encoding, describe
 
