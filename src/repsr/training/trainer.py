@@ -272,7 +272,12 @@ class Trainer:
         if self.dist.is_main:
             changed = _changed_keys(state["config"], self.config.to_dict())
             if changed:
-                log.warning("--resume: config differs from the checkpoint's in %s", ", ".join(changed))
+                log.warning(
+                    "--resume: config differs from the checkpoint's in %s; the run continues with the "
+                    "checkpoint's optimizer and learning-rate schedule (a new train.lr is not applied: "
+                    "start a new run with --init CHECKPOINT for that)",
+                    ", ".join(changed),
+                )
             log.info("resuming from %s (iteration %d)", path, state["iteration"])
         return state
 
