@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import pickle
 import warnings
@@ -118,6 +119,18 @@ def test_augmentation_is_a_dihedral_transform_of_the_same_crop(hr_folder, tmp_pa
         assert matches and set(matches) & set(hr_matches)  # LR and HR got the same transform
         seen.add(min(set(matches) & set(hr_matches)))
     assert len(seen) >= 6
+
+
+def test_channel_shuffle_permutes_lr_and_hr_alike_and_keeps_the_crop(hr_folder, tmp_path):
+    plain = TrainPatches(hr_folder, 2, 10, cache_dir=tmp_path / "cache")
+    shuffled = TrainPatches(hr_folder, 2, 10, cache_dir=tmp_path / "cache", channel_shuffle=True)
+    orders = set()
+    for key in range(40):
+        (lr0, hr0), (lr1, hr1) = plain[key], shuffled[key]
+        found = [p for p in itertools.permutations(range(3)) if torch.equal(lr0[list(p)], lr1)]
+        assert found and any(torch.equal(hr0[list(p)], hr1) for p in found)  # same crop, same order
+        orders.add(found[0])
+    assert len(orders) >= 5  # all six orders occur, not one fixed swap
 
 
 def test_y_channel_patches(hr_folder, tmp_path):

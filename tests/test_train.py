@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from repsr.blocks import RepBlock, RepBN
-from repsr.data import EvalPair
+from repsr.data import EvalPair, sample_images
+from repsr.io import read_image, write_image
 from repsr.training import Trainer, TrainingError, load_config
 from repsr.training import checkpoint as ckpt
 from repsr.training.bn_switch import precise_statistics
@@ -215,6 +216,31 @@ def test_resume_gives_the_same_weights_as_one_run(tmp_path, amp):
     assert states_equal(third.model.state_dict(), make_state(whole))
     assert [row.get("loss") for row in result.history] == [row.get("loss") for row in whole.history]
     assert torch.equal(result.plain.body[0].weight, whole.plain.body[0].weight)
+
+
+def test_resume_is_exact_with_degradations_and_channel_shuffle(tmp_path):
+    """Real-world LR made on the fly: a killed and resumed run ends exactly as the whole one."""
+    folder = tmp_path / "hr"
+    for path in sample_images()["train"][:2]:
+        write_image(folder / f"{path.stem}.png", read_image(path).rgb[:, 100:196, 120:216])
+    config = tiny_config(
+        **{"train.iterations": 6, "bn.switch_at": 0.5, "degradation.preset": "general"},
+        **{"data.channel_shuffle": True, "data.cache_dir": str(tmp_path / "cache")},
+    )
+
+    def trainer(name: str, **kwargs) -> Trainer:
+        val = {"synth": synthetic_val(2)}
+        return Trainer(config, data=folder, val=val, out=tmp_path / name, progress=False, **kwargs)
+
+    whole = trainer("whole").run()
+    first = trainer("split")
+    assert first.run(until=5) is None  # last checkpoint at 4
+    first.close()
+    resumed = trainer("split", resume=True)
+    assert resumed.iteration == 4
+    result = resumed.run()
+    assert states_equal(result.model.state_dict(), whole.model.state_dict())
+    assert [row.get("loss") for row in result.history] == [row.get("loss") for row in whole.history]
 
 
 def make_state(result) -> dict:

@@ -31,6 +31,7 @@ import torch
 from repsr import io as rio
 from repsr.atomic import atomic_write_stream
 from repsr.color import rgb_to_y
+from repsr.degradations import Degradation, degrade
 from repsr.errors import DataError, ImageError, RepsrError
 from repsr.resize import imresize
 
@@ -294,7 +295,12 @@ class TrainPatches(torch.utils.data.Dataset):
     LR side; the HR patch is ``patch_size * scale``. ``lr``: an LR folder for the paired layout (names
     equal to the HR stems, optionally with an ``x{scale}`` suffix, e.g. DIV2K's ``0001x4.png``) instead of
     generating LR. ``cache_dir``: defaults to :func:`default_cache_dir`. ``augment``: random horizontal and
-    vertical flips and transposition (the 8 flips/90-degree rotations). ``y_channel``: return the Y of
+    vertical flips and transposition (the 8 flips/90-degree rotations). ``channel_shuffle``: a random
+    order of the R, G, B channels per patch (bicubic LR commutes with it), so that colours the photographs
+    lack are trained on too. ``degradation``: a `repsr.degradations.Degradation` recipe; its share
+    `clean_prob` of patches keep the cached bicubic LR, the others get LR degraded from the HR patch on
+    the fly (after flips and channel order), with choices from a generator of their own seeded by the
+    key, so patches without degradation are the same as without the recipe. ``y_channel``: return the Y of
     :func:`repsr.color.rgb_to_y` (1 channel) instead of RGB.
 
     Indexing is deterministic for exact resume: ``dataset[key]`` uses image ``key % len(dataset)`` and takes
@@ -316,6 +322,8 @@ class TrainPatches(torch.utils.data.Dataset):
         lr: Path | str | None = None,
         cache_dir: Path | str | None = None,
         augment: bool = True,
+        channel_shuffle: bool = False,
+        degradation: Degradation | None = None,
         y_channel: bool = False,
     ):
         if int(scale) != scale or scale < 1:
@@ -325,6 +333,9 @@ class TrainPatches(torch.utils.data.Dataset):
         self.scale = int(scale)
         self.patch_size = int(patch_size)
         self.augment = augment
+        self.channel_shuffle = channel_shuffle
+        recipe = degradation.resolved() if degradation is not None else None
+        self.degradation = None if recipe is None or recipe.clean_prob >= 1.0 else recipe
         self.y_channel = y_channel
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         sources = self._list_sources(hr)
@@ -440,6 +451,13 @@ class TrainPatches(torch.utils.data.Dataset):
                 lr_patch, hr_patch = lr_patch[::-1], hr_patch[::-1]
             if transpose:
                 lr_patch, hr_patch = lr_patch.transpose(1, 0, 2), hr_patch.transpose(1, 0, 2)
+        if self.channel_shuffle:  # drawn after the other choices: patches without it stay as they were
+            order = rng.permutation(3)
+            lr_patch, hr_patch = lr_patch[:, :, order], hr_patch[:, :, order]
+        if self.degradation is not None:
+            degradation_rng = np.random.default_rng([key, 1])
+            if degradation_rng.random() >= self.degradation.clean_prob:
+                lr_patch = degrade(np.ascontiguousarray(hr_patch), s, self.degradation, degradation_rng)
         lr_t, hr_t = _to_tensor(lr_patch), _to_tensor(hr_patch)
         if self.y_channel:
             lr_t, hr_t = rgb_to_y(lr_t), rgb_to_y(hr_t)
@@ -573,5 +591,7 @@ def build_train_set(
         lr=config.data.lr_root,
         cache_dir=config.data.cache_dir,
         augment=config.data.augment,
+        channel_shuffle=config.data.channel_shuffle,
+        degradation=config.degradation,
         y_channel=config.model.in_channels == 1,
     )

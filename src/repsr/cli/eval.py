@@ -19,6 +19,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_named_folders(
         parser, "--data", "datasets: folders of HR images, or HR/ + LR_bicubic/X{scale}/ layouts", nargs="+"
     )
+    parser.add_argument(
+        "--degrade",
+        nargs="*",
+        metavar="CONDITION",
+        help="the degraded benchmark: score each dataset under fixed, seeded degradations (JPEG, noise, "
+        "blur, another downscaler) against bicubic of the same LR; all conditions when none is named "
+        "(see repsr.conditions.CONDITIONS)",
+    )
     parser.add_argument("--json", type=Path, help="also write means and per-image values here")
     add_device(parser)
     parser.add_argument("--rgb", action="store_true", help="measure on RGB instead of Y (not comparable)")
@@ -28,6 +36,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from repsr.atomic import check_target
+    from repsr.conditions import degraded_sets, format_gains, select_conditions
     from repsr.evaluation import evaluate, format_table, open_datasets
     from repsr.inference import resolve_device
     from repsr.serialization import load_model
@@ -35,12 +44,15 @@ def run(args: argparse.Namespace) -> int:
     resolve_device(args.device)  # a device this machine lacks: one line before any work
     if args.json is not None:
         check_target(args.json, what="JSON results", inputs=[args.model])  # before the evaluation
+    conditions = select_conditions(args.degrade) if args.degrade is not None else None
     model = load_model(args.model)
     datasets = open_datasets(args.data, model.spec.scale)
+    if conditions is not None:
+        datasets = degraded_sets(datasets, conditions, model.spec.scale)
     results = evaluate(
         model, datasets, device=args.device, y_channel=not args.rgb, progress=show_progress(args)
     )
-    print(format_table(results))
+    print(format_table(results) if conditions is None else format_gains(results))
     if args.json is not None:
         results.write_json(args.json)
         print(f"wrote {args.json}")

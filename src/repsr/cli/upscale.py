@@ -30,6 +30,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "(.safetensors, .pth, a checkpoint, or an .onnx file from repsr export, run by ONNX Runtime)",
     )
     parser.add_argument(
+        "--denoise",
+        type=float,
+        metavar="S",
+        help="denoise strength 0..1 of a general model: 0 keeps the most detail (its clean partner), 1 "
+        "removes the most noise and JPEG blocking; the weights are blended once at load time (default: "
+        "the model's own default, printed)",
+    )
+    parser.add_argument(
+        "--denoise-from",
+        metavar="MODEL",
+        help="the detail end (strength 0) for --denoise with a model that has no shipped partner",
+    )
+    parser.add_argument(
         "inputs", nargs="+", help="image and video files, folders (recursive) or glob patterns"
     )
     parser.add_argument(
@@ -75,9 +88,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def load_upscale_model(model: str):
-    """A torch model (`load_model`: a shipped model's name or a file), or for an .onnx file an ONNX
-    Runtime runner (`OnnxInt8Runner`)."""
+def load_upscale_model(model: str, denoise: float | None = None, denoise_from: str | None = None):
+    """A torch model (`load_model`: a shipped model's name or a file; a general model blended at its
+    denoise strength), or for an .onnx file an ONNX Runtime runner (`OnnxInt8Runner`)."""
+    from repsr.blend import default_strength, load_blended
+
+    if denoise is not None or denoise_from is not None or default_strength(model) is not None:
+        blended = load_blended(model, denoise, detail=denoise_from)
+        strength = denoise if denoise is not None else default_strength(model)
+        print(f"denoise strength {strength:g}: {model} blended with its detail partner")
+        return blended
     if str(model).lower().endswith(".onnx"):
         from repsr.quantize import OnnxInt8Runner
 
@@ -120,7 +140,7 @@ def _run(args: argparse.Namespace) -> int:
             check_container(target, args.codec)
     precision = "fp16" if args.half else args.precision
     upscaler = Upscaler(
-        load_upscale_model(args.model),
+        load_upscale_model(args.model, args.denoise, args.denoise_from),
         device=args.device,
         precision=precision,
         tile=args.tile,

@@ -28,6 +28,10 @@ class PretrainedModel:
     name: str
     scale: int
     summary: str
+    # general models: the clean model of the same size they were fine-tuned from (denoise strength 0)
+    # and the strength `repsr upscale` uses when none is given
+    denoise_partner: str | None = None
+    denoise_default: float = 1.0
 
     @property
     def deployed(self) -> Path:

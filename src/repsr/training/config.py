@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from repsr.blocks import BLOCKS
+from repsr.degradations import Degradation
 from repsr.errors import ConfigError, first_line
 from repsr.network import IN_CHANNELS, SCALES
 
@@ -76,6 +77,9 @@ class DataConfig:
     lr_root: str | None = None  # optional matching LR images; None = MATLAB bicubic from HR
     patch_size: int = 64  # LR patch side; the HR patch is patch_size * scale
     augment: bool = True  # random flips and 90-degree rotations
+    # random order of the R, G, B channels per patch (RGB models): colours the photographs lack, such as
+    # saturated green and blue (none in the `repsr corpus` photographs), are seen in training too
+    channel_shuffle: bool = False
     cache_dir: str | None = None  # on-disk cache of decoded/downscaled images (None = the data default)
     workers: int = 4  # DataLoader worker processes (0 = load in the training process)
 
@@ -162,6 +166,8 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    # how training LR is made from HR: `preset: none` (MATLAB bicubic) or real-world degradations
+    degradation: Degradation = field(default_factory=Degradation)
     train: OptimConfig = field(default_factory=OptimConfig)
     bn: BNConfig = field(default_factory=BNConfig)
     ema: EMAConfig = field(default_factory=EMAConfig)
@@ -320,6 +326,7 @@ def validate(config: TrainConfig) -> None:
     _check(model.channels >= 1, "model.channels", "must be >= 1")
     _check(config.data.patch_size >= 4, "data.patch_size", "must be at least 4 (LR pixels)")
     _check(config.data.workers >= 0, "data.workers", "must be >= 0")
+    config.degradation.resolved()  # unknown preset, bad probability or range: ConfigError naming the key
     _check(optim.iterations >= 1, "train.iterations", "must be >= 1")
     _check(optim.batch_size >= 1, "train.batch_size", "must be >= 1")
     _check(optim.lr > 0, "train.lr", "must be > 0")

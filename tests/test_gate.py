@@ -1,0 +1,54 @@
+"""The artifact gate: every shipped model passes it, and it catches the artifacts it is there for."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import repsr
+from repsr.gate import FLAT_MAX_LEVELS, PHASE_BIAS_MAX_LEVELS, run_gate
+from repsr.pretrained import shipped
+
+
+@pytest.mark.parametrize("name", [m.name for m in shipped()])
+def test_every_shipped_model_passes_the_gate(name: str) -> None:
+    report = run_gate(repsr.load_model(name))
+    assert report.passed, report.summary()
+    kinds = {c.kind for c in report.checks}
+    assert kinds == {"flat colour", "phase bias", "ringing", "photo"}
+    assert sum(c.kind == "flat colour" for c in report.checks) == 125  # the saturated corners included
+
+
+def _with_phase_offset(levels: float) -> torch.nn.Module:
+    """The x2 model with `levels` added to one pixel-shuffle phase of every colour: a sub-pixel grid."""
+    model = repsr.load_model("repsr-m4c16-x2")
+    last = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+    with torch.no_grad():
+        last.bias[0::4] += levels / 255.0  # channel c * 4 + 0: phase (0, 0) of colour c
+    return model
+
+
+def test_a_sub_pixel_grid_fails_flat_colours_and_phase_bias_naming_the_input() -> None:
+    report = run_gate(_with_phase_offset(5.0))
+    assert not report.passed
+    flat = report.worst("flat colour")
+    assert not flat.passed and flat.figure > FLAT_MAX_LEVELS and flat.figure == pytest.approx(5.0, abs=1.0)
+    assert not report.worst("phase bias").passed and report.worst("phase bias").figure > PHASE_BIAS_MAX_LEVELS
+    assert "flat colour (" in report.summary() and "FAILED" in report.summary()
+
+
+def test_an_offset_below_the_limits_passes() -> None:
+    report = run_gate(_with_phase_offset(0.5))
+    assert all(c.passed for c in report.checks if c.kind in ("flat colour", "phase bias"))
+
+
+def test_a_model_worse_than_bicubic_fails_the_photographs() -> None:
+    model = repsr.load_model("repsr-m4c16-x2")
+    last = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+    with torch.no_grad():  # the network's output becomes nearest-neighbour upscaling (the skip alone)
+        last.weight.zero_()
+        last.bias.zero_()
+    report = run_gate(model)
+    photos = [c for c in report.checks if c.kind == "photo"]
+    assert photos and not any(c.passed for c in photos)
+    assert all(c.figure < 0 for c in photos)
