@@ -470,3 +470,9 @@ def test_resume_with_a_changed_learning_rate_keeps_the_checkpoint_schedule_and_s
         resumed = make_trainer(tmp_path, config, resume=True)
     assert resumed.scheduler.base_lrs == [tiny_config().train.lr]
     assert "train.lr" in caplog.text and "new train.lr is not applied" in caplog.text
+
+
+def test_verification_of_large_outputs_is_not_stopped_by_the_decompression_bomb_guard(tmp_path, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10)  # as if the output were over Pillow's 179 MP limit
+    write_pixels(tmp_path / "big.png", noise(8, 8))
+    assert Image.MAX_IMAGE_PIXELS == 10 and (tmp_path / "big.png").is_file()

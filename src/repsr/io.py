@@ -491,12 +491,18 @@ def check_output_size(path: str | Path, width: int, height: int) -> None:
 def verify_image(path: str | Path, width: int, height: int, *, label: str | Path | None = None) -> None:
     """Decode the written file `path` in full; raise `ImageError` unless it is width x height."""
     label = label or path
+    limit = Image.MAX_IMAGE_PIXELS
     try:
-        with Image.open(path) as im:
-            size = im.size
-            im.load()
+        Image.MAX_IMAGE_PIXELS = None  # our own output: Pillow's decompression-bomb guard does not apply
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as im:
+                size = im.size
+                im.load()
     except Exception as exc:
         raise ImageError(f"{label}: the written file does not decode ({first_line(exc)}); not kept") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
     if size != (width, height):
         raise ImageError(
             f"{label}: the written file is {size[0]}x{size[1]}, expected {width}x{height}; not kept"
@@ -547,6 +553,7 @@ def write_pixels(path: str | Path, arr: np.ndarray, *, quality: int = 95, meta: 
                 im.save(tmp, format="WEBP", quality=quality, lossless=quality >= 100, **extra)
             else:
                 im.save(tmp, format="JPEG", quality=quality, subsampling=0, **extra)
+            del im  # the encoder's copy goes before the check decodes the file again (peak memory)
         verify_image(tmp, width, height, label=path)
 
     try:
