@@ -1,4 +1,5 @@
-"""Data-side benchmarks: imresize on a 2K image, loader patches/s, metric time on a 2K image.
+"""Data-side benchmarks: imresize on a 2K image, loader patches/s, the cost of real-world degradations
+against a training step, metric time on a 2K image.
 
 Run: ``python benchmarks/bench_data.py`` (or through ``benchmarks/run.py``). Prints one line per figure.
 """
@@ -18,9 +19,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from repsr.data import TrainPatches, make_lr, sample_images  # noqa: E402
+from repsr.degradations import Degradation  # noqa: E402
 from repsr.io import read_image, read_pixels, write_image  # noqa: E402
 from repsr.metrics import psnr, ssim  # noqa: E402
+from repsr.precision import cpu_capabilities  # noqa: E402
 from repsr.resize import imresize  # noqa: E402
+from repsr.training import TrainConfig, Trainer  # noqa: E402
 
 W2K, H2K = 2040, 1356  # a DIV2K-sized image
 
@@ -111,6 +115,72 @@ def bench_loader(folder: Path) -> None:
         )
 
 
+def _training_rate(folder: Path, scale: int, preset: str, workers: int, amp: bool) -> float:
+    """Iterations per second of the real trainer (M4C16, batch 16, LR 32, 1 thread) on the sample
+    photographs, between iterations 20 and 120 (start-up and the loader's first batches excluded)."""
+    config = TrainConfig().with_overrides(
+        [
+            f"model.scale={scale}",
+            "train.batch_size=16",
+            "data.patch_size=32",
+            f"data.workers={workers}",
+            f"degradation.preset={preset}",
+            "device=cpu",
+            "train.threads=1",
+            f"train.amp={amp}",
+            "train.iterations=1000",
+            "bn.precise_batches=0",
+            "val.every=100000",
+            "checkpoint.every=100000",
+            "log.tensorboard=false",
+        ]
+    )
+    data = TrainPatches(
+        sample_images()["train"], scale, 32, cache_dir=folder / "cache", degradation=config.degradation
+    )
+    trainer = Trainer(config, data=data, val={}, out=folder / f"rate-{time.time_ns()}", progress=False)
+    try:
+        trainer.run(until=20)
+        start = time.perf_counter()
+        trainer.run(until=120)
+        return 100 / (time.perf_counter() - start)
+    finally:
+        trainer.close()
+
+
+def bench_degradations(folder: Path) -> None:
+    """Per-patch cost of each degradation preset (one thread), and what the `general` preset does to the
+    real trainer's speed (M4C16, batch 16, LR 32, one training thread) in-process and with a worker."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    train, batch = sample_images()["train"], 16
+    amp = cpu_capabilities().bf16_native
+    try:
+        for scale in (4, 2):
+            cells = []
+            for preset in ("general", "realesrgan"):
+                ds = TrainPatches(
+                    train, scale, 32, cache_dir=folder / "cache", degradation=Degradation(preset)
+                )
+                keys = iter(range(10**6))
+                per_batch = _time(lambda ds=ds, keys=keys: [ds[next(keys)] for _ in range(batch)], repeat=10)
+                cells.append(f"{preset} {per_batch / batch * 1e3:.2f} ms")
+            print(f"degradation per patch, x{scale} HR {32 * scale}px, 1 thread: " + "; ".join(cells))
+            rates = {
+                (preset, workers): _training_rate(folder, scale, preset, workers, amp)
+                for preset, workers in (("none", 0), ("general", 0), ("general", 1), ("none", 0))
+            }
+            base = rates[("none", 0)]
+            print(
+                f"training x{scale} M4C16 batch 16 LR 32, 1 thread ({'bf16' if amp else 'fp32'}): bicubic LR "
+                f"{base:.1f} it/s; general in-process {rates[('general', 0)]:.1f} it/s "
+                f"({base / rates[('general', 0)] - 1:+.0%} time), general with 1 loader worker "
+                f"{rates[('general', 1)]:.1f} it/s ({base / rates[('general', 1)] - 1:+.0%} time)"
+            )
+    finally:
+        torch.set_num_threads(threads)
+
+
 def bench_metrics(img: torch.Tensor) -> None:
     degraded = imresize(imresize(img, 1 / 4), 4)
     t_psnr = _time(lambda: psnr(degraded, img, 4), repeat=3)
@@ -124,6 +194,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         bench_decode(img, Path(tmp))
         bench_loader(Path(tmp))
+        bench_degradations(Path(tmp))
     bench_metrics(img)
 
 

@@ -107,12 +107,12 @@ def make_step(
         for module in trainer.model.modules():
             if isinstance(module, RepSRBlock):
                 module.forward_branches = types.MethodType(_separate_paths, module)
-    if phase == 2 and trainer.bn_phase == "batch":
+    if phase == 2 and trainer.phase == "batch_stats":
         trainer.switch_bn()
     trainer.model.train()
     generator = torch.Generator().manual_seed(0)
-    lr = trainer._to_device(torch.rand(batch, 3, patch, patch, generator=generator))
-    hr = trainer._to_device(torch.rand(batch, 3, patch * scale, patch * scale, generator=generator))
+    lr = trainer.step.to_device(torch.rand(batch, 3, patch, patch, generator=generator))
+    hr = trainer.step.to_device(torch.rand(batch, 3, patch * scale, patch * scale, generator=generator))
     return lambda: trainer.train_step(lr, hr)
 
 

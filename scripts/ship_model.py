@@ -1,11 +1,14 @@
 """Turn a finished `repsr train` run into a shipped model of `repsr.pretrained` (a maintainer's tool).
 
-    python scripts/ship_model.py RUN_DIR NAME --holdout CORPUS/holdout [--reference RUN_DIR]
+    python scripts/ship_model.py RUN_DIR NAME --holdout CORPUS/holdout [--reference RUN_DIR] [--note FILE]
 
-Writes into src/repsr/pretrained/: NAME.safetensors (deployed, verified against the training form),
-NAME.train.safetensors (training form, no optimizer state), NAME.md (model card) and NAME's entry in
-scores.json (held-out Y-PSNR/SSIM per image, model and bicubic). `--reference` adds another run's
-deployed model to the card's table (e.g. the demo recipe's 25-minute run on the same corpus).
+Nothing is written unless the model passes the artifact gate (`repsr.gate`: flat colours, ramps,
+saturated photographs). Then writes into src/repsr/pretrained/: NAME.safetensors (deployed, verified
+against the training form), NAME.train.safetensors (training form, no optimizer state), NAME.md (model
+card: recipe, gate figures, held-out scores, the degraded benchmark) and NAME's entry in scores.json
+(held-out Y-PSNR/SSIM per image, model and bicubic, and the degraded benchmark's means). `--reference`
+adds another run's deployed model to the card's table; `--note` adds a Markdown file's text to the card
+(why the recipe is what it is).
 """
 
 from __future__ import annotations
@@ -21,8 +24,10 @@ import torch
 import yaml
 
 import repsr
+from repsr.conditions import degraded_sets, format_gains, select_conditions
 from repsr.data import EvalSet
 from repsr.evaluation import evaluate
+from repsr.gate import run_gate
 from repsr.pretrained import FOLDER
 
 TOLERANCE = 1e-4  # float32 deviation allowed between the training form and the deployed network
@@ -55,6 +60,17 @@ def flatness(curve: list[tuple[int, float]]) -> float:
     return curve[-1][1] - before[-1] if before else float("nan")
 
 
+def lr_making(config: dict) -> str:
+    """How the run made its training LR, in words."""
+    preset = (config.get("degradation") or {}).get("preset", "none")
+    if preset == "none":
+        return "made by MATLAB bicubic"
+    return (
+        f"made on the fly by the `{preset}` real-world degradation preset (`repsr.degradations`: blur, "
+        "resize, noise and JPEG in two passes; a share of patches keeps the MATLAB-bicubic LR)"
+    )
+
+
 def max_deviation(training: torch.nn.Module, plain: torch.nn.Module) -> float:
     x = torch.rand(2, training.spec.in_channels, 37, 41, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -67,6 +83,7 @@ def main() -> None:
     parser.add_argument("name")
     parser.add_argument("--holdout", type=Path, required=True)
     parser.add_argument("--reference", type=Path, help="another run whose model.safetensors to compare")
+    parser.add_argument("--note", type=Path, help="a Markdown file whose text goes into the card")
     args = parser.parse_args()
 
     run_dir: Path = args.run_dir
@@ -75,6 +92,10 @@ def main() -> None:
     deviation = max_deviation(training, plain)
     if deviation > TOLERANCE:
         raise SystemExit(f"{run_dir}: deployed form deviates by {deviation:.2e} from the training form")
+    gate = run_gate(plain)
+    print(gate.summary())
+    if not gate.passed:
+        raise SystemExit(f"{run_dir}: not shipped, the artifact gate failed")
     repsr.save_model(training, FOLDER / f"{args.name}.train.safetensors")
     repsr.save_model(plain, FOLDER / f"{args.name}.safetensors")
 
@@ -90,6 +111,21 @@ def main() -> None:
         reference = evaluate(ref_model, {"holdout": holdout}, device="cpu", baseline=False).datasets[0]
         entry["reference_psnr"] = reference.mean("psnr")
         entry["reference_ssim"] = reference.mean("ssim")
+    with torch.no_grad():
+        degraded = evaluate(
+            plain,
+            degraded_sets({"holdout": holdout}, select_conditions(None), scale),
+            device="cpu",
+            tile=None,
+        )
+    entry["degraded"] = {
+        d.name.split("/", 1)[1]: {
+            "psnr": d.mean("psnr"),
+            "bicubic_psnr": d.mean("bicubic_psnr"),
+            "worst_gain": min(i.psnr - i.bicubic_psnr for i in d.images),
+        }
+        for d in degraded.datasets
+    }
     all_scores_path = FOLDER / "scores.json"
     all_scores = json.loads(all_scores_path.read_text()) if all_scores_path.is_file() else {}
     all_scores[args.name] = entry
@@ -117,18 +153,29 @@ def main() -> None:
         "## Training",
         "",
         "- Data: the `repsr corpus` photographs (Debian wallpaper packages; JPEG blocking cleaned by a "
-        "MATLAB-bicubic x1/2), LR made by MATLAB bicubic, flips and 90-degree rotations.",
+        f"MATLAB-bicubic x1/2), LR {lr_making(config)}, flips and 90-degree rotations"
+        + (", random R/G/B channel order" if config["data"].get("channel_shuffle") else "")
+        + ".",
         f"- Recipe: L1, Adam (betas {t['betas']}), LR {t['lr']:g} with {t['scheduler']} decay to "
         f"{t['min_lr']:g}, batch {t['batch_size']}, LR patch {config['data']['patch_size']}, "
         f"BN switch at {b['switch_at']:g} of training (precise statistics over {b['precise_batches']} "
         "batches), "
-        f"merged-form phase 2, bf16 autocast: {t['amp']}, seed {config['seed']}.",
+        f"merged-form phase 2, bf16 autocast: {t['amp']}, seed {config['seed']}"
+        + (f", fine-tuned from `{t['init']}`" if t.get("init") else "")
+        + ".",
         f"- {int(last_row['iteration']):,} iterations in {float(last_row['seconds']) / 60:.0f} min "
         f"(validation included) on one thread of a {cpu_name()}, torch {torch.__version__}, "
-        "while three other runs shared the 2-core machine.",
+        "while other runs shared the 2-core machine.",
         f"- Held-out PSNR gained over the last fifth of the run: {flatness(curve):+.3f} dB "
         "(the project stops a run once this is below 0.02 dB).",
         f"- Merge check: deployed vs training form, max deviation {deviation:.1e} (float32).",
+        "",
+        "## Artifact gate (`repsr.gate`)",
+        "",
+        "Worst input of each check (levels of 255 for flat colours, phase bias and ringing; dB over bicubic "
+        "for the photographs):",
+        "",
+        *(f"- {gate.worst(kind).describe()}" for kind in dict.fromkeys(c.kind for c in gate.checks)),
         "",
         "## Held-out scores",
         "",
@@ -155,6 +202,18 @@ def main() -> None:
     if reference:
         mean += f" {entry['reference_psnr']:.2f} / {entry['reference_ssim']:.4f} |"
     lines += [mean, ""]
+    lines += [
+        "## Degraded benchmark (`repsr eval MODEL --degrade`)",
+        "",
+        "The same photographs, LR degraded by fixed, seeded conditions; bicubic upscales the same LR.",
+        "",
+        "```",
+        format_gains(degraded),
+        "```",
+        "",
+    ]
+    if args.note is not None:
+        lines += [args.note.read_text().strip(), ""]
     lines += ["Validation curve (iteration: held-out PSNR):", ""]
     lines += ["    " + ", ".join(f"{it}: {psnr:.2f}" for it, psnr in curve), ""]
     (FOLDER / f"{args.name}.md").write_text("\n".join(lines))

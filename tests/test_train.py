@@ -15,6 +15,7 @@ from torch.utils.data import Dataset
 from repsr.blocks import RepBlock, RepBN
 from repsr.data import EvalPair, sample_images
 from repsr.io import read_image, write_image
+from repsr.phase import Phase
 from repsr.training import Trainer, TrainingError, load_config
 from repsr.training import checkpoint as ckpt
 from repsr.training.bn_switch import precise_statistics
@@ -88,7 +89,7 @@ def states_equal(a: dict, b: dict) -> bool:
 def test_loss_decreases_on_a_fixed_batch(tmp_path):
     trainer = make_trainer(tmp_path, tiny_config(**{"train.iterations": 100, "train.scheduler": "constant"}))
     batch = (torch.stack(t) for t in zip(*(trainer.train_set[k] for k in range(4)), strict=True))
-    lr_patch, hr_patch = (trainer._to_device(t) for t in batch)
+    lr_patch, hr_patch = (trainer.step.to_device(t) for t in batch)
     trainer.start()  # what run() does first: the config's thread count (1 for these tiny ops)
     trainer.model.train()
     losses = [float(trainer.train_step(lr_patch, hr_patch)) for _ in range(40)]
@@ -100,7 +101,7 @@ def test_amp_runs_the_forward_in_bf16_and_keeps_the_state_in_float32(tmp_path):
     stay float32 (so the optimizer and the BN switch work in full precision)."""
     trainer = make_trainer(tmp_path, tiny_config(**{"train.amp": True}))
     batch = (torch.stack(t) for t in zip(*(trainer.train_set[k] for k in range(4)), strict=True))
-    lr_patch, hr_patch = (trainer._to_device(t) for t in batch)
+    lr_patch, hr_patch = (trainer.step.to_device(t) for t in batch)
     trainer.start()
     trainer.model.train()
     seen: list[torch.dtype] = []
@@ -139,20 +140,20 @@ def test_switch_happens_at_the_configured_iteration(tmp_path):
     blocks = [m for m in trainer.model.modules() if isinstance(m, RepBlock)]
     assert bns and blocks
     assert trainer.run(until=6) is None
-    assert trainer.bn_phase == "batch"
+    assert trainer.phase == Phase.BATCH_STATS
     assert all(bn.mode == "batch" for bn in bns)
     assert not any(block.merged_training for block in blocks)
     running_before = bns[0].running_var.clone()
     trainer.run(until=7)
-    assert trainer.bn_phase == "frozen"
+    assert trainer.phase == Phase.MERGED
     assert all(bn.mode == "frozen" for bn in bns)
     assert all(block.merged_training for block in blocks)
     assert not torch.equal(running_before, bns[0].running_var)  # precise statistics replaced them
     frozen_stats = bns[0].running_var.clone()
     result = trainer.run()
     assert torch.equal(frozen_stats, bns[0].running_var)  # frozen: no longer updated
-    phases = {row["iteration"]: row["bn_phase"] for row in result.history if "bn_phase" in row}
-    assert phases == {2: "batch", 4: "batch", 6: "batch", 8: "frozen"}
+    phases = {row["iteration"]: row["phase"] for row in result.history if "phase" in row}
+    assert phases == {2: "batch_stats", 4: "batch_stats", 6: "batch_stats", 8: "merged"}
 
 
 def test_precise_statistics_are_the_population_statistics():
@@ -205,11 +206,11 @@ def test_resume_gives_the_same_weights_as_one_run(tmp_path, amp):
     first.close()
     assert [i for i, _ in ckpt.list_checkpoints(tmp_path / "split" / "checkpoints")] == [4]
     second = make_trainer(tmp_path, config, name="split", resume=True)
-    assert second.iteration == 4 and second.bn_phase == "batch"
+    assert second.iteration == 4 and second.phase == Phase.BATCH_STATS
     assert second.run(until=9) is None  # switched after 6, killed after 9; last checkpoint at 8
     second.close()
     third = make_trainer(tmp_path, config, name="split", resume=True)
-    assert third.iteration == 8 and third.bn_phase == "frozen"
+    assert third.iteration == 8 and third.phase == Phase.MERGED
     result = third.run()
 
     assert states_equal(result.model.state_dict(), whole.model.state_dict())  # the EMA, delivered
@@ -354,7 +355,7 @@ def test_cli_end_to_end_with_real_images_and_sample_validation(tmp_path, capsys)
     } <= names
     assert any((out / "tensorboard").iterdir())
     header = (out / "metrics.csv").read_text().splitlines()[0]
-    assert header == "iteration,loss,lr,bn_phase,seconds,sample/psnr,sample/ssim"  # sample val by default
+    assert header == "iteration,loss,lr,phase,seconds,sample/psnr,sample/ssim"  # sample val by default
     resolved = load_config(out / "config.yaml")
     assert resolved.data.root == str(tmp_path / "hr") and resolved.log.every == 2
 
@@ -362,7 +363,7 @@ def test_cli_end_to_end_with_real_images_and_sample_validation(tmp_path, capsys)
     assert isinstance(trained, RepNet) and isinstance(plain, PlainSR)
     last = sorted((out / "checkpoints").iterdir())[-1]
     state = torch.load(last, weights_only=True)
-    assert state["iteration"] == 4 and state["bn_phase"] == "frozen" and state["spec"]["block"] == "repsr"
+    assert state["iteration"] == 4 and state["phase"] == "merged" and state["spec"]["block"] == "repsr"
     x = torch.rand(1, 3, 9, 7)
     with torch.no_grad():
         torch.testing.assert_close(plain(x), trained(x), rtol=1e-4, atol=1e-4)
@@ -376,7 +377,7 @@ def test_cli_end_to_end_with_real_images_and_sample_validation(tmp_path, capsys)
 @pytest.mark.parametrize("block,mode", [("ecb", "switch"), ("repsr", "none")])
 def test_networks_without_bn_train_merged_from_the_start(tmp_path, block, mode):
     trainer = make_trainer(tmp_path, tiny_config(**{"model.block": block, "bn.mode": mode}))
-    assert trainer.bn_phase == "none" and trainer.switch_at is None
+    assert trainer.phase == Phase.MERGED and trainer.switch_at is None
     assert all(m.merged_training for m in trainer.model.modules() if isinstance(m, RepBlock))
     trainer.close()
 
@@ -385,7 +386,7 @@ def test_switch_at_the_very_end_still_delivers_population_statistics(tmp_path):
     result = make_trainer(tmp_path, tiny_config(**{"bn.switch_at": 1.0})).run()
     bns = [m for m in result.model.modules() if isinstance(m, RepBN)]
     assert bns and all(bn.mode == "frozen" for bn in bns)
-    assert torch.load(result.checkpoint_path, weights_only=True)["bn_phase"] == "frozen"
+    assert torch.load(result.checkpoint_path, weights_only=True)["phase"] == "merged"
 
 
 def test_freeze_affine_stops_gamma_beta_after_the_switch(tmp_path):

@@ -9,8 +9,8 @@ import yaml
 
 from repsr.cli import main
 from repsr.errors import ConfigError
-from repsr.network import build_network
 from repsr.training import TrainConfig, load_config
+from repsr.training.builders import build_network
 from repsr.training.config import save_config
 from repsr.training.schedule import lr_factor
 
@@ -99,7 +99,11 @@ def test_shipped_configs_load_and_build(path):
     config = load_config(path)
     model = build_network(config)
     assert config.name == path.stem
-    if path.stem != "quick":
+    if path.stem.startswith("general-"):  # the general models' CPU recipes: fine-tunes of a clean model
+        assert model.spec.name == path.stem.replace("general-", "repsr-")
+        assert config.train.init == model.spec.name.lower() and not config.degradation.is_clean
+        assert config.data.channel_shuffle and config.data.workers >= 1
+    elif path.stem != "quick":
         assert model.spec.name == path.stem  # e.g. repsr-M4C16-x2
         assert config.train.iterations >= 100_000 and config.device == "auto"
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import torch
 
-from repsr.blocks import BNMode, RepBN
-from repsr.network import build_network
+from repsr.blocks import RepBN
 from repsr.phase import Phase, model_phase
 from repsr.training import checkpoint as ckpt
 from repsr.training.artifacts import checkpoint_state, verify_deployed
+from repsr.training.builders import build_network
 from repsr.training.distributed import Distributed
 from repsr.training.loop import LossMeter, run_steps
 from repsr.training.schedule import PhaseSchedule, lr_factor
@@ -19,26 +19,32 @@ from .test_train import make_trainer, tiny_config
 
 def test_schedule_switch_iteration_and_phases():
     schedule = PhaseSchedule.from_config(tiny_config(**{"train.iterations": 10, "bn.switch_at": 0.75}))
-    assert schedule.switch_at == 8 and schedule.initial == BNMode.BATCH  # round(7.5) = 8
-    assert [schedule.switch_due(BNMode.BATCH, i) for i in (7, 8, 10)] == [False, True, True]
-    assert not schedule.switch_due(BNMode.FROZEN, 9)
-    assert schedule.model_phase(BNMode.BATCH) == Phase.BATCH_STATS
-    assert schedule.model_phase(BNMode.FROZEN) == Phase.MERGED
+    assert schedule.switch_at == 8 and schedule.initial == Phase.BATCH_STATS  # round(7.5) = 8
+    assert [schedule.switch_due(Phase.BATCH_STATS, i) for i in (7, 8, 10)] == [False, True, True]
+    assert not schedule.switch_due(Phase.MERGED, 9)
+    assert schedule.after_switch == Phase.MERGED
     unmerged = PhaseSchedule.from_config(tiny_config(**{"bn.merged_training": False}))
-    assert unmerged.model_phase(BNMode.FROZEN) == Phase.FROZEN_STATS
+    assert unmerged.after_switch == Phase.FROZEN_STATS
+    # what older checkpoints recorded as bn_phase reads as the phase of the current config
+    assert [schedule.parse(old) for old in ("batch", "frozen")] == [Phase.BATCH_STATS, Phase.MERGED]
+    assert [unmerged.parse(new) for new in ("batch_stats", "merged")] == [
+        Phase.BATCH_STATS,
+        Phase.FROZEN_STATS,
+    ]
     for settings in ({"bn.mode": "batch"}, {"bn.mode": "none"}, {"model.block": "ecb"}):
         never = PhaseSchedule.from_config(tiny_config(**settings))
         assert never.switch_at is None and not never.switch_due(never.initial, 10**6)
-    assert PhaseSchedule.from_config(tiny_config(**{"bn.mode": "none"})).initial == BNMode.NONE
+    no_bn = PhaseSchedule.from_config(tiny_config(**{"bn.mode": "none"}))
+    assert no_bn.initial == Phase.MERGED and no_bn.parse("none") == Phase.MERGED
 
 
 def test_schedule_apply_puts_the_model_in_its_phase():
     config = tiny_config(**{"bn.freeze_affine": True})
     schedule, model = PhaseSchedule.from_config(config), build_network(config)
-    schedule.apply(model, BNMode.FROZEN)
+    schedule.apply(model, Phase.MERGED)
     bns = [m for m in model.modules() if isinstance(m, RepBN)]
     assert model_phase(model) == Phase.MERGED and not any(bn.weight.requires_grad for bn in bns)
-    schedule.apply(model, BNMode.BATCH)
+    schedule.apply(model, Phase.BATCH_STATS)
     assert model_phase(model) == Phase.BATCH_STATS and all(bn.weight.requires_grad for bn in bns)
 
 
@@ -72,13 +78,13 @@ def test_run_steps_and_loss_meter():
 def test_final_and_periodic_checkpoints_share_one_format(tmp_path):
     config = tiny_config()
     model = build_network(config)
-    common = {"iteration": 8, "bn_phase": BNMode.FROZEN, "config": config.to_dict(), "history": []}
+    common = {"iteration": 8, "phase": Phase.MERGED, "config": config.to_dict(), "history": []}
     final = checkpoint_state(model, **common, best=None, seconds=1.0, weights="ema", dtype=torch.float32)
     periodic = checkpoint_state(
         model, **common, best=None, seconds=1.0, optimizer=torch.optim.Adam(model.parameters())
     )
     assert final.keys() == periodic.keys() and final["format"] == periodic["format"] == ckpt.CHECKPOINT_FORMAT
-    assert final["optimizer"] is None and final["bn_phase"] == "frozen" and type(final["bn_phase"]) is str
+    assert final["optimizer"] is None and final["phase"] == "merged" and type(final["phase"]) is str
     path = tmp_path / "final.pt"
     torch.save(final, path)
     assert ckpt.read_checkpoint(path)["weights"] == "ema"
@@ -98,3 +104,26 @@ def test_constructing_a_trainer_has_no_global_side_effects(tmp_path):
         assert torch.equal(a, b)  # the initial weights still follow the seed
     first.close()
     second.close()
+
+
+def test_a_checkpoint_of_the_old_bn_phase_vocabulary_resumes(tmp_path):
+    """Written before `phase` replaced `bn_phase` (batch/frozen/none): it resumes in the phase it meant."""
+    import shutil
+    from pathlib import Path
+
+    from repsr.training.config import TrainConfig
+
+    old = Path(__file__).parent / "fixtures" / "old_format" / "ckpt_00000004.pt"
+    saved = torch.load(old, weights_only=True)
+    assert saved["bn_phase"] == "frozen" and "phase" not in saved
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    shutil.copy(old, tmp_path / "run" / "checkpoints" / old.name)
+    config = TrainConfig.from_dict(saved["config"]).with_overrides(["train.iterations=6"])
+    trainer = make_trainer(tmp_path, config, resume=True)
+    assert trainer.iteration == 4 and trainer.phase == Phase.MERGED
+    assert model_phase(trainer.model) == Phase.MERGED
+    result = trainer.run()
+    assert [row.get("phase") for row in result.history] == ["batch", "frozen", "merged"]
+    header = (tmp_path / "run" / "metrics.csv").read_text().splitlines()[0]
+    assert header.startswith("iteration,loss,lr,phase,seconds")
+    assert torch.load(result.checkpoint_path, weights_only=True)["phase"] == "merged"

@@ -117,7 +117,7 @@ def test_bad_validation_images_are_skipped_at_the_start_and_all_bad_is_an_error(
 
 
 def test_a_failing_validation_keeps_that_iterations_checkpoint(tmp_path, monkeypatch):
-    import repsr.training.trainer as trainer_module
+    import repsr.training.step as step_module
 
     config = tiny_config(**{"val.every": 4, "checkpoint.every": 4})
     trainer = make_trainer(tmp_path, config)
@@ -125,7 +125,7 @@ def test_a_failing_validation_keeps_that_iterations_checkpoint(tmp_path, monkeyp
     def broken(*args, **kwargs):
         raise RuntimeError("validation exploded")
 
-    monkeypatch.setattr(trainer_module, "evaluate", broken)
+    monkeypatch.setattr(step_module, "evaluate", broken)
     with pytest.raises(TrainingError, match="validation failed at iteration 4") as caught:
         trainer.run()
     path = tmp_path / "run" / "checkpoints" / "ckpt_00000004.pt"

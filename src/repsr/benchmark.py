@@ -263,8 +263,8 @@ def standard_models(scale: int = 4, seed: int = 0) -> list[tuple[str, nn.Module]
 def model_from_config(path: str | Path) -> nn.Module:
     """The training-form network a `repsr train` YAML config describes (randomly initialised), built by
     the trainer's own `build_network` so bench times exactly what training would train."""
+    from repsr.training.builders import build_network
     from repsr.training.config import load_config
-    from repsr.training.trainer import build_network
 
     return build_network(load_config(path)).eval()
 

@@ -23,7 +23,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
+from typing import NamedTuple, TypeVar
 
 import numpy as np
 import torch
@@ -34,9 +34,6 @@ from repsr.color import rgb_to_y
 from repsr.degradations import Degradation, degrade
 from repsr.errors import DataError, ImageError, RepsrError
 from repsr.resize import imresize
-
-if TYPE_CHECKING:
-    from repsr.training.config import TrainConfig
 
 __all__ = [
     "SAMPLE_TRAIN",
@@ -574,24 +571,3 @@ class EvalSet:
                 yield self[i]
             except TooSmallError as error:
                 log.warning("%s; skipped", error)
-
-
-def build_train_set(
-    config: TrainConfig, data: Path | torch.utils.data.Dataset | None
-) -> torch.utils.data.Dataset:
-    """Training patches from `data` (a folder/file, or a ready dataset), `data.root`, or the samples."""
-    if isinstance(data, torch.utils.data.Dataset):
-        return data
-    root: Any = data if data is not None else config.data.root
-    hr = Path(root) if root is not None else sample_images()["train"]
-    return TrainPatches(
-        hr,
-        config.model.scale,
-        config.data.patch_size,
-        lr=config.data.lr_root,
-        cache_dir=config.data.cache_dir,
-        augment=config.data.augment,
-        channel_shuffle=config.data.channel_shuffle,
-        degradation=config.degradation,
-        y_channel=config.model.in_channels == 1,
-    )

@@ -40,6 +40,10 @@ class ConfigError(RepsrError):
     """A configuration key that is unknown or has the wrong type or value."""
 
 
+class TrainingError(RepsrError):
+    """A run that cannot go on (non-finite loss, a merge that does not verify)."""
+
+
 class DependencyError(RepsrError):
     """An optional package the requested feature needs is not installed."""
 

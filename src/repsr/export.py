@@ -145,7 +145,8 @@ def _load_for_deploy(
 
 def pre_switch_warning(path: Path, extras: dict[str, Any]) -> str | None:
     """The warning for a checkpoint saved before the BN switch (BN still on mini-batch statistics)."""
-    if str(extras.get("bn_phase", "")) != "batch":
+    recorded = str(extras.get("phase", extras.get("bn_phase", "")))  # bn_phase: files of older versions
+    if recorded not in ("batch_stats", "batch"):
         return None
     iteration = extras.get("iteration")
     when = f" at iteration {iteration}" if iteration is not None else ""

@@ -15,30 +15,27 @@ import copy
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, overload
+from typing import Any, overload
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from repsr.blocks import BLOCKS, BlockOptions, BNMode, RepBlock
+from repsr.blocks import BLOCKS, BlockOptions, RepBlock
 from repsr.errors import ConfigError, RepsrError
 from repsr.phase import set_bn_mode, set_merged_training
 
 __all__ = [
+    "FusedTailPlainSR",
     "ModelSpec",
     "PlainSR",
     "RepNet",
     "build_model",
-    "build_network",
-    "config_has_bn",
     "reparameterize_model",
     "set_bn_mode",  # re-exported: lower-level steps of repsr.phase.set_phase
     "set_merged_training",
+    "shuffle_add_skip",
 ]
-
-if TYPE_CHECKING:
-    from repsr.training.config import TrainConfig
 
 SCALES = (2, 3, 4)
 IN_CHANNELS = (1, 3)
@@ -195,6 +192,43 @@ class PlainSR(nn.Module):
         return self.upsampler(y) + _upsample_skip(x, self.spec.scale)
 
 
+def shuffle_add_skip(features: Tensor, lr: Tensor, scale: int, *, dtype: torch.dtype | None = None) -> Tensor:
+    """`pixel_shuffle(features, scale) + nearest_upsample(lr, scale)` in a single strided pass: the one
+    fused tail (fp32 plain networks, and the bf16 form with `dtype=torch.float32`).
+
+    `features` (N, C*s*s, H, W) in any memory format, `lr` (N, C, H, W); the result is a new contiguous
+    NCHW tensor in `dtype` (default: `features`'s). Same additions as the eager tail, without
+    materialising either intermediate.
+    """
+    n, c, h, w = lr.shape
+    dtype = dtype or features.dtype
+    # channel index of `features` is c * s*s + i * s + j for output pixel (y*s + i, x*s + j)
+    shuffled = features.unflatten(1, (c, scale, scale)).permute(0, 1, 4, 2, 5, 3)
+    skip = lr[:, :, :, None, :, None]
+    if torch.compiler.is_compiling():  # inductor fuses the functional form itself (and rejects `out=`)
+        return (shuffled.to(dtype) + skip.to(dtype)).reshape(n, c, h * scale, w * scale)
+    out = torch.empty((n, c, h * scale, w * scale), dtype=dtype, device=features.device)
+    torch.add(shuffled, skip, out=out.view(n, c, h, scale, w, scale))
+    return out
+
+
+class FusedTailPlainSR(nn.Module):
+    """A `PlainSR` run with the fused pixel-shuffle + skip tail (`shuffle_add_skip`): same function,
+    faster on CPU (the eager tail spends as long as the convs on a small net)."""
+
+    def __init__(self, plain: PlainSR) -> None:
+        super().__init__()
+        self.body = plain.body
+        self.spec = plain.spec
+        self.scale = plain.spec.scale
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = x
+        for layer in self.body:
+            y = layer(y)
+        return shuffle_add_skip(y, x, self.scale)
+
+
 def build_model(
     block: str = "repsr",
     *,
@@ -211,27 +245,6 @@ def build_model(
     re-parameterizable blocks.
     """
     return RepNet(ModelSpec(block, scale, num_blocks, channels, in_channels, dict(block_options)))
-
-
-def config_has_bn(config: TrainConfig) -> bool:
-    """Whether the network a training config describes has BN at all (`plain` and `ecb` never do)."""
-    return config.bn.mode != "none" and BLOCKS[config.model.block].has_bn
-
-
-def build_network(config: TrainConfig) -> RepNet:
-    """The training-form network a training config describes (BN in batch mode unless `bn.mode` is none)."""
-    m = config.model
-    options = m.block_options()
-    if BLOCKS[m.block].has_bn:
-        options["bn_mode"] = BNMode.BATCH if config_has_bn(config) else BNMode.NONE
-    return build_model(
-        m.block,
-        scale=m.scale,
-        num_blocks=m.num_blocks,
-        channels=m.channels,
-        in_channels=m.in_channels,
-        **options,
-    )
 
 
 def _as_conv(module: nn.Module) -> nn.Conv2d:

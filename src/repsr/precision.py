@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from repsr.errors import ConfigError
+from repsr.network import FusedTailPlainSR, PlainSR, reparameterize_model, shuffle_add_skip
 
 # bf16 must beat fp32 by this factor in the probe to be chosen: it costs a little accuracy, so a gain
 # inside the timing noise is not worth it.
@@ -202,18 +203,6 @@ def autocast_bf16_default(device: str | torch.device, dtype: torch.dtype = torch
 # ------------------------------------------------------------------------------------------- bf16 net
 
 
-def _float_tail(features: Tensor, lr: Tensor, scale: int) -> Tensor:
-    """`pixel_shuffle(features) + nearest_upsample(lr)` computed and stored in float32, in one pass."""
-    n, c, h, w = lr.shape
-    shuffled = features.unflatten(1, (c, scale, scale)).permute(0, 1, 4, 2, 5, 3)
-    skip = lr[:, :, :, None, :, None]
-    if torch.compiler.is_compiling():
-        return (shuffled.float() + skip.float()).reshape(n, c, h * scale, w * scale)
-    out = torch.empty((n, c, h * scale, w * scale), dtype=torch.float32, device=features.device)
-    torch.add(shuffled, skip, out=out.view(n, c, h, scale, w, scale))  # bf16 + fp32 -> fp32
-    return out
-
-
 class Bf16PlainSR(nn.Module):
     """A `PlainSR` whose convs and PReLUs run in bf16 (channels-last); input, skip and output float32.
 
@@ -227,8 +216,6 @@ class Bf16PlainSR(nn.Module):
 
     def __init__(self, plain: nn.Module, *, float_head: int = 0, float_tail: int = 0) -> None:
         super().__init__()
-        from repsr.network import PlainSR
-
         if not isinstance(plain, PlainSR):
             raise TypeError(f"expected a PlainSR, got {type(plain).__name__}")
         self.spec = plain.spec
@@ -250,14 +237,12 @@ class Bf16PlainSR(nn.Module):
         y = x.contiguous(memory_format=torch.channels_last)
         for layer, dtype in zip(self.body, self.dtypes, strict=True):
             y = layer(y.to(dtype))
-        return _float_tail(y, x.float(), self.scale)
+        return shuffle_add_skip(y, x.float(), self.scale, dtype=torch.float32)  # bf16 + fp32 -> fp32
 
 
 def bf16_module(model: nn.Module, device: str | torch.device = "cpu", **options: int) -> Bf16PlainSR:
     """`model` (plain, or training form re-parameterized first) made ready for bf16 inference on
     `device`; the argument itself is left untouched."""
-    from repsr.network import reparameterize_model
-
     plain = reparameterize_model(model).float()
     return Bf16PlainSR(plain, **options).to(device).eval()
 
@@ -324,11 +309,10 @@ def probe_bf16(model: nn.Module, device: torch.device, *, budget_s: float = PROB
     key = (_spec_key(model), str(device), torch.get_num_threads())
     if key in _PROBES:
         return _PROBES[key]
-    from repsr.inference import prepare_model
-    from repsr.network import reparameterize_model
-
-    plain = reparameterize_model(model).to(device).float()
-    fp32 = prepare_model(plain, "channels-last", device, torch.float32)
+    plain = reparameterize_model(model).to(device).float().eval()
+    for parameter in plain.parameters():
+        parameter.requires_grad_(False)
+    fp32 = FusedTailPlainSR(plain).to(memory_format=torch.channels_last)  # the `channels-last` backend
     bf16 = Bf16PlainSR(plain).to(device).eval()
     side = probe_side(model)
     generator = torch.Generator().manual_seed(0)
@@ -419,54 +403,6 @@ class PreparedNet:
     backend: str
 
 
-def prepare_for_precision(
-    model: nn.Module,
-    device: torch.device,
-    precision: str | Precision = Precision.AUTO,
-    backend: str = "channels-last",
-) -> PreparedNet:
-    """`model` (a repsr torch model, or an `OnnxInt8Runner`) ready to run on `device` in `precision`.
-
-    fp32/fp16 go through `repsr.inference.prepare_model` with `backend`; bf16 runs `Bf16PlainSR`
-    (channels-last, compiled when `backend` is `compile`; float32 in and out); int8 runs an ONNX file
-    in ONNX Runtime (a torch model is quantized first, calibrated on the sample photographs: slow,
-    `repsr export --int8` does it once). An ONNX runner always runs in ONNX Runtime.
-    """
-    from repsr.inference import prepare_model
-
-    quantized = getattr(model, "quantized", None)
-    if quantized is not None:  # an OnnxInt8Runner: ONNX Runtime decides the arithmetic
-        requested = Precision.parse(precision)
-        actual = Precision.INT8 if quantized else Precision.FP32
-        if requested not in (Precision.AUTO, actual):
-            name = getattr(model, "path", "this ONNX file")
-            raise ConfigError(f"{name} is {actual} (ONNX Runtime); it cannot run in {requested}")
-        if device.type != "cpu":
-            raise ConfigError("ONNX files run in ONNX Runtime on the CPU here; use --device cpu")
-        reason = f"{actual}: ONNX file run by ONNX Runtime on {cpu_capabilities().name} (cpu)"
-        return PreparedNet(model, actual, reason, torch.float32, False, "onnxruntime")
-    chosen, reason = choose_precision(model, device, precision)
-    if chosen is Precision.INT8:
-        import tempfile
-
-        from repsr.quantize import OnnxInt8Runner, export_int8_onnx
-
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "model-int8.onnx"
-            report = export_int8_onnx(model, path)
-            runner = OnnxInt8Runner(path)
-        reason += f"; quantized now ({report.psnr:.1f} dB from fp32; repsr export --int8 saves this step)"
-        return PreparedNet(runner, chosen, reason, torch.float32, False, "onnxruntime")
-    if chosen is Precision.BF16:
-        module: nn.Module = bf16_module(model, device)
-        if backend == "compile":
-            module = torch.compile(module, dynamic=None)
-        return PreparedNet(module, chosen, reason, torch.float32, True, backend)
-    dtype = torch.float16 if chosen is Precision.FP16 else torch.float32
-    module = prepare_model(model, backend, device, dtype)
-    return PreparedNet(module, chosen, reason, dtype, backend != "eager", backend)
-
-
 __all__ = [
     "BF16_MIN_SPEEDUP",
     "PRECISIONS",
@@ -480,7 +416,6 @@ __all__ = [
     "cpu_capabilities",
     "detect_cpu",
     "device_capabilities",
-    "prepare_for_precision",
     "probe_bf16",
     "probe_side",
 ]

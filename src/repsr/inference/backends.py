@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from repsr.errors import ConfigError
-from repsr.network import PlainSR, RepNet
+from repsr.network import FusedTailPlainSR, PlainSR, RepNet, shuffle_add_skip
 
 
 @dataclass(frozen=True)
@@ -59,38 +59,6 @@ def resolve_backend(backend: str) -> str:
     return backend
 
 
-def shuffle_add_skip(features: Tensor, lr: Tensor, scale: int) -> Tensor:
-    """`pixel_shuffle(features, scale) + nearest_upsample(lr, scale)` in a single strided pass.
-
-    `features` (N, C*s*s, H, W) in any memory format, `lr` (N, C, H, W); the result is a new contiguous
-    NCHW tensor. Same additions as the eager tail, without materialising either intermediate.
-    """
-    n, c, h, w = lr.shape
-    # channel index of `features` is c * s*s + i * s + j for output pixel (y*s + i, x*s + j)
-    shuffled = features.unflatten(1, (c, scale, scale)).permute(0, 1, 4, 2, 5, 3)
-    if torch.compiler.is_compiling():  # inductor fuses the functional form itself (and rejects `out=`)
-        return (shuffled + lr[:, :, :, None, :, None]).reshape(n, c, h * scale, w * scale)
-    out = torch.empty((n, c, h * scale, w * scale), dtype=features.dtype, device=features.device)
-    torch.add(shuffled, lr[:, :, :, None, :, None], out=out.view(n, c, h, scale, w, scale))
-    return out
-
-
-class FusedTailPlainSR(nn.Module):
-    """A `PlainSR` run with the fused pixel-shuffle + skip tail: same function, faster on CPU."""
-
-    def __init__(self, plain: PlainSR) -> None:
-        super().__init__()
-        self.body = plain.body
-        self.spec = plain.spec
-        self.scale = plain.spec.scale
-
-    def forward(self, x: Tensor) -> Tensor:
-        y = x
-        for layer in self.body:
-            y = layer(y)
-        return shuffle_add_skip(y, x, self.scale)
-
-
 def prepare_model(model: nn.Module, backend: str, device: torch.device, dtype: torch.dtype) -> nn.Module:
     """The module that computes `model` on `device` in `dtype` with PyTorch `backend` (`model` untouched).
 
@@ -118,3 +86,18 @@ def prepare_input(x: Tensor, backend: str) -> Tensor:
     if REGISTRY[backend].channels_last:
         return x.contiguous(memory_format=torch.channels_last)
     return x
+
+
+__all__ = [
+    "AUTO_BACKEND",
+    "BACKENDS",
+    "BENCH_BACKENDS",
+    "REGISTRY",
+    "UPSCALE_BACKENDS",
+    "Backend",
+    "FusedTailPlainSR",  # defined with the network (`repsr.network`), the form `channels-last` runs
+    "prepare_input",
+    "prepare_model",
+    "resolve_backend",
+    "shuffle_add_skip",
+]

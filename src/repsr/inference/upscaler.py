@@ -20,10 +20,16 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from repsr.color import rgb_to_ycbcr, ycbcr_to_rgb
 from repsr.errors import ConfigError
 from repsr.inference.backends import prepare_input, prepare_model, resolve_backend
 from repsr.inference.devices import resolve_device
+from repsr.inference.forms import prepare_for_precision
 from repsr.inference.tiling import MIN_TILE, auto_tile_size, model_scale, receptive_radius, tile_windows
+from repsr.io import to_pixels
+from repsr.network import RepNet, reparameterize_model
+from repsr.precision import Precision
+from repsr.resize import imresize
 
 
 def check_tile(tile: object) -> None:
@@ -66,8 +72,6 @@ def check_input(lr: object, channels: int) -> None:
 
 def _inference_form(model: nn.Module) -> nn.Module:
     """The plain network of a training-form model (merged once, eval mode); a plain model as it is."""
-    from repsr.network import RepNet, reparameterize_model
-
     if isinstance(model, RepNet):
         return reparameterize_model(model)
     return model
@@ -99,8 +103,6 @@ class Upscaler:
         tile: int | str | None = "auto",
         backend: str = "auto",
     ) -> None:
-        from repsr.precision import Precision, prepare_for_precision
-
         self.device = resolve_device(device)
         if half:
             warnings.warn(
@@ -187,9 +189,6 @@ def upscale_rgb(upscaler: Upscaler, rgb: Tensor, *, tiled: bool = True) -> Tenso
     run = upscaler if tiled else (lambda x: upscaler.untiled(x[None])[0])
     if upscaler.in_channels == 3:
         return run(rgb)
-    from repsr.color import rgb_to_ycbcr, ycbcr_to_rgb
-    from repsr.resize import imresize
-
     ycc = rgb_to_ycbcr(rgb)
     y = run(ycc[:1])
     chroma = imresize(ycc[1:].double(), upscaler.scale).float()  # float64: the same in any window
@@ -198,8 +197,6 @@ def upscale_rgb(upscaler: Upscaler, rgb: Tensor, *, tiled: bool = True) -> Tenso
 
 def upscale_image(upscaler: Upscaler, image) -> UpscaledImage:
     """Upscale a `repsr.io.LoadedImage`; alpha is resized by bicubic and re-attached, kind is kept."""
-    from repsr.resize import imresize
-
     rgb = upscale_rgb(upscaler, image.rgb).clamp_(0.0, 1.0)
     alpha = None
     if image.alpha is not None:
@@ -226,10 +223,6 @@ def upscale_pixels(upscaler: Upscaler, pixels, *, bit_depth: int | None = None) 
     it is computed: memory is the input, the integer output and one tile. Raises `MemoryError` when the
     output array cannot be allocated.
     """
-    from repsr.inference.tiling import tile_windows
-    from repsr.io import to_pixels
-    from repsr.resize import imresize
-
     array = pixels.array
     height, width, channels = array.shape
     bit_depth = bit_depth or pixels.bit_depth

@@ -9,6 +9,7 @@ checking the deployed network touch no files; only `write_final` writes.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,18 +18,17 @@ from torch import nn
 
 from repsr.atomic import atomic_write
 from repsr.equivalence import verify_equivalence
-from repsr.errors import EquivalenceError, RepsrError
-from repsr.network import PlainSR, RepNet
+from repsr.errors import EquivalenceError, TrainingError
+from repsr.network import PlainSR, RepNet, reparameterize_model
+from repsr.phase import set_merged_training
 from repsr.serialization import load_model, save_model
-from repsr.training.checkpoint import CHECKPOINT_FORMAT
+from repsr.training.checkpoint import CHECKPOINT_FORMAT, NonFiniteState, non_finite
+
+__all__ = ["BEST_MODEL", "DEPLOYED_MODEL", "FINAL_CHECKPOINT", "Delivered", "TrainingError", "deliver"]
 
 FINAL_CHECKPOINT = "final.pt"
 DEPLOYED_MODEL = "model.safetensors"
 BEST_MODEL = "best.safetensors"
-
-
-class TrainingError(RepsrError):
-    """A run that cannot go on (non-finite loss, a merge that does not verify)."""
 
 
 def _tensors(model: nn.Module, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
@@ -44,7 +44,7 @@ def checkpoint_state(
     model: RepNet,
     *,
     iteration: int,
-    bn_phase: str,
+    phase: str,
     config: dict[str, Any],
     history: list[dict[str, Any]],
     best: dict[str, Any] | None,
@@ -65,7 +65,7 @@ def checkpoint_state(
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "ema": ema.state_dict() if ema is not None else None,
         "iteration": iteration,
-        "bn_phase": str(bn_phase),
+        "phase": str(phase),  # a `repsr.phase.Phase` value
         "rng": rng,
         "config": config,
         "history": history,
@@ -98,3 +98,30 @@ def write_final(
     except TrainingError as failure:
         raise TrainingError(f"{model_path}: {failure}") from None
     return final_path, model_path, error
+
+
+@dataclass
+class Delivered:
+    """A run's end product: the training form, its plain network and (rank 0) the files written."""
+
+    model: RepNet
+    plain: PlainSR
+    checkpoint_path: Path
+    model_path: Path
+    error: float | None  # the saved model's float32 deviation from the training form (None: not written)
+
+
+def deliver(model: RepNet, final_state: dict[str, Any] | None, run_dir: Path) -> Delivered:
+    """Re-parameterize the delivered training form (branch form, eval mode) and, with a `final_state`
+    (rank 0), write and verify `final.pt` and `model.safetensors`. A non-finite state raises
+    `NonFiniteState` and writes nothing."""
+    set_merged_training(model, False)
+    model.eval()
+    plain = reparameterize_model(model)
+    final_path, model_path, error = run_dir / FINAL_CHECKPOINT, run_dir / DEPLOYED_MODEL, None
+    if final_state is not None:
+        bad = non_finite(final_state)
+        if bad is not None:
+            raise NonFiniteState(f"{bad} of the delivered model is not finite")
+        final_path, model_path, error = write_final(run_dir, final_state, model, plain)
+    return Delivered(model, plain, final_path, model_path, error)

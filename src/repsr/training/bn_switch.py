@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from repsr.blocks import BNMode, RepBN
+from repsr.blocks import RepBN
 from repsr.phase import Phase, set_phase
 from repsr.training.distributed import Distributed, combine_moments
 
@@ -29,6 +29,20 @@ class SwitchReport:
     batches: int
     mean_shift: float  # mean |new - old| of running_mean, relative to sqrt(new var)
     var_ratio: float  # mean of new var / old var
+
+    def describe(self, iteration: int, freeze_affine: bool, merged: bool, seconds: float) -> str:
+        """The log line of a switch after `iteration` steps."""
+        how = (
+            f"recomputed over {self.batches} batches (vs the running averages: mean shift "
+            f"{self.mean_shift:.3f} std, variance ratio {self.var_ratio:.3f})"
+            if self.batches
+            else "taken from the running averages"
+        )
+        return (
+            f"BN switch after iteration {iteration}: population statistics of {self.layers} BN layers "
+            f"{how}, now frozen{' with gamma/beta' if freeze_affine else ''}; training continues in "
+            f"{'merged' if merged else 'branch'} form ({seconds:.1f}s)"
+        )
 
 
 class _MomentAccumulator:
@@ -54,7 +68,7 @@ class _MomentAccumulator:
 
 def batch_mode_bns(model: nn.Module) -> list[RepBN]:
     """Every `RepBN` that still normalizes with mini-batch statistics."""
-    return [m for m in model.modules() if isinstance(m, RepBN) and m.mode == BNMode.BATCH]
+    return [m for m in model.modules() if isinstance(m, RepBN) and not m.frozen]
 
 
 @torch.no_grad()

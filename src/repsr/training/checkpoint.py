@@ -2,10 +2,12 @@
 
 A checkpoint is a `torch.save` dict of plain types only (tensors, dicts, lists, numbers, strings, None),
 so `torch.load(path, weights_only=True)` reads it. Keys: `format`, `spec` (the model spec), `model`
-(training-form state dict), `optimizer`, `scheduler`, `ema` (or None), `iteration`, `bn_phase`, `rng`,
+(training-form state dict), `optimizer`, `scheduler`, `ema` (or None), `iteration`, `phase`, `rng`,
 `config` and `history`, `best`, `seconds`, `weights` (built by `artifacts.checkpoint_state`; the run's
 `final.pt` has the same format with None for optimizer, scheduler, EMA and RNG). `repsr.load_model`
-reads `spec` + `model` as a training-form model. Files written before `weights` existed still load.
+reads `spec` + `model` as a training-form model. Files written before `weights` existed still load, and
+so do files that recorded `bn_phase` (`batch`, `frozen`, `none`) instead of `phase`: `read_checkpoint`
+renames the key and `schedule.PhaseSchedule.parse` reads either vocabulary.
 
 Files are written with `atomic_write` (temp file, fsync, rename): a run killed while saving leaves the
 previous checkpoints intact and at worst a stray temp file, which the next resume removes.
@@ -20,11 +22,11 @@ from typing import Any
 
 import torch
 
-from repsr.errors import first_line
+from repsr.errors import TrainingError, first_line
 from repsr.serialization import atomic_write
 
 CHECKPOINT_FORMAT = "repsr-train-checkpoint-1"
-REQUIRED_KEYS = ("format", "spec", "model", "optimizer", "scheduler", "iteration", "bn_phase", "config")
+REQUIRED_KEYS = ("format", "spec", "model", "optimizer", "scheduler", "iteration", "phase", "config")
 _NAME = re.compile(r"ckpt_(\d+)\.pt")
 
 log = logging.getLogger("repsr.training")
@@ -69,6 +71,8 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
         raise ValueError(first_line(error)) from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError("not a repsr training checkpoint")
+    if "phase" not in state and "bn_phase" in state:  # written before the phase vocabulary was one
+        state["phase"] = state.pop("bn_phase")
     missing = [k for k in REQUIRED_KEYS if k not in state]
     if missing:
         raise ValueError(f"missing key(s) {', '.join(missing)}")
@@ -138,3 +142,20 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def last_good(directory: Path, is_main: bool = True) -> str:
+    """Which checkpoint a diverged run can resume from (checked: every tensor finite), in words."""
+    found = newest_valid_checkpoint(directory) if is_main else None
+    if found is None:
+        return "no usable checkpoint was written"
+    return f"the last good checkpoint is {found[0]}; --resume continues from it"
+
+
+def diverged(what: str, directory: Path, is_main: bool = True) -> TrainingError:
+    """The error of a run that diverged (`what` is not finite), naming the checkpoint to resume from."""
+    resume = last_good(directory, is_main)
+    advice = "try a lower train.lr or train.grad_clip"
+    if what.startswith("the loss"):
+        return TrainingError(f"{what}; stopped without saving ({resume}); {advice}")
+    return TrainingError(f"training diverged: {what}; stopped without saving ({resume}); {advice}")

@@ -7,7 +7,11 @@ overrides (values parsed as YAML), and checks every key and type: an unknown key
 
 The recipe defaults follow the public ECBSR recipe of BasicSR (`options/train/ECBSR/*.yml`: L1 loss,
 Adam lr 5e-4 with betas (0.9, 0.99), batch 32, HR patch 128 at x2, i.e. LR patch 64) with a cosine decay
-as in BasicSR's later recipes; see docs/TRAINING.md for the reasoning behind each choice.
+as in BasicSR's later recipes; configs/README.md gives the source of each choice.
+
+`bn.mode` is held parsed, as a `BNSchedule`; `model.*` block options are checked by the block's own
+`Options` (`repsr.blocks`), so a new block's options need no change here. Losses and optimizers are the
+names of `training.losses.LOSSES` and `training.optim.OPTIMIZERS`.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from repsr.blocks import BLOCKS
 from repsr.degradations import Degradation
 from repsr.errors import ConfigError, first_line
 from repsr.network import IN_CHANNELS, SCALES
+from repsr.training.losses import LOSSES
+from repsr.training.optim import OPTIMIZERS
 
 
 class BNSchedule(str, Enum):
@@ -40,7 +46,6 @@ class BNSchedule(str, Enum):
 
 
 SCHEDULERS = ("cosine", "step", "constant")
-LOSSES = ("l1", "l2")
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -59,11 +64,13 @@ class ModelConfig:
     squeeze_bn: bool | None = None  # repsr: BN after the 1x1 squeeze too
     depth_multiplier: float | None = None  # ecb: width of its 1x1-3x3 branch
     rep_head_tail: bool = False  # head and tail convs are re-parameterizable blocks too
+    options: dict[str, Any] = field(default_factory=dict)  # any other option of the block's `Options`
 
     def block_options(self) -> dict[str, Any]:
         """The options given to the block constructor (only those set), plus `rep_head_tail`."""
         names = ("expand", "paths", "identity", "squeeze_bn", "depth_multiplier")
         options = {name: getattr(self, name) for name in names if getattr(self, name) is not None}
+        options.update(self.options)
         if self.rep_head_tail:
             options["rep_head_tail"] = True
         return options
@@ -98,7 +105,8 @@ class OptimConfig:
     milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])  # step: fractions of iterations
     gamma: float = 0.5  # step: LR factor at each milestone
     warmup: int = 0  # iterations of linear warm-up
-    loss: str = "l1"  # l1 | l2
+    loss: str = "l1"  # a name in training.losses.LOSSES: l1 | l2 | charbonnier
+    optimizer: str = "adam"  # a name in training.optim.OPTIMIZERS: adam | adamw
     grad_clip: float = 0.0  # max gradient norm, 0 = off
     # bfloat16 autocast of the forward pass (CPU and CUDA); loss, BN statistics and optimizer stay in
     # float32. None ("auto"): on where the device has native bf16 units (AMX or AVX512-BF16, CUDA sm80+)
@@ -113,17 +121,12 @@ class OptimConfig:
 class BNConfig:
     """The BN switch (the paper's contribution) and training in merged form after it."""
 
-    mode: str = "switch"  # batch | switch | none
+    mode: BNSchedule = BNSchedule.SWITCH  # batch | switch | none
     switch_at: float = 0.8  # switch: fraction of train.iterations after which statistics freeze
     precise_batches: int = 100  # batches for precise population statistics at the switch (0 = keep EMA)
     freeze_affine: bool = False  # also stop training gamma/beta after the switch
     merged_training: bool = True  # once all BN statistics are fixed, train each block as one 3x3 conv
     sync: bool = False  # SyncBatchNorm across processes before the switch
-
-    @property
-    def schedule(self) -> BNSchedule:
-        """`mode` as a `BNSchedule` (the config keeps the plain string, as YAML and checkpoints do)."""
-        return BNSchedule(self.mode)
 
 
 @dataclass
@@ -177,7 +180,7 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (dicts, lists, numbers, strings, None): YAML- and checkpoint-safe."""
-        return dataclasses.asdict(self)
+        return dataclasses.asdict(self, dict_factory=_plain_dict)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
@@ -196,7 +199,7 @@ class TrainConfig:
     @property
     def switch_iteration(self) -> int | None:
         """The iteration count after which BN statistics freeze (None unless `bn.mode` is switch)."""
-        if self.bn.schedule != BNSchedule.SWITCH:
+        if self.bn.mode != BNSchedule.SWITCH:
             return None
         return min(self.train.iterations, round(self.bn.switch_at * self.train.iterations))
 
@@ -249,6 +252,10 @@ def _apply_override(data: dict[str, Any], override: str) -> None:
     node[parts[-1]] = value
 
 
+def _plain_dict(items: list[tuple[str, Any]]) -> dict[str, Any]:
+    return {k: v.value if isinstance(v, Enum) else v for k, v in items}
+
+
 def _build(cls: type, data: Any, prefix: str) -> Any:
     if not isinstance(data, dict):
         raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {_kind(data)}")
@@ -267,6 +274,14 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     """Check `value` against the type hint `hint`, converting only where it is lossless."""
     if dataclasses.is_dataclass(hint):
         return _build(hint, {} if value is None else value, key + ".")
+    if isinstance(hint, type) and issubclass(hint, Enum):
+        choices = ", ".join(str(m.value) for m in hint)
+        try:
+            return hint(value)
+        except ValueError:
+            raise ConfigError(f"{key}: must be one of {choices}, got {_kind(value)}") from None
+    if hint is Any:
+        return value
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
         if type(None) in args and (value is None or (value == "auto" and bool in args)):
@@ -324,6 +339,7 @@ def validate(config: TrainConfig) -> None:
     _check(model.in_channels in IN_CHANNELS, "model.in_channels", "must be 1 (Y) or 3 (RGB)")
     _check(model.num_blocks >= 0, "model.num_blocks", "must be >= 0")
     _check(model.channels >= 1, "model.channels", "must be >= 1")
+    _check_block_options(model)
     _check(config.data.patch_size >= 4, "data.patch_size", "must be at least 4 (LR pixels)")
     _check(config.data.workers >= 0, "data.workers", "must be >= 0")
     config.degradation.resolved()  # unknown preset, bad probability or range: ConfigError naming the key
@@ -336,11 +352,14 @@ def validate(config: TrainConfig) -> None:
     _check(all(0 < m < 1 for m in optim.milestones), "train.milestones", "must be fractions in (0, 1)")
     _check(optim.gamma > 0, "train.gamma", "must be > 0")
     _check(optim.warmup >= 0, "train.warmup", "must be >= 0")
-    _check(optim.loss in LOSSES, "train.loss", f"must be one of {', '.join(LOSSES)}")
+    _check(optim.loss in LOSSES, "train.loss", f"must be one of {', '.join(LOSSES)}, got {optim.loss!r}")
+    _check(
+        optim.optimizer in OPTIMIZERS,
+        "train.optimizer",
+        f"must be one of {', '.join(OPTIMIZERS)}, got {optim.optimizer!r}",
+    )
     _check(optim.grad_clip >= 0, "train.grad_clip", "must be >= 0 (0 = off)")
     _check(optim.threads >= 0, "train.threads", "must be >= 0 (0 = default)")
-    schedules = ", ".join(s.value for s in BNSchedule)
-    _check(bn.mode in tuple(BNSchedule), "bn.mode", f"must be one of {schedules}, got {bn.mode!r}")
     _check(0 < bn.switch_at <= 1, "bn.switch_at", "must be a fraction of the iterations in (0, 1]")
     _check(bn.precise_batches >= 0, "bn.precise_batches", "must be >= 0")
     _check(0 < config.ema.decay < 1, "ema.decay", "must be in (0, 1)")
@@ -350,3 +369,21 @@ def validate(config: TrainConfig) -> None:
     crop = config.val.crop_border
     _check(crop is None or crop >= 0, "val.crop_border", "must be >= 0")
     _check(config.log.every >= 1, "log.every", "must be >= 1")
+
+
+def _check_block_options(model: ModelConfig) -> None:
+    """`model.*` block options checked by the block's own `Options` (the one source of their names)."""
+    options_class = BLOCKS[model.block].Options
+    options = {k: v for k, v in model.block_options().items() if k != "rep_head_tail"}
+    if "bn_mode" in options:
+        raise ConfigError("model.options.bn_mode: set by bn.mode, not by the model section")
+    known = options_class.field_names()
+    for name in options:
+        if name not in known:
+            where = f"model.{name}" if name not in model.options else f"model.options.{name}"
+            takes = ", ".join(n for n in known if n != "bn_mode") or "no options"
+            raise ConfigError(f"{where}: block {model.block!r} does not take it (it takes {takes})")
+    try:
+        options_class.from_dict(options)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"model: block {model.block!r}: {first_line(error)}") from None

@@ -38,8 +38,9 @@ def run_steps(
 class LossMeter:
     """Sum, count and a non-finite flag of the losses since the last report."""
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, checked_at: int = 0) -> None:
         self.device = device
+        self.checked_at = checked_at  # the iteration count of the last non-finite check
         self.sum = torch.zeros((), dtype=torch.float64, device=device)
         self.count = 0
         self.bad = torch.zeros((), dtype=torch.bool, device=device)
@@ -61,3 +62,11 @@ class LossMeter:
     def any_bad(self, dist: Distributed) -> bool:
         """Whether any loss so far was NaN/inf on any process."""
         return bool(dist.all_reduce_sum(self.bad.to(torch.float32)) > 0)
+
+    def bad_since(self, iteration: int, dist: Distributed) -> str | None:
+        """The iterations ("a-b") since the last check if a loss in them was NaN/inf on any process,
+        else None; `iteration` becomes the last check. Checking twice at one iteration is a no-op."""
+        if self.checked_at == iteration:
+            return None
+        since, self.checked_at = self.checked_at, iteration
+        return f"{since + 1}-{iteration}" if self.any_bad(dist) else None

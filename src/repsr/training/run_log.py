@@ -15,7 +15,7 @@ from typing import Any
 
 log = logging.getLogger("repsr.training")
 
-BASE_COLUMNS = ("iteration", "loss", "lr", "bn_phase", "seconds")
+BASE_COLUMNS = ("iteration", "loss", "lr", "phase", "seconds")
 
 
 class RunLog:
@@ -30,7 +30,9 @@ class RunLog:
         history: list[dict[str, Any]] | None = None,
         start_iteration: int = 0,
     ) -> None:
-        self.history: list[dict[str, Any]] = [h for h in (history or []) if h["iteration"] <= start_iteration]
+        self.history: list[dict[str, Any]] = [
+            _upgrade(h) for h in (history or []) if h["iteration"] <= start_iteration
+        ]
         self.columns = [*BASE_COLUMNS, *metric_columns]
         self.enabled = run_dir is not None
         self._pending: dict[str, Any] | None = None
@@ -55,6 +57,24 @@ class RunLog:
             from torch.utils.tensorboard import SummaryWriter
 
             self._tb = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_iteration + 1)
+
+    def report(
+        self,
+        iteration: int,
+        total: int,
+        *,
+        loss: float,
+        lr: float,
+        phase: str,
+        seconds: float,
+        bar: Any = None,
+    ) -> None:
+        """Record the loss row of `iteration`, show it on the progress `bar` and log it (rank 0)."""
+        self.record(iteration, loss=loss, lr=lr, phase=phase, seconds=round(seconds, 3))
+        if bar is not None:
+            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", phase=phase)
+        if self.enabled:
+            log.info("iter %d/%d loss %.5f lr %.3e phase %s", iteration, total, loss, lr, phase)
 
     def record(self, iteration: int, **values: Any) -> None:
         """Add values for `iteration` (merged with others recorded for the same iteration)."""
@@ -91,3 +111,8 @@ class RunLog:
             log.removeHandler(self._file_handler)
             self._file_handler.close()
             self._file_handler = None
+
+
+def _upgrade(row: dict[str, Any]) -> dict[str, Any]:
+    """A history row of an older run: its `bn_phase` column is now `phase`."""
+    return {("phase" if key == "bn_phase" else key): value for key, value in row.items()}

@@ -1,9 +1,11 @@
 """The training schedule as pure functions of the config: the BN phases, the switch, the LR factor.
 
-A run's BN phase (`BNMode`, recorded in logs and checkpoints) is `batch` until the switch and `frozen`
-after it (`bn.mode: switch`), `batch` throughout (`bn.mode: batch`), or `none` for a network without BN.
-`PhaseSchedule` says when the switch is due and which model `Phase` each BN phase trains in; it
-touches no files and no global state, so it is tested on its own.
+A run is always in one model `Phase` (recorded in logs and checkpoints as `phase`): `batch_stats` until
+the switch, then `merged` (or `frozen_stats` with `bn.merged_training: false`) under `bn.mode: switch`;
+`batch_stats` throughout under `bn.mode: batch`; the post-switch phase from the start for a network
+without BN. `PhaseSchedule` says when the switch is due and puts a model in a phase; it touches no files
+and no global state, so it is tested on its own. Checkpoints of older versions recorded `bn_phase`
+(`batch`, `frozen`, `none`); `PhaseSchedule.parse` reads both.
 """
 
 from __future__ import annotations
@@ -14,18 +16,24 @@ from typing import TYPE_CHECKING
 
 from torch import nn
 
-from repsr.blocks import BNMode
-from repsr.network import config_has_bn
+from repsr.blocks import BLOCKS
 from repsr.phase import Phase, set_phase
 from repsr.training.distributed import disable_sync_bn, enable_sync_bn
 
 if TYPE_CHECKING:
     from repsr.training.config import TrainConfig
 
+_OLD_BATCH = "batch"  # the pre-switch value of the `bn_phase` older checkpoints recorded
+
+
+def config_has_bn(config: TrainConfig) -> bool:
+    """Whether the network a training config describes has BN at all (`plain` and `ecb` never do)."""
+    return config.bn.mode != "none" and BLOCKS[config.model.block].has_bn
+
 
 @dataclass(frozen=True)
 class PhaseSchedule:
-    """When the BN switch happens and what each BN phase means for the model."""
+    """When the BN switch happens and which phase a run trains in before and after it."""
 
     switch_at: int | None  # the iteration count after which BN freezes; None: never
     has_bn: bool
@@ -41,26 +49,33 @@ class PhaseSchedule:
         return cls(switch_at, has_bn, bn.merged_training, bn.freeze_affine, bn.sync)
 
     @property
-    def initial(self) -> BNMode:
-        """The BN phase a run starts in."""
-        return BNMode.BATCH if self.has_bn else BNMode.NONE
-
-    def switch_due(self, bn_phase: BNMode | str, iteration: int) -> bool:
-        """Whether the switch must happen now, `iteration` steps done, before the next step (or the end)."""
-        return self.switch_at is not None and bn_phase == BNMode.BATCH and iteration >= self.switch_at
-
-    def model_phase(self, bn_phase: BNMode | str) -> Phase:
-        """The model phase a BN phase trains in."""
-        if bn_phase == BNMode.BATCH:
-            return Phase.BATCH_STATS
+    def after_switch(self) -> Phase:
+        """The phase once statistics are fixed (after the switch, or throughout without BN)."""
         return Phase.MERGED if self.merged_training else Phase.FROZEN_STATS
 
-    def apply(self, model: nn.Module, bn_phase: BNMode | str, *, distributed: bool = False) -> None:
-        """Put `model` in the configuration `bn_phase` needs (at the start, the switch, after a resume)."""
-        phase = self.model_phase(bn_phase)
+    @property
+    def initial(self) -> Phase:
+        """The phase a run starts in."""
+        return Phase.BATCH_STATS if self.has_bn else self.after_switch
+
+    def parse(self, recorded: str) -> Phase:
+        """The phase a checkpoint recorded (`phase`, or an older file's `bn_phase`), in this config's
+        form: a post-switch phase trains merged or not as `bn.merged_training` says now."""
+        if recorded in (Phase.BATCH_STATS, _OLD_BATCH) and self.has_bn:
+            return Phase.BATCH_STATS
+        return self.after_switch
+
+    def switch_due(self, phase: Phase | str, iteration: int) -> bool:
+        """Whether the switch must happen now, `iteration` steps done, before the next step (or the end)."""
+        return self.switch_at is not None and phase == Phase.BATCH_STATS and iteration >= self.switch_at
+
+    def apply(self, model: nn.Module, phase: Phase | str, *, distributed: bool = False) -> None:
+        """Put `model` in `phase` (at the start, the switch, after a resume), with SyncBN and gamma/beta
+        trainability as the config says."""
+        phase = Phase(phase)
         if phase != Phase.BATCH_STATS:
             disable_sync_bn(model)  # frozen statistics need no synchronisation
-        set_phase(model, phase, train_affine=not (bn_phase == BNMode.FROZEN and self.freeze_affine))
+        set_phase(model, phase, train_affine=not (phase != Phase.BATCH_STATS and self.freeze_affine))
         if phase == Phase.BATCH_STATS and self.sync_bn and distributed:
             enable_sync_bn(model)
 

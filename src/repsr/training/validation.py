@@ -27,4 +27,13 @@ def build_eval_sets(
     )
 
 
-__all__ = ["CachedEvalSet", "build_eval_sets", "evaluate"]
+__all__ = ["CachedEvalSet", "build_eval_sets", "describe", "evaluate"]
+
+
+def describe(results: dict[str, float]) -> str:
+    """`evaluate`'s results in words: "set PSNR dB / SSIM" per set."""
+    return ", ".join(
+        f"{k.split('/')[0]} {results[k]:.3f} dB / {results[k[:-4] + 'ssim']:.4f}"
+        for k in results
+        if k.endswith("/psnr")
+    )

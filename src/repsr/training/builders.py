@@ -1,0 +1,146 @@
+"""What a training config builds: the network, the training patches and fine-tuning's starting weights.
+
+The model layer (`repsr.network`, `repsr.data`) knows nothing of `TrainConfig`; this module reads the
+config and calls their plain constructors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from repsr.blocks import BLOCKS
+from repsr.data import EvalPair, TrainPatches, sample_images
+from repsr.errors import ConfigError
+from repsr.network import ModelSpec, RepNet, build_model
+from repsr.pretrained import resolve_model
+from repsr.serialization import load_model
+from repsr.training.config import TrainConfig
+from repsr.training.losses import LOSSES
+from repsr.training.optim import OPTIMIZERS
+from repsr.training.schedule import config_has_bn, lr_factor
+from repsr.training.validation import build_eval_sets
+
+__all__ = [
+    "build_loss",
+    "build_network",
+    "build_optimizer",
+    "build_scheduler",
+    "build_train_set",
+    "build_val_sets",
+    "config_has_bn",
+    "initial_weights",
+    "make_loader",
+]
+
+
+def build_network(config: TrainConfig) -> RepNet:
+    """The training-form network a training config describes (BN in batch mode unless `bn.mode` is none)."""
+    m = config.model
+    options = m.block_options()
+    if BLOCKS[m.block].has_bn:
+        options["bn_mode"] = "batch" if config_has_bn(config) else "none"
+    return build_model(
+        m.block,
+        scale=m.scale,
+        num_blocks=m.num_blocks,
+        channels=m.channels,
+        in_channels=m.in_channels,
+        **options,
+    )
+
+
+def build_loss(config: TrainConfig) -> nn.Module:
+    """The loss `train.loss` names (an entry of `losses.LOSSES`; the config checked the name)."""
+    return LOSSES[config.train.loss]()
+
+
+def build_optimizer(config: TrainConfig, params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
+    """The optimizer `train.optimizer` names (`optim.OPTIMIZERS`) over `params`, with `train.lr`,
+    `train.betas` and `train.weight_decay`."""
+    t = config.train
+    betas = (float(t.betas[0]), float(t.betas[1]))
+    return OPTIMIZERS[t.optimizer](params, t.lr, betas, t.weight_decay)
+
+
+def build_scheduler(
+    config: TrainConfig, optimizer: torch.optim.Optimizer
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """The LR schedule: `train.lr` times `schedule.lr_factor` (warm-up, then cosine/step/constant)."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(config, step))
+
+
+def build_train_set(
+    config: TrainConfig, data: Path | torch.utils.data.Dataset | None
+) -> torch.utils.data.Dataset:
+    """Training patches from `data` (a folder/file, or a ready dataset), `data.root`, or the samples."""
+    if isinstance(data, torch.utils.data.Dataset):
+        return data
+    root: Any = data if data is not None else config.data.root
+    hr = Path(root) if root is not None else sample_images()["train"]
+    return TrainPatches(
+        hr,
+        config.model.scale,
+        config.data.patch_size,
+        lr=config.data.lr_root,
+        cache_dir=config.data.cache_dir,
+        augment=config.data.augment,
+        channel_shuffle=config.data.channel_shuffle,
+        degradation=config.degradation,
+        y_channel=config.model.in_channels == 1,
+    )
+
+
+def make_loader(dataset: Dataset, sampler: Sampler, workers: int, device: torch.device) -> DataLoader:
+    """The training loader over `dataset` with a batch sampler (`sampling.KeyBatches`)."""
+    return DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        prefetch_factor=4 if workers else None,
+        persistent_workers=False,
+    )
+
+
+def build_val_sets(
+    config: TrainConfig, val: dict[str, Path | Iterable[EvalPair]] | None
+) -> dict[str, Iterable[EvalPair]]:
+    """Folders from `val.sets` (which include `val`'s folders), ready sets from `val`, else samples."""
+    sets: dict[str, Iterable[EvalPair]] = dict(
+        build_eval_sets(
+            {name: Path(root) for name, root in config.val.sets.items()},
+            config.model.scale,
+            sample=config.val.sample and val is None,
+            crop_border=config.val.crop_border,
+        )
+    )
+    sets.update({k: v for k, v in (val or {}).items() if not isinstance(v, str | Path)})
+    return sets
+
+
+def initial_weights(reference: str | Path, spec: ModelSpec) -> dict[str, Tensor]:
+    """The training-form weights `train.init` names (fine-tuning): a shipped model's training form
+    (`repsr-m4c16-x4`) or a training-form file (checkpoint, `final.pt`, `NAME.train.safetensors`).
+
+    The file's spec must equal the config's; a deployed plain network cannot start training (its
+    branches are gone). Both are `ConfigError`s naming the file.
+    """
+    path = resolve_model(reference, training_form=True)
+    source = load_model(path)
+    if not isinstance(source, RepNet):
+        raise ConfigError(
+            f"train.init {path}: a deployed plain network cannot start training; give a training-form "
+            "model (a checkpoint, final.pt, NAME.train.safetensors or a shipped model's name)"
+        )
+    if source.spec != spec:
+        raise ConfigError(
+            f"train.init {path}: holds model {source.spec.to_dict()} but the config describes "
+            f"{spec.to_dict()}; set model.* to match it"
+        )
+    return source.state_dict()

@@ -1,0 +1,72 @@
+"""Stopping a run cleanly: SIGINT/SIGTERM ask it to stop after the current step; a second one aborts.
+
+`StopSignals` is a context manager that installs the handlers (main thread only: signals go there) and
+restores the previous ones on exit; `requested` holds the first signal's number, or None.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any
+
+import torch
+
+from repsr.training.distributed import Distributed
+
+__all__ = ["StopSignals"]
+
+log = logging.getLogger("repsr.training")
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class StopSignals:
+    """Record a stop request on the first SIGINT/SIGTERM; raise KeyboardInterrupt on the second."""
+
+    def __init__(self, next_iteration: Callable[[], int]) -> None:
+        self.requested: int | None = None
+        self._next_iteration = next_iteration  # for the log line: the step being finished
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        self.requested = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {signum: signal.getsignal(signum) for signum in SIGNALS}
+            for signum in SIGNALS:
+                signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._restore()
+
+    def agreed(self, dist: Distributed, iteration: int, every: int) -> bool:
+        """Whether a signal asked this run (any process of it) to stop after the current step; with
+        several processes they agree on it every `every` iterations (the log interval)."""
+        asked = self.requested is not None
+        if not dist.enabled:
+            return asked
+        if iteration % every:
+            return False
+        flag = torch.tensor(float(asked), device=dist.device)
+        return bool(dist.all_reduce_sum(flag) > 0)
+
+    def _restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested is not None:
+            self._restore()
+            raise KeyboardInterrupt
+        self.requested = signum
+        log.warning(
+            "%s: finishing iteration %d, then saving a checkpoint (press Ctrl-C again to abort at once)",
+            signal.Signals(signum).name,
+            self._next_iteration(),
+        )
