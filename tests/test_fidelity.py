@@ -468,7 +468,7 @@ def test_resume_with_a_changed_learning_rate_keeps_the_checkpoint_schedule_and_s
     config = dataclasses.replace(config, train=dataclasses.replace(config.train, lr=1e-5))
     with caplog.at_level(logging.WARNING, logger="repsr"):
         resumed = make_trainer(tmp_path, config, resume=True)
-    assert resumed.scheduler.base_lrs == [tiny_config().train.lr]
+    assert resumed.state.scheduler.base_lrs == [tiny_config().train.lr]
     assert "train.lr" in caplog.text and "new train.lr is not applied" in caplog.text
 
 
