@@ -7,11 +7,12 @@ install: $(VENV)/.installed
 
 # torch==2.13.0 is installed first when missing: an unpinned torch would pull a multi-GB CUDA build.
 # pnnx (the ncnn converter) declares an unpinned torch dependency, so it is installed without deps.
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml src/repsr/kernels/fused.c
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install torch==2.13.0
 	$(PY) -m pip install -e '.[dev,onnx,video,ncnn]'
 	$(PY) -m pip install --no-deps pnnx
+	$(PY) -m repsr.kernels  # the fused CPU kernel; without a compiler it says so and torch runs
 	touch $@
 
 lint: install

@@ -4,9 +4,11 @@ Speed (default): probes the fp32 and bf16 (and int8, where torch has an int8 mat
 peaks, then times deployed M4C16, M10C32 and M16C64 x4 (random weights: speed only) on a 320x180 LR
 frame: torch fp32 channels-last (what `repsr upscale` ran before precisions), torch bf16
 (`repsr.precision.Bf16PlainSR`), ONNX Runtime fp32 and int8 (`repsr.quantize`), OpenVINO fp32/bf16 when
-installed. Each row gives its % of the peak of ITS precision; rows of one model are timed in interleaved
+installed, and the fused C kernel (`repsr.kernels`) in each precision this CPU runs. Each row gives its %
+of the peak of ITS precision; rows of one model are timed in interleaved
 rounds, so on a shared machine compare ratios, not absolute figures. Then what `auto` picks and why, and
-training steps (phase 1 and merged phase 2) fp32 vs bf16 autocast.
+training steps (phase 1 and merged phase 2) fp32 vs bf16 autocast. Then the shipped M4C16 x2 on a
+960x540 frame (the 1080p real-time case) through torch and the fused kernel.
 
 Quality (`--quality MODEL`): Y-PSNR against HR on held-out photographs (a folder; default the built-in
 validation sample photographs) for fp32, bf16 (and with head/tail in float32) and int8, and the
@@ -118,6 +120,55 @@ def _openvino_rows(onnx_path: Path, x: np.ndarray, threads: int) -> dict[str, Ca
     return rows
 
 
+def fused_rows(plain, x: torch.Tensor) -> dict[str, tuple[str, Callable]]:
+    """The fused kernel (`repsr.kernels`) in each precision this CPU runs; none where it cannot build."""
+    from repsr.kernels import FusedPlainSR, KernelUnavailable, runnable_variants
+
+    try:
+        precisions = runnable_variants()[0].precisions if runnable_variants() else ()
+        modules = {p: FusedPlainSR(plain, p) for p in precisions}
+    except KernelUnavailable as error:
+        print(f"  (fused kernel unavailable: {error})")
+        return {}
+    return {f"fused {p}": (p, (lambda module: lambda: module(x))(m)) for p, m in modules.items()}
+
+
+def frame_1080p(threads: int, rounds: int) -> None:
+    """The shipped M4C16 x2 on a 960x540 frame (-> 1920x1080), model alone: torch and the fused kernel."""
+    from repsr.inference import Upscaler
+    from repsr.pretrained import resolve_model
+    from repsr.serialization import load_model
+
+    torch.set_num_threads(threads)
+    plain = reparameterize_model(load_model(resolve_model("repsr-m4c16-x2"))).eval()
+    x = torch.rand(1, 3, 540, 960, generator=torch.Generator().manual_seed(0))
+    flop = 2 * 9 * (3 * 16 + 4 * 16 * 16 + 16 * 12) * 540 * 960
+    rows: dict[str, tuple[str, Callable]] = {}
+    for label, options in (
+        ("torch fp32 untiled", {"tile": None, "precision": "fp32"}),
+        ("torch fp32 tile auto", {"precision": "fp32"}),
+        ("torch bf16 untiled", {"tile": None, "precision": "bf16", "backend": "channels-last"}),
+        ("repsr upscale (auto)", {"precision": "auto"}),
+    ):
+        upscaler = Upscaler(plain, device="cpu", **options)
+        rows[label] = ("fp32", (lambda u: lambda: u(x))(upscaler))
+        if label.endswith("(auto)"):
+            print(f"  auto -> {upscaler.precision} {upscaler.backend}: {upscaler.precision_reason}")
+    rows.update(fused_rows(plain, x))
+    times = time_rows(rows, rounds)
+    print(f"960x540 -> 1920x1080, repsr-m4c16-x2 (shipped), model alone, {rounds} interleaved rounds")
+    print(
+        f"  {'row':<22} {'median ms':>10} {'min ms':>8} {'frames/s':>9} {'GFLOP/s':>8} {'vs torch fp32':>14}"
+    )
+    base = statistics.median(times["torch fp32 untiled"])
+    for name, samples in times.items():
+        median = statistics.median(samples)
+        print(
+            f"  {name:<22} {1000 * median:10.1f} {1000 * min(samples):8.1f} {1 / median:9.1f} "
+            f"{flop / median / 1e9:8.0f} {base / median:13.2f}x"
+        )
+
+
 def inference_rows(model, threads: int, with_int8: bool, folder: Path) -> dict[str, tuple[str, Callable]]:
     """name -> (precision of its peak, zero-argument forward on the 320x180 frame)."""
     plain = reparameterize_model(model).eval()
@@ -135,6 +186,7 @@ def inference_rows(model, threads: int, with_int8: bool, folder: Path) -> dict[s
         return call
 
     rows = {"torch fp32": ("fp32", torch_call(fp32)), "torch bf16": ("bf16", torch_call(bf16))}
+    rows.update(fused_rows(plain, x))
     try:
         from repsr.export import export_onnx, onnx_session
 
@@ -264,6 +316,8 @@ def quality(model_path: Path, holdout: Path | None, crop: int, with_int8: bool) 
         pairs.append((lr.contiguous(), torch.from_numpy(hr.astype(np.float32) / top_value).permute(2, 0, 1)))
     if plain.spec.in_channels == 1:
         raise SystemExit("--quality measures RGB models")
+    from repsr.kernels import FusedPlainSR, availability, runnable_variants
+
     variants: dict[str, Callable] = {
         "fp32": plain,
         "bf16": Bf16PlainSR(plain),
@@ -271,6 +325,9 @@ def quality(model_path: Path, holdout: Path | None, crop: int, with_int8: bool) 
         "bf16, tail fp32": Bf16PlainSR(plain, float_tail=1),
         "bf16, head+tail fp32": Bf16PlainSR(plain, float_head=1, float_tail=1),
     }
+    if availability() is None:
+        for precision in runnable_variants()[0].precisions:
+            variants[f"fused {precision}"] = FusedPlainSR(plain, precision)
     with tempfile.TemporaryDirectory() as tmp:
         if with_int8:
             from repsr.quantize import OnnxInt8Runner, export_int8_onnx
@@ -314,6 +371,7 @@ def main(argv: list[str] | None = None) -> None:
         quality(args.quality, args.holdout, args.crop, not args.no_int8)
         return
     speed(args.threads, args.rounds, not args.no_int8)
+    frame_1080p(args.threads, args.rounds)
     if not args.no_train:
         training(args.threads, args.rounds)
 

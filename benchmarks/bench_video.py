@@ -3,7 +3,9 @@
 Run: ``python benchmarks/bench_video.py [--frames N] [--codec C] [--preset P]`` (needs
 ``pip install 'repsr[video]'``).
 
-Two cases, each with a deployed M4C16 (random weights: speed does not depend on them), fp32 on CPU:
+Two cases, each with a deployed M4C16 (random weights: speed does not depend on them) on CPU, each run
+in fp32 on torch (`Upscaler`'s default) and with `precision="auto"` (what `repsr upscale` runs: the fused
+kernel in the precision its probe picks, see `repsr.kernels`):
 - 640x480 -> 2560x1920 (x4): the pipeline's overhead; goal: end to end >= 90% of the model-alone rate;
 - 960x540 -> 1920x1080 (x2): the real-time target (24 frames/s).
 
@@ -88,11 +90,19 @@ def model_alone_fps(upscaler: Upscaler, frames: list[torch.Tensor]) -> float:
 
 
 def case(
-    name: str, size: tuple[int, int], scale: int, frames: int, codec: str, preset: str | None, workdir: Path
+    name: str,
+    size: tuple[int, int],
+    scale: int,
+    frames: int,
+    codec: str,
+    preset: str | None,
+    workdir: Path,
+    precision: str = "fp32",
 ) -> None:
     width, height = size
     model = reparameterize_model(build_model("repsr", scale=scale, num_blocks=4, channels=16).eval())
-    upscaler = Upscaler(model, device="cpu")
+    upscaler = Upscaler(model, device="cpu", precision=precision)
+    how = f"{upscaler.precision} {upscaler.backend}"
     clip = workdir / f"in-{width}x{height}.mp4"
     write_clip(clip, width, height, frames)
     lr = decoded(clip)
@@ -103,20 +113,28 @@ def case(
     reference = (alone + alone_after) / 2  # the machine's load drifts: bracket the pipeline run
     fraction = report.fps / reference
     print(
-        f"{name}: {width}x{height} -> {width * scale}x{height * scale} (M4C16 x{scale}, {codec}"
+        f"{name}: {width}x{height} -> {width * scale}x{height * scale} (M4C16 x{scale} {how}, {codec}"
         f"{f' preset {preset}' if preset else ''}), "
         f"{report.frames} frames: model alone {alone:.2f} / {alone_after:.2f} frames/s, "
         f"end to end {report.fps:.2f} frames/s = {100 * fraction:.0f}% of model alone"
     )
 
 
-def main(frames: int = 24, codecs: tuple[str, ...] = ("libx264", "ffv1"), preset: str | None = None) -> None:
-    print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, fp32, tile auto")
+def main(
+    frames: int = 24,
+    codecs: tuple[str, ...] = ("libx264", "ffv1"),
+    preset: str | None = None,
+    precisions: tuple[str, ...] = ("fp32", "auto"),
+) -> None:
+    print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, tile auto")
     with tempfile.TemporaryDirectory() as tmp:
-        for codec in codecs:
-            case("480p x4", (640, 480), 4, frames, codec, preset if codec != "ffv1" else None, Path(tmp))
-        for codec in codecs:
-            case("540p x2", (960, 540), 2, frames, codec, preset if codec != "ffv1" else None, Path(tmp))
+        for precision in precisions:
+            for codec in codecs:
+                keep = preset if codec != "ffv1" else None
+                case("480p x4", (640, 480), 4, frames, codec, keep, Path(tmp), precision)
+            for codec in codecs:
+                keep = preset if codec != "ffv1" else None
+                case("540p x2", (960, 540), 2, frames, codec, keep, Path(tmp), precision)
     print(
         f"goals: end to end >= {100 * GOAL_FRACTION:.0f}% of model alone; "
         f"960x540 -> 1920x1080 at >= {REALTIME_FPS:.0f} frames/s"
@@ -128,5 +146,11 @@ if __name__ == "__main__":
     parser.add_argument("--frames", type=int, default=24)
     parser.add_argument("--codec", action="append", help="encoder(s) to run (default libx264 and ffv1)")
     parser.add_argument("--preset", help="encoder preset for libx264/libx265/libsvtav1 (default: theirs)")
+    parser.add_argument("--precision", action="append", help="Upscaler precision(s) (default fp32 and auto)")
     args = parser.parse_args()
-    main(args.frames, tuple(args.codec or ("libx264", "ffv1")), args.preset)
+    main(
+        args.frames,
+        tuple(args.codec or ("libx264", "ffv1")),
+        args.preset,
+        tuple(args.precision or ("fp32", "auto")),
+    )

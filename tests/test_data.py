@@ -323,3 +323,21 @@ def test_standard_sets(tmp_path):
         "B100": tmp_path / "BSD100",
         "Manga109": tmp_path / "Manga109",
     }
+
+
+def test_skipped_training_image_names_the_file_being_read(tmp_path, caplog):
+    from repsr.data import TrainPatches
+
+    for folder in ("d_textonly", "d_mixed"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "empty.png").write_bytes(b"")
+    write_image(tmp_path / "d_mixed" / "good.png", torch.rand(3, 40, 40))
+    cache = tmp_path / "cache"
+    with pytest.raises(Exception, match="d_textonly"):
+        TrainPatches(tmp_path / "d_textonly", 2, 8, cache_dir=cache)
+    caplog.set_level(logging.WARNING)
+    with __import__("warnings").catch_warnings():
+        __import__("warnings").simplefilter("error")  # a logged line, not a UserWarning
+        TrainPatches(tmp_path / "d_mixed", 2, 8, cache_dir=cache)
+    message = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    assert "d_mixed" in message and "empty.png" in message and "d_textonly" not in message

@@ -29,6 +29,7 @@ def test_every_registered_command_exists():
     assert not missing
 
 
+@pytest.mark.slow
 def test_demo_writes_model_pictures_and_report(tmp_path, monkeypatch):
     monkeypatch.setattr(
         demo,
@@ -69,6 +70,7 @@ def test_batch_statistics_output_differs_from_population_statistics():
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()), "the model must not change"
 
 
+@pytest.mark.slow
 def test_bn_study_runs_and_reports(tmp_path):
     report = studies.run_study(
         "bn",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import logging
 
 import numpy as np
 import pytest
@@ -164,3 +165,25 @@ def test_deploy_reads_a_checkpoint_once_and_takes_its_ema(tmp_path, monkeypatch)
     monkeypatch.setattr(torch, "load", counting)
     report = deploy(checkpoint, tmp_path / "plain.safetensors")
     assert calls == [checkpoint] and report.weights == "ema"
+
+
+def test_deploy_of_a_checkpoint_from_before_the_switch_warns(tmp_path, caplog):
+    from repsr.export import deploy
+
+    model = randomize(build_model("repsr", scale=2, num_blocks=1, channels=4), 2).eval()
+    for key, phase in (
+        ("bn_phase", "batch"),
+        ("bn_phase", "frozen"),
+        ("phase", "batch_stats"),
+        ("phase", "merged"),
+    ):
+        state = {"spec": model.spec.to_dict(), "model": model.state_dict(), "iteration": 5, key: phase}
+        torch.save(state, tmp_path / f"{phase}.pt")  # bn_phase: files of older versions
+    caplog.set_level(logging.WARNING)
+    report = deploy(tmp_path / "batch.pt", tmp_path / "a.safetensors")
+    assert len(report.warnings) == 1 and "before the BN switch" in report.warnings[0]
+    assert "batch.pt" in report.warnings[0] and "mini-batch" in report.warnings[0]
+    assert any("before the BN switch" in r.getMessage() for r in caplog.records)
+    assert deploy(tmp_path / "frozen.pt", tmp_path / "b.safetensors").warnings == []
+    assert len(deploy(tmp_path / "batch_stats.pt", tmp_path / "c.safetensors").warnings) == 1
+    assert deploy(tmp_path / "merged.pt", tmp_path / "d.safetensors").warnings == []

@@ -12,6 +12,7 @@ from repsr.pretrained import shipped
 
 @pytest.mark.parametrize("name", [m.name for m in shipped()])
 def test_every_shipped_model_passes_the_gate(name: str) -> None:
+    """As `repsr upscale -m NAME` runs it: a general model at its default denoise strength (and alone)."""
     report = run_gate(repsr.load_model(name))
     assert report.passed, report.summary()
     kinds = {c.kind for c in report.checks}

@@ -149,3 +149,14 @@ def test_input_errors():
         psnr(torch.rand(3, 8, 8), torch.rand(3, 8, 8), 4)
     with pytest.raises(ValueError, match="SSIM needs"):
         ssim(torch.rand(3, 12, 12), torch.rand(3, 12, 12), 2)
+
+
+def test_signal_psnr_is_unrounded_all_channels():
+    import math
+
+    from repsr.metrics import signal_psnr
+
+    a = np.zeros((3, 4, 4))
+    b = np.full((3, 4, 4), 0.001)  # 0.255 of a level: rounding would make it identical
+    assert math.isclose(signal_psnr(a, b), 10 * math.log10(255.0**2 / 0.255**2))
+    assert signal_psnr(a, a) == math.inf and signal_psnr(a - 1, a) == math.inf  # clipped to [0, 1]

@@ -1,5 +1,7 @@
 """save_model/load_model round trips, the SRVGGNetCompact layout, and refusal of bad files."""
 
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -152,3 +154,18 @@ def test_save_is_atomic_and_leaves_no_temp_files(tmp_path):
     repsr.save_model(plain, tmp_path / "m.safetensors")
     repsr.save_model(plain, tmp_path / "m.safetensors")  # overwrite in place
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]
+
+
+def test_pickle_or_text_as_pth_does_not_quote_torchs_unsafe_advice(tmp_path):
+    from repsr.serialization import load_model
+
+    torch.save({"x": Path("not a tensor")}, tmp_path / "pickle.pth")
+    (tmp_path / "text.pth").write_text("hello, this is not a model\n")
+    for name in ("pickle.pth", "text.pth"):
+        with pytest.raises(ModelFileError) as caught:
+            load_model(tmp_path / name)
+        message = str(caught.value)
+        assert name in message and "\n" not in message
+        assert "weights_only set to False" not in message and "Re-running" not in message
+    with pytest.raises(ModelFileError, match="not a plain state dict"):
+        load_model(tmp_path / "pickle.pth")

@@ -133,6 +133,7 @@ def two_process_run(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_two_processes_end_with_identical_weights_and_bn_statistics(two_process_run):
     tmp_path = two_process_run
     states = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True)["model"] for r in range(WORLD)]
@@ -149,6 +150,7 @@ def test_two_processes_end_with_identical_weights_and_bn_statistics(two_process_
     ]
 
 
+@pytest.mark.slow
 def test_a_signal_to_one_process_stops_all_at_one_iteration_and_resumes(two_process_run):
     """Rank 1 alone got SIGTERM during step 3; the ranks agree at the log interval (2), so both stopped
     after iteration 4, rank 0 saved it, and the resumed run ends exactly where the uninterrupted one did."""

@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING, Any
 from repsr.errors import RepsrError
 
 if TYPE_CHECKING:  # what type checkers and editors see; at run time these load on first use
+    from repsr.models import load_model
     from repsr.network import ModelSpec, PlainSR, RepNet, build_model, reparameterize_model
     from repsr.resize import imresize
-    from repsr.serialization import load_model, save_model
+    from repsr.serialization import save_model
 
 # The public names below load on first use: `import repsr` alone imports no torch and changes nothing
 # in the process (entry points choose thread settings, see `repsr.runtime`).
@@ -27,7 +28,7 @@ _EXPORTS = {
     "build_model": "repsr.network",
     "reparameterize_model": "repsr.network",
     "imresize": "repsr.resize",
-    "load_model": "repsr.serialization",
+    "load_model": "repsr.models",  # every form: torch files, shipped names, .onnx
     "save_model": "repsr.serialization",
 }
 

@@ -36,7 +36,9 @@ from torch import Tensor, nn
 from repsr.equivalence import BACKEND_TOLERANCE, check_deviation, deviation
 from repsr.errors import ConfigError, EquivalenceError, RepsrError, first_line
 from repsr.inference import BENCH_BACKENDS, prepare_input, prepare_model, resolve_device
+from repsr.kernels.build import KernelUnavailable
 from repsr.network import RepNet, build_model, reparameterize_model
+from repsr.timing import time_interleaved, time_runs
 
 STANDARD_SIZES = ((4, 16), (10, 32), (16, 64))  # (num_blocks, channels): M4C16, M10C32, M16C64
 DEFAULT_SIZE = (320, 180)  # (width, height) of the LR input: a 1280x720 output frame at x4
@@ -86,36 +88,6 @@ def count_macs(model: nn.Module, height: int, width: int) -> int:
 # ------------------------------------------------------------------------------------------- timing
 
 
-def _synchronizer(device: torch.device) -> Callable[[], None]:
-    if device.type == "cuda":
-        return lambda: torch.cuda.synchronize(device)
-    return lambda: None
-
-
-def time_runs(
-    fn: Callable[[], Any],
-    *,
-    device: torch.device | None = None,
-    warmup: int = 2,
-    min_runs: int = 5,
-    max_runs: int = 50,
-    budget_s: float = 3.0,
-) -> list[float]:
-    """Seconds per call of `fn` after `warmup` calls: at least `min_runs`, more while within `budget_s`."""
-    sync = _synchronizer(device or torch.device("cpu"))
-    for _ in range(warmup):
-        fn()
-    sync()
-    times: list[float] = []
-    started = time.perf_counter()
-    while len(times) < max_runs and (len(times) < min_runs or time.perf_counter() - started < budget_s):
-        begin = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - begin)
-    return times
-
-
 class PeakProbe:
     """A square fp32 matmul on `device`: the best rate a dense kernel reaches there, per call."""
 
@@ -138,38 +110,6 @@ def measure_peak_gflops(
     device = resolve_device(device)
     probe = PeakProbe(device, size)
     return probe.flop / statistics.median(time_runs(probe, device=device, budget_s=budget_s)) / 1e9
-
-
-def time_interleaved(
-    fn: Callable[[], Any],
-    probe: Callable[[], Any],
-    *,
-    device: torch.device | None = None,
-    warmup: int = 2,
-    min_runs: int = 5,
-    max_runs: int = 50,
-    budget_s: float = 3.0,
-) -> tuple[list[float], list[float]]:
-    """Like `time_runs`, alternating each timed call of `fn` with one of `probe`.
-
-    On a shared machine the load changes from second to second; a peak measured at another moment
-    than the workload can be off by a factor of two either way. Interleaved, both see the same load.
-    """
-    sync = _synchronizer(device or torch.device("cpu"))
-    for _ in range(warmup):
-        fn()
-        probe()
-    sync()
-    fn_times: list[float] = []
-    probe_times: list[float] = []
-    started = time.perf_counter()
-    while len(fn_times) < max_runs and (len(fn_times) < min_runs or time.perf_counter() - started < budget_s):
-        for call, times in ((fn, fn_times), (probe, probe_times)):
-            begin = time.perf_counter()
-            call()
-            sync()
-            times.append(time.perf_counter() - begin)
-    return fn_times, probe_times
 
 
 # ------------------------------------------------------------------------------------------- backends
@@ -196,7 +136,10 @@ def make_runner(model: nn.Module, backend: str, x: Tensor, *, threads: int) -> R
         return _onnx_runner(model, x, threads=threads, started=started)
     if backend not in BENCH_BACKENDS:
         raise ConfigError(f"backend must be one of {', '.join(BENCH_BACKENDS)}, got {backend!r}")
-    module = prepare_model(model, backend, device, torch.float32)
+    try:
+        module = prepare_model(model, backend, device, torch.float32)
+    except KernelUnavailable as error:  # the fused C kernel: no compiler, CPU or device
+        raise BackendUnavailable(str(error)) from None
     inp = prepare_input(x, backend)
 
     def call() -> Tensor:
@@ -270,12 +213,18 @@ def model_from_config(path: str | Path) -> nn.Module:
 
 
 def load_target(target: str | Path) -> tuple[str, nn.Module]:
-    """A bench argument: a YAML config (training form from its model section) or a model file."""
+    """A bench argument: a YAML config (training form from its model section), a model file or a shipped
+    model's name; an `.onnx` file is refused in one line (it runs on one backend only)."""
     from repsr.serialization import load_model
 
     path = Path(target)
     if path.suffix.lower() in CONFIG_SUFFIXES:
         model = model_from_config(path)
+    elif path.suffix.lower() == ".onnx":  # one fixed form: nothing to compare it against here
+        raise ConfigError(
+            f"{path}: repsr bench times a torch model on every backend (its onnxruntime row exports it); "
+            "give the model the ONNX file was exported from, or time the file with repsr upscale"
+        )
     else:
         model = load_model(path)
     return f"{path.stem} ({model.spec.name})", model

@@ -30,7 +30,7 @@ import torch
 
 from repsr.color import rgb_to_y
 
-__all__ = ["psnr", "ssim", "to_uint8_levels", "gaussian_window"]
+__all__ = ["gaussian_window", "psnr", "signal_psnr", "ssim", "to_uint8_levels"]
 
 ArrayLike = np.ndarray | torch.Tensor
 
@@ -92,6 +92,14 @@ def psnr(
     if mse == 0.0:
         return math.inf
     return 10.0 * math.log10(255.0**2 / mse)
+
+
+def signal_psnr(a: ArrayLike, b: ArrayLike) -> float:
+    """PSNR in dB of two network outputs as signals: float values clipped to [0, 1], every channel, no
+    rounding, crop or Y conversion (how far one computation is from another, e.g. int8 from fp32)."""
+    x, y = (np.clip(np.asarray(v, dtype=np.float64), 0.0, 1.0) * 255.0 for v in (a, b))
+    mse = float(np.mean((x - y) ** 2))
+    return math.inf if mse == 0.0 else 10.0 * math.log10(255.0**2 / mse)
 
 
 def gaussian_window(size: int = _SSIM_SIZE, sigma: float = _SSIM_SIGMA) -> np.ndarray:

@@ -26,11 +26,14 @@ from repsr.errors import ConfigError, RepsrError
 from repsr.phase import set_bn_mode, set_merged_training
 
 __all__ = [
+    "ALL_PRECISIONS",
     "FusedTailPlainSR",
+    "ModelDescriptor",
     "ModelSpec",
     "PlainSR",
     "RepNet",
     "build_model",
+    "describe",
     "reparameterize_model",
     "set_bn_mode",  # re-exported: lower-level steps of repsr.phase.set_phase
     "set_merged_training",
@@ -125,6 +128,44 @@ class ModelSpec:
             raise ConfigError(f"model metadata is incomplete or malformed ({error})") from None
 
 
+ALL_PRECISIONS = ("fp32", "bf16", "fp16", "int8")  # `repsr.precision.Precision`'s values, `auto` aside
+
+
+@dataclass(frozen=True)
+class ModelDescriptor:
+    """What any runnable form of a model is, for the code that runs it (tiling, precision, commands).
+
+    Every form implements `descriptor()`: the training form, the plain network, the fused-tail and bf16
+    forms, the ONNX Runtime runner (and any new backend's form). `precisions` are those the form can run
+    in (`repsr.precision.Precision` values); `form` names it for messages.
+    """
+
+    form: str  # training | plain | fused-tail | bf16 | onnx | ...
+    scale: int
+    in_channels: int
+    channels: int  # width of the body (what activations cost per LR pixel)
+    receptive_radius: int  # LR pixels an output pixel can see: one per 3x3 conv
+    precisions: tuple[str, ...]
+    spec: ModelSpec
+
+    @classmethod
+    def of_spec(
+        cls, spec: ModelSpec, form: str, precisions: tuple[str, ...] = ALL_PRECISIONS
+    ) -> ModelDescriptor:
+        """The descriptor of a network described by `spec`: `num_blocks + 2` 3x3 convs deep (the
+        nearest-upsampled skip and the pixel shuffle add no reach)."""
+        return cls(form, spec.scale, spec.in_channels, spec.channels, spec.num_blocks + 2, precisions, spec)
+
+
+def describe(model: Any) -> ModelDescriptor:
+    """`model.descriptor()`: the one question code asks a model it runs; `TypeError` for anything that
+    is not a repsr form (a plain `nn.Module`, a foreign network)."""
+    descriptor = getattr(model, "descriptor", None)
+    if not callable(descriptor):
+        raise TypeError(f"expected a repsr model (with .descriptor()), got {type(model).__name__}")
+    return descriptor()
+
+
 def _validate(spec: ModelSpec) -> None:
     if spec.scale not in SCALES:
         raise ConfigError(f"scale must be one of {SCALES}, got {spec.scale}")
@@ -169,6 +210,10 @@ class RepNet(nn.Module):
             y = act(block(y))
         return self.upsampler(self.tail(y)) + _upsample_skip(x, self.spec.scale)
 
+    def descriptor(self) -> ModelDescriptor:
+        """Runs in every precision (through its re-parameterized plain network)."""
+        return ModelDescriptor.of_spec(self.spec, "training")
+
 
 class PlainSR(nn.Module):
     """Deployed form: plain 3x3 convs and PReLUs in `SRVGGNetCompact`'s state-dict layout."""
@@ -190,6 +235,9 @@ class PlainSR(nn.Module):
         for layer in self.body:
             y = layer(y)
         return self.upsampler(y) + _upsample_skip(x, self.spec.scale)
+
+    def descriptor(self) -> ModelDescriptor:
+        return ModelDescriptor.of_spec(self.spec, "plain")
 
 
 def shuffle_add_skip(features: Tensor, lr: Tensor, scale: int, *, dtype: torch.dtype | None = None) -> Tensor:
@@ -227,6 +275,9 @@ class FusedTailPlainSR(nn.Module):
         for layer in self.body:
             y = layer(y)
         return shuffle_add_skip(y, x, self.scale)
+
+    def descriptor(self) -> ModelDescriptor:
+        return ModelDescriptor.of_spec(self.spec, "fused-tail", ("fp32", "fp16"))
 
 
 def build_model(

@@ -21,7 +21,6 @@ import copy
 import enum
 import json
 import platform
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -31,7 +30,15 @@ import torch
 from torch import Tensor, nn
 
 from repsr.errors import ConfigError
-from repsr.network import FusedTailPlainSR, PlainSR, reparameterize_model, shuffle_add_skip
+from repsr.network import (
+    FusedTailPlainSR,
+    ModelDescriptor,
+    PlainSR,
+    describe,
+    reparameterize_model,
+    shuffle_add_skip,
+)
+from repsr.timing import time_interleaved
 
 # bf16 must beat fp32 by this factor in the probe to be chosen: it costs a little accuracy, so a gain
 # inside the timing noise is not worth it.
@@ -239,6 +246,9 @@ class Bf16PlainSR(nn.Module):
             y = layer(y.to(dtype))
         return shuffle_add_skip(y, x.float(), self.scale, dtype=torch.float32)  # bf16 + fp32 -> fp32
 
+    def descriptor(self) -> ModelDescriptor:
+        return ModelDescriptor.of_spec(self.spec, "bf16", ("bf16",))
+
 
 def bf16_module(model: nn.Module, device: str | torch.device = "cpu", **options: int) -> Bf16PlainSR:
     """`model` (plain, or training form re-parameterized first) made ready for bf16 inference on
@@ -251,40 +261,16 @@ def bf16_module(model: nn.Module, device: str | torch.device = "cpu", **options:
 
 
 def _spec_key(model: nn.Module) -> str:
-    spec = getattr(model, "spec", None)
-    if spec is None:
-        raise TypeError(f"expected a repsr model with a .spec, got {type(model).__name__}")
-    return json.dumps(spec.to_dict(), sort_keys=True)
+    return json.dumps(describe(model).spec.to_dict(), sort_keys=True)
 
 
 def probe_side(model: nn.Module) -> int:
     """Side of the square LR probe input: about `PROBE_MACS` multiply-accumulates, within `PROBE_SIDE`."""
-    spec = model.spec
+    spec = describe(model).spec
     c, out = spec.channels, spec.in_channels * spec.scale**2
     macs_per_pixel = 9 * (spec.in_channels * c + spec.num_blocks * c * c + c * out)
     side = int((PROBE_MACS / macs_per_pixel) ** 0.5) // 8 * 8
     return max(PROBE_SIDE[0], min(PROBE_SIDE[1], side))
-
-
-def _time_pair(
-    first: Callable[[], object], second: Callable[[], object], sync: Callable[[], None], budget_s: float
-) -> tuple[float, float]:
-    """Best seconds per call of two functions, timed alternately (both see the same machine load)."""
-    for fn in (first, second):  # warm-up: oneDNN builds its kernels on the first call
-        fn()
-    sync()
-    best = [float("inf"), float("inf")]
-    started, runs = time.perf_counter(), 0
-    while runs < PROBE_MIN_RUNS or time.perf_counter() - started < budget_s:
-        for index, fn in enumerate((first, second)):
-            begin = time.perf_counter()
-            fn()
-            sync()
-            best[index] = min(best[index], time.perf_counter() - begin)
-        runs += 1
-        if runs >= 50:
-            break
-    return best[0], best[1]
 
 
 @dataclass(frozen=True)
@@ -318,7 +304,6 @@ def probe_bf16(model: nn.Module, device: torch.device, *, budget_s: float = PROB
     generator = torch.Generator().manual_seed(0)
     x = torch.rand(1, plain.spec.in_channels, side, side, generator=generator).to(device)
     x = x.contiguous(memory_format=torch.channels_last)
-    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
 
     def run_fp32() -> object:
         with torch.inference_mode():
@@ -328,7 +313,10 @@ def probe_bf16(model: nn.Module, device: torch.device, *, budget_s: float = PROB
         with torch.inference_mode():
             return bf16(x)
 
-    fp32_s, bf16_s = _time_pair(run_fp32, run_bf16, sync, budget_s)
+    fp32_times, bf16_times = time_interleaved(
+        run_fp32, run_bf16, device=device, warmup=1, min_runs=PROBE_MIN_RUNS, budget_s=budget_s
+    )
+    fp32_s, bf16_s = min(fp32_times), min(bf16_times)  # the best run: the least load-dependent figure
     result = ProbeResult(fp32_s, bf16_s, side)
     _PROBES[key] = result
     return result

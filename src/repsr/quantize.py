@@ -31,7 +31,8 @@ import torch
 from torch import Tensor, nn
 
 from repsr.errors import ConfigError, DataError, DependencyError, ModelFileError, RepsrError, first_line
-from repsr.network import ModelSpec
+from repsr.metrics import signal_psnr
+from repsr.network import ModelDescriptor, ModelSpec
 
 # Refuse an int8 file whose output is further than this from the fp32 network's (PSNR over RGB on the
 # 0..255 scale, on held-out photographs). Measured: 41-46 dB for early M4C16 x4 checkpoints (a 0.14 dB
@@ -177,6 +178,10 @@ class OnnxInt8Runner(nn.Module):
         (out,) = self.session.run(["output"], {"input": array})
         return torch.from_numpy(out).to(x.device)
 
+    def descriptor(self) -> ModelDescriptor:
+        """An ONNX file runs in the precision it was written in: int8 (quantized) or fp32."""
+        return ModelDescriptor.of_spec(self.spec, "onnx", ("int8",) if self.quantized else ("fp32",))
+
 
 # ------------------------------------------------------------------------------------------- export
 
@@ -193,13 +198,6 @@ class Int8ExportReport:
     psnr: float  # int8 vs fp32 network output, RGB, dB, on the held-out sample photographs
     min_psnr: float
     verify_images: int
-
-
-def _psnr(a: np.ndarray, b: np.ndarray) -> float:
-    a = np.clip(a, 0.0, 1.0) * 255.0
-    b = np.clip(b, 0.0, 1.0) * 255.0
-    mse = float(np.mean((a - b) ** 2))
-    return float("inf") if mse == 0 else 10.0 * np.log10(255.0**2 / mse)
 
 
 def export_int8_onnx(
@@ -292,7 +290,8 @@ def export_int8_onnx(
         runner = OnnxInt8Runner(draft)
         with torch.inference_mode():
             scores = [
-                _psnr(runner(torch.from_numpy(x)).numpy(), plain(torch.from_numpy(x)).numpy()) for x in checks
+                signal_psnr(runner(torch.from_numpy(x)).numpy(), plain(torch.from_numpy(x)).numpy())
+                for x in checks
             ]
         score = float(min(scores))
         if not score >= min_psnr:  # also catches NaN

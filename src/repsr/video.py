@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 
 from repsr.errors import ConfigError, DependencyError, RepsrError, describe_os_error, first_line
+from repsr.inference.upscaler import upscale_rgb
 
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mkv", ".mov", ".webm", ".avi", ".ts", ".mts", ".flv", ".wmv", ".mpg")
 DEFAULT_CODEC = "libx264"
@@ -178,19 +179,6 @@ def _encoder(av: Any, name: str) -> Any:
 
 
 # ------------------------------------------------------------------------------------------- stages
-
-
-def _upscale_batch(upscaler: Any, rgb: Tensor) -> Tensor:
-    """(N, 3, H, W) in [0, 1] -> upscaled (N, 3, sH, sW) float32; a Y model upscales Y, chroma bicubic."""
-    if upscaler.in_channels == 3:
-        return upscaler(rgb)
-    from repsr.color import rgb_to_ycbcr, ycbcr_to_rgb
-    from repsr.resize import imresize
-
-    ycc = rgb_to_ycbcr(rgb)
-    y = upscaler(ycc[:, :1])
-    chroma = torch.stack([imresize(image, upscaler.scale) for image in ycc[:, 1:]])
-    return ycbcr_to_rgb(torch.cat([y, chroma], dim=1))
 
 
 def to_pixels(rgb: Tensor, depth: int) -> np.ndarray:
@@ -685,7 +673,7 @@ def _run_pipeline(
                 break
             result = None
             if item.pixels is not None:
-                result = _upscale_batch(upscaler, to_tensor(item.pixels)).cpu()
+                result = upscale_rgb(upscaler, to_tensor(item.pixels)).cpu()
             _put(upscaled_q, (result, item.pts, item.packets), stop)
     except _Stop:
         pass

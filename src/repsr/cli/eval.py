@@ -39,16 +39,18 @@ def run(args: argparse.Namespace) -> int:
     from repsr.conditions import degraded_sets, format_gains, select_conditions
     from repsr.evaluation import evaluate, format_table, open_datasets
     from repsr.inference import resolve_device
-    from repsr.serialization import load_model
+    from repsr.models import load_model
+    from repsr.network import describe
 
     resolve_device(args.device)  # a device this machine lacks: one line before any work
     if args.json is not None:
         check_target(args.json, what="JSON results", inputs=[args.model])  # before the evaluation
     conditions = select_conditions(args.degrade) if args.degrade is not None else None
     model = load_model(args.model)
-    datasets = open_datasets(args.data, model.spec.scale)
+    scale = describe(model).scale
+    datasets = open_datasets(args.data, scale)
     if conditions is not None:
-        datasets = degraded_sets(datasets, conditions, model.spec.scale)
+        datasets = degraded_sets(datasets, conditions, scale)
     results = evaluate(
         model, datasets, device=args.device, y_channel=not args.rgb, progress=show_progress(args)
     )

@@ -66,7 +66,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--half", action="store_true", help="same as --precision fp16 (deprecated)")
     parser.add_argument(
-        "--backend", choices=BACKENDS, default="auto", help="execution path (default auto: channels-last)"
+        "--backend",
+        choices=BACKENDS,
+        default="auto",
+        help="execution path (default auto: channels-last, or on a CPU the fused C kernel where --precision "
+        "auto finds it the fastest; fused: that kernel, fp32/bf16/int8 as the CPU allows)",
     )
     parser.add_argument(
         "--format", dest="fmt", choices=OUTPUT_FORMATS, help="output format (default: the input's, else png)"
@@ -91,20 +95,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def load_upscale_model(model: str, denoise: float | None = None, denoise_from: str | None = None):
     """A torch model (`load_model`: a shipped model's name or a file; a general model blended at its
     denoise strength), or for an .onnx file an ONNX Runtime runner (`OnnxInt8Runner`)."""
-    from repsr.blend import default_strength, load_blended
+    from repsr.blend import default_strength
+    from repsr.models import load_model
 
-    if denoise is not None or denoise_from is not None or default_strength(model) is not None:
-        blended = load_blended(model, denoise, detail=denoise_from)
-        strength = denoise if denoise is not None else default_strength(model)
+    strength = denoise if denoise is not None else default_strength(model)
+    if strength is not None:
         print(f"denoise strength {strength:g}: {model} blended with its detail partner")
-        return blended
-    if str(model).lower().endswith(".onnx"):
-        from repsr.quantize import OnnxInt8Runner
-
-        return OnnxInt8Runner(model)
-    from repsr.serialization import load_model
-
-    return load_model(model)
+    return load_model(model, denoise=denoise, denoise_from=denoise_from)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -147,6 +144,12 @@ def _run(args: argparse.Namespace) -> int:
         backend=args.backend,
     )
     print(f"precision {upscaler.precision}: {upscaler.precision_reason}")
+    if upscaler.device.type == "cpu" and upscaler.backend != "fused":
+        from repsr.kernels import availability
+
+        missing = availability()
+        if missing:
+            print(f"fast kernel unavailable: {missing}")
     progress = show_progress(args)
     report = upscale_files(
         upscaler,

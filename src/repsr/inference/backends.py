@@ -6,6 +6,8 @@
   Same arithmetic as `eager`, about 1.5-2x faster on CPU; `auto` picks it (see `repsr bench`).
 - `compile`: `torch.compile` of the channels-last network; as fast as `channels-last` on CPU in our
   measurements but pays a compile (tens of seconds) per process, so it is opt-in.
+- `fused`: the plain network in the fused C kernel (`repsr.kernels`: depth-first L2 tiles, fp32 or
+  bf16, CPU only); `Upscaler` with `precision="auto"` picks it where its probe finds it the fastest.
 - `onnxruntime`: the plain network exported to ONNX and run by ONNX Runtime; timed by `repsr bench`
   only (`repsr export` writes such files for other programs to run).
 """
@@ -38,6 +40,7 @@ REGISTRY: dict[str, Backend] = {
         Backend("eager", upscale=True, channels_last=False),
         Backend("channels-last", upscale=True, channels_last=True),
         Backend("compile", upscale=True, channels_last=True),
+        Backend("fused", upscale=True, channels_last=False),
         Backend("onnxruntime", upscale=False, channels_last=False),
     )
 }
@@ -68,6 +71,10 @@ def prepare_model(model: nn.Module, backend: str, device: torch.device, dtype: t
         raise ConfigError(f"backend must be one of {', '.join(UPSCALE_BACKENDS)}, got {backend!r}")
     if not isinstance(model, RepNet | PlainSR):
         raise TypeError(f"expected a RepNet or PlainSR, got {type(model).__name__}")
+    if backend == "fused":
+        from repsr.kernels.fused import fused_module
+
+        return fused_module(model, device, dtype)
     module = copy.deepcopy(model).to(device=device, dtype=dtype).eval()
     for parameter in module.parameters():
         parameter.requires_grad_(False)

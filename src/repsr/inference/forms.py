@@ -15,6 +15,7 @@ from torch import nn
 
 from repsr.errors import ConfigError
 from repsr.inference.backends import prepare_model
+from repsr.network import describe
 from repsr.precision import Precision, PreparedNet, bf16_module, choose_precision, cpu_capabilities
 
 __all__ = ["prepare_for_precision"]
@@ -34,10 +35,9 @@ def prepare_for_precision(
     in ONNX Runtime (a torch model is quantized first, calibrated on the sample photographs: slow,
     `repsr export --int8` does it once). An ONNX runner always runs in ONNX Runtime.
     """
-    quantized = getattr(model, "quantized", None)
-    if quantized is not None:  # an OnnxInt8Runner: ONNX Runtime decides the arithmetic
+    if describe(model).form == "onnx":  # an OnnxInt8Runner: ONNX Runtime decides the arithmetic
         requested = Precision.parse(precision)
-        actual = Precision.INT8 if quantized else Precision.FP32
+        actual = Precision(describe(model).precisions[0])
         if requested not in (Precision.AUTO, actual):
             name = getattr(model, "path", "this ONNX file")
             raise ConfigError(f"{name} is {actual} (ONNX Runtime); it cannot run in {requested}")

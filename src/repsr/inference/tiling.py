@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from repsr.inference import devices
+from repsr.network import describe
 
 MIN_TILE = 16
 MAX_TILE = 2048
@@ -24,16 +25,9 @@ CPU_MAX_TILE = 512
 MEMORY_FRACTION = 0.25
 
 
-def _spec(model: nn.Module):
-    spec = getattr(model, "spec", None)
-    if spec is None:
-        raise TypeError(f"expected a repsr model with a .spec, got {type(model).__name__}")
-    return spec
-
-
 def model_scale(model: nn.Module) -> int:
-    """Upscaling factor of a repsr model (read from its `.spec`)."""
-    return int(_spec(model).scale)
+    """Upscaling factor of any repsr form (its `descriptor()`)."""
+    return describe(model).scale
 
 
 def receptive_radius(model: nn.Module) -> int:
@@ -42,7 +36,7 @@ def receptive_radius(model: nn.Module) -> int:
     Holds for the plain network and for the training form in eval mode (every block is equivalent to
     one 3x3 conv there); the nearest-upsampled skip and the pixel shuffle add nothing.
     """
-    return int(_spec(model).num_blocks) + 2
+    return describe(model).receptive_radius
 
 
 def tile_windows(length: int, tile: int, pad: int) -> list[tuple[int, int, int, int]]:
@@ -71,7 +65,7 @@ def auto_tile_size(model: nn.Module, device: torch.device, dtype: torch.dtype = 
     Per LR pixel the widest step holds a conv's input and output plus the scale^2-times larger output
     and skip; twice that covers convolution workspaces.
     """
-    spec = _spec(model)
+    spec = describe(model)
     bytes_per_value = torch.finfo(dtype).bits // 8
     out_values = spec.in_channels * spec.scale**2
     values_per_pixel = 2 * max(spec.channels, out_values) + 2 * out_values

@@ -27,7 +27,7 @@ from repsr.inference.devices import resolve_device
 from repsr.inference.forms import prepare_for_precision
 from repsr.inference.tiling import MIN_TILE, auto_tile_size, model_scale, receptive_radius, tile_windows
 from repsr.io import to_pixels
-from repsr.network import RepNet, reparameterize_model
+from repsr.network import RepNet, describe, reparameterize_model
 from repsr.precision import Precision
 from repsr.resize import imresize
 
@@ -89,7 +89,9 @@ class Upscaler:
     faster, else fp32; `fp32`; `bf16` (input, global skip and output stay float32); `fp16` (CUDA only; a
     tile whose fp16 output overflows is recomputed in float32); `int8` (ONNX Runtime on the CPU: pass a
     `repsr.quantize.OnnxInt8Runner` of a file `repsr export --int8` wrote, or a model, quantized on the
-    spot). `precision_reason` says in one line what ran and why. `half=True` is the deprecated spelling
+    spot). On a CPU, `auto` with `backend="auto"` also times the fused C kernel (`repsr.kernels`) and
+    runs it where it is the fastest; `backend="fused"` asks for it. `precision_reason` says in one line
+    what ran and why. `half=True` is the deprecated spelling
     of `precision="fp16"`.
     """
 
@@ -110,10 +112,15 @@ class Upscaler:
             )
             precision = "fp16"
         if precision is None:
-            precision = "auto" if getattr(model, "quantized", None) is not None else "fp32"
+            precision = "auto" if describe(model).form == "onnx" else "fp32"  # an ONNX file's own
         check_tile(tile)
         model = _inference_form(model)  # a training form runs as its merged plain network
-        prepared = prepare_for_precision(model, self.device, precision, resolve_backend(backend))
+        from repsr.kernels.select import prepare_fused
+
+        resolve_backend(backend)  # checks the name
+        prepared = prepare_fused(model, self.device, precision, backend) or prepare_for_precision(
+            model, self.device, precision, resolve_backend(backend)
+        )
         self.precision, self.precision_reason = prepared.precision, prepared.reason
         self.backend = prepared.backend
         self.dtype = prepared.input_dtype  # what tiles are cast to before the network
@@ -126,6 +133,8 @@ class Upscaler:
         self._float_module: nn.Module | None = None
         compute = {Precision.FP16: torch.float16, Precision.BF16: torch.bfloat16}.get(self.precision)
         self.tile = auto_tile_size(model, self.device, compute or torch.float32) if tile == "auto" else tile
+        if tile == "auto" and self.backend == "fused":
+            self.tile = None  # the kernel tiles in L2 itself and keeps no full-size intermediate
 
     @property
     def in_channels(self) -> int:
@@ -184,15 +193,21 @@ class UpscaledImage:
 
 
 def upscale_rgb(upscaler: Upscaler, rgb: Tensor, *, tiled: bool = True) -> Tensor:
-    """Upscale an RGB image (3, H, W); a Y-channel model upscales Y and takes Cb/Cr by bicubic.
-    `tiled=False` runs the model in one piece (for a window that is already a tile)."""
-    run = upscaler if tiled else (lambda x: upscaler.untiled(x[None])[0])
+    """Upscale an RGB image (3, H, W) or a batch (N, 3, H, W: video frames); a Y-channel model upscales
+    Y and takes Cb/Cr by bicubic (in float64: the same in any window). The one RGB path of images and
+    video. `tiled=False` runs the model in one piece (for a window that is already a tile)."""
+    batched = rgb.ndim == 4
+    run = upscaler if tiled else (lambda x: upscaler.untiled(x) if batched else upscaler.untiled(x[None])[0])
     if upscaler.in_channels == 3:
         return run(rgb)
     ycc = rgb_to_ycbcr(rgb)
-    y = run(ycc[:1])
-    chroma = imresize(ycc[1:].double(), upscaler.scale).float()  # float64: the same in any window
-    return ycbcr_to_rgb(torch.cat([y, chroma], dim=0))
+    y = run(ycc[..., :1, :, :])
+    chroma = ycc[..., 1:, :, :].double()
+    if batched:
+        chroma = torch.stack([imresize(image, upscaler.scale) for image in chroma])
+    else:
+        chroma = imresize(chroma, upscaler.scale)
+    return ycbcr_to_rgb(torch.cat([y, chroma.float()], dim=-3))
 
 
 def upscale_image(upscaler: Upscaler, image) -> UpscaledImage:

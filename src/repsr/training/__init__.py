@@ -5,9 +5,12 @@
     result = train(config)                 # built-in sample images, runs/quick
     result.plain                           # the deployed plain network (also result.model_path)
 
-Modules: `config` (typed config), `schedule` (BN phases, the switch, LR factor), `loop` (steps, losses),
-`artifacts` (the checkpoint format, final model, verification), `sampling` (patch keys), `trainer`
-(wires them), `bn_switch` (precise statistics, freezing), `ema`, `checkpoint` (atomic, resumable),
+Modules: `config` (typed config), `builders` (what a config builds: network, data, loss, optimizer),
+`losses` / `optim` (the tables `train.loss` and `train.optimizer` name), `state` (`TrainState`: what a
+checkpoint holds), `step` (`TrainStep`: a step, the BN switch, validation), `trainer` (the runner:
+cadence, signals, run folder), `schedule` (phases, the switch, LR factor), `loop` (steps, loss meter),
+`artifacts` (the checkpoint format, final model, verification), `sampling` (patch keys), `bn_switch`
+(precise statistics, freezing), `ema`, `checkpoint` (atomic, resumable), `resume`, `signals`,
 `distributed` (torchrun/DDP, SyncBN), `validation`, `run_log`.
 """
 

@@ -1,0 +1,207 @@
+"""Building and loading the fused C kernel (`fused.c`), one shared library per instruction set.
+
+Why a small C library loaded with ctypes, compiled on first use into a user cache folder (and by
+`make install` ahead of time, `python -m repsr.kernels`): the kernel is plain C with intrinsics and
+needs no Python headers, no torch headers and no build backend, so it compiles in about a second with the
+system's `cc` and keeps working across torch versions; an editable install and a wheel use the same
+path; and a machine without a compiler simply gets `KernelUnavailable` (the PyTorch path runs) instead of
+a failed install. `torch.utils.cpp_extension` would need a C++ compiler matching torch's ABI and tens of
+seconds per build.
+
+The library is built once per instruction-set variant (`VARIANTS`) and kept under
+`$REPSR_KERNEL_CACHE`, else `$XDG_CACHE_HOME/repsr/kernels`, else `~/.cache/repsr/kernels`, named by a
+hash of the source, the flags and the compiler, written atomically (temp file + rename), so concurrent
+processes and upgrades never load a half-written or stale library.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+from repsr.errors import RepsrError
+
+SOURCE = Path(__file__).with_name("fused.c")
+
+
+class KernelUnavailable(RepsrError):
+    """The fused kernel cannot run here (no compiler, a failed build, or a CPU without AVX2/FMA)."""
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One build of the kernel: the CPU flags it needs (as `torch.cpu.get_capabilities()` and
+    /proc/cpuinfo spell them), the compiler flags, and the precisions it runs."""
+
+    name: str
+    cpu_flags: tuple[tuple[str, ...], ...]  # each entry: alternative spellings of one required flag
+    cflags: tuple[str, ...]
+    precisions: tuple[str, ...]
+
+
+_AVX512 = (("avx512f", "avx512_f"), ("avx512bw", "avx512_bw"), ("avx512vl", "avx512_vl"))
+_AVX512_FLAGS = ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mfma")
+VARIANTS: tuple[Variant, ...] = (
+    Variant(
+        "avx512-vnni-bf16",
+        (*_AVX512, ("avx512_vnni",), ("avx512_bf16",)),
+        (*_AVX512_FLAGS, "-mavx512vnni", "-mavx512bf16"),
+        ("fp32", "bf16", "int8"),
+    ),
+    Variant("avx512-vnni", (*_AVX512, ("avx512_vnni",)), (*_AVX512_FLAGS, "-mavx512vnni"), ("fp32", "int8")),
+    Variant("avx512", _AVX512, _AVX512_FLAGS, ("fp32",)),
+    Variant("avx2", (("avx2",), ("fma", "fma3")), ("-mavx2", "-mfma"), ("fp32",)),
+)
+CFLAGS = ("-O3", "-shared", "-fPIC", "-pthread", "-std=gnu11")
+
+
+def cpu_flags() -> set[str]:
+    """This CPU's feature flags: torch's detection and /proc/cpuinfo together (either may be absent)."""
+    flags: set[str] = set()
+    try:
+        import torch
+
+        flags |= {key for key, value in torch.cpu.get_capabilities().items() if value is True}
+    except Exception:  # detection must never fail a run
+        pass
+    from repsr.precision import _proc_cpuinfo
+
+    flags |= _proc_cpuinfo()[0]
+    return flags
+
+
+def runnable_variants(flags: set[str] | None = None) -> list[Variant]:
+    """The variants this CPU can run, best first."""
+    flags = cpu_flags() if flags is None else flags
+    return [v for v in VARIANTS if all(any(f in flags for f in alts) for alts in v.cpu_flags)]
+
+
+def cache_dir() -> Path:
+    """Where built libraries are kept (see the module docstring)."""
+    if os.environ.get("REPSR_KERNEL_CACHE"):
+        return Path(os.environ["REPSR_KERNEL_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "repsr" / "kernels"
+
+
+def compiler() -> str | None:
+    """The C compiler: `$CC`, else `cc`, `gcc` or `clang` on the PATH; None when there is none."""
+    candidates = [os.environ["CC"]] if os.environ.get("CC") else ["cc", "gcc", "clang"]
+    for name in candidates:
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+def _compiler_id(cc: str) -> str:
+    try:
+        return subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return cc
+
+
+def build(variant: Variant, *, force: bool = False) -> Path:
+    """The shared library of `variant`, compiled now unless the cache has it; `KernelUnavailable` if it
+    cannot be built."""
+    cc = compiler()
+    if cc is None:
+        raise KernelUnavailable("no C compiler (cc, gcc or clang; or set CC) to build the fused kernel")
+    source = SOURCE.read_bytes()
+    flags = (*CFLAGS, *variant.cflags)
+    digest = hashlib.sha256(source + " ".join(flags).encode() + _compiler_id(cc).encode()).hexdigest()[:16]
+    folder = cache_dir()
+    target = folder / f"repsr-fused-{variant.name}-{digest}.so"
+    if target.exists() and not force:
+        return target
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
+        os.close(handle)
+    except OSError as error:
+        raise KernelUnavailable(f"cannot write the fused kernel to {folder}: {error.strerror}") from None
+    try:
+        result = subprocess.run(
+            [cc, *flags, "-o", temp, str(SOURCE)], capture_output=True, text=True, timeout=300
+        )
+        if result.returncode != 0:
+            first = (result.stderr.strip().splitlines() or ["no message"])[0]
+            raise KernelUnavailable(f"building the fused kernel ({variant.name}) failed: {first}")
+        os.chmod(temp, 0o755)
+        os.replace(temp, target)
+    except (OSError, subprocess.SubprocessError) as error:
+        raise KernelUnavailable(f"building the fused kernel ({variant.name}) failed: {error}") from None
+    finally:
+        if os.path.exists(temp):
+            os.unlink(temp)
+    return target
+
+
+@cache
+def load(name: str | None = None) -> tuple[Variant, ctypes.CDLL]:
+    """(variant, library) for variant `name`, default the best this CPU runs; built on first use."""
+    runnable = runnable_variants()
+    if name is None:
+        if not runnable:
+            raise KernelUnavailable("this CPU has neither AVX2+FMA nor AVX-512: the fused kernel needs one")
+        variant = runnable[0]
+    else:
+        variant = next((v for v in VARIANTS if v.name == name), None)
+        if variant is None:
+            raise KernelUnavailable(f"unknown kernel variant {name!r}; one of {[v.name for v in VARIANTS]}")
+        if variant not in runnable:
+            raise KernelUnavailable(f"this CPU cannot run the {name} kernel")
+    path = build(variant)
+    try:
+        library = ctypes.CDLL(str(path))
+    except OSError as error:
+        raise KernelUnavailable(f"cannot load the fused kernel {path}: {error}") from None
+    library.repsr_fused_run.restype = ctypes.c_int
+    library.repsr_fused_run.argtypes = [
+        ctypes.c_int,
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_void_p,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_int,
+    ]
+    library.repsr_fused_lanes.restype = ctypes.c_int
+    return variant, library
+
+
+def availability() -> str | None:
+    """None when the best variant loads, else the one-line reason it does not."""
+    try:
+        load()
+    except KernelUnavailable as error:
+        return str(error)
+    return None
+
+
+def main() -> int:
+    """`python -m repsr.kernels`: build every variant this CPU runs (what `make install` calls)."""
+    runnable = runnable_variants()
+    if not runnable:
+        print("repsr fused kernel: this CPU has neither AVX2+FMA nor AVX-512; the PyTorch path runs")
+        return 0
+    for variant in runnable:
+        try:
+            print(f"repsr fused kernel {variant.name}: {build(variant)}")
+        except KernelUnavailable as error:
+            print(f"repsr fused kernel unavailable ({error}); the PyTorch path runs")
+            return 0
+    return 0

@@ -1,0 +1,558 @@
+/* repsr fused plain-network kernel: conv3x3 + PReLU stack, pixel shuffle and nearest skip, depth first.
+ *
+ * The image is cut into tiles; for each tile every layer is computed on the tile plus the halo the
+ * remaining layers need (one pixel per 3x3 conv), in two ping-pong NHWC buffers that stay in L2. Bias and
+ * PReLU are applied to each layer's accumulators before they are stored; the last layer adds the input
+ * (nearest skip) and writes straight into the pixel-shuffled NCHW output. No full-size intermediate is
+ * ever written. Threads (pthreads, not OpenMP: the process already runs torch's OpenMP runtime) take
+ * tiles from a shared counter.
+ *
+ * Compiled once per instruction set (see repsr/kernels/build.py): -mavx2 -mfma (8 lanes) or
+ * -mavx512f -mavx512bw -mavx512vl (16 lanes), plus -mavx512bf16 for the bf16 path (vdpbf16ps: activations
+ * and weights bf16, accumulation, bias, PReLU and the output float32).
+ *
+ * Image-border semantics equal the PyTorch network's zero padding: every layer's values at positions
+ * outside the image are set to zero before the next layer reads them, so the tiled result equals the
+ * untiled one (the same sums in the same order per output pixel).
+ */
+#include <immintrin.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAXL 64
+#define MAXG 4 /* vector blocks of output channels per register tile */
+
+#if defined(__AVX512F__)
+#define VL 16
+typedef __m512 vec;
+#define vload(p) _mm512_loadu_ps(p)
+#define vbcast(p) _mm512_set1_ps(*(p))
+#define vfma(a, b, c) _mm512_fmadd_ps(a, b, c)
+#define vstore(p, v) _mm512_storeu_ps(p, v)
+static inline vec vprelu(vec x, vec a) {
+    __mmask16 m = _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_LT_OQ);
+    return _mm512_mask_mul_ps(x, m, x, a);
+}
+/* pixels per register tile for 1..4 vector blocks: accumulators + weights + one broadcast <= 32 */
+#define PB1 14
+#define PB2 12
+#define PB3 8
+#define PB4 6
+#elif defined(__AVX2__)
+#define VL 8
+typedef __m256 vec;
+#define vload(p) _mm256_loadu_ps(p)
+#define vbcast(p) _mm256_broadcast_ss(p)
+#define vfma(a, b, c) _mm256_fmadd_ps(a, b, c)
+#define vstore(p, v) _mm256_storeu_ps(p, v)
+static inline vec vprelu(vec x, vec a) {
+    vec m = _mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_LT_OQ);
+    return _mm256_blendv_ps(x, _mm256_mul_ps(x, a), m);
+}
+/* <= 16 ymm registers */
+#define PB1 12
+#define PB2 6
+#define PB3 4
+#define PB4 2
+#else
+#error "repsr fused kernel needs AVX2+FMA or AVX-512"
+#endif
+
+#if defined(__AVX512BF16__)
+#define HAVE_BF16 1
+#else
+#define HAVE_BF16 0
+#endif
+
+#if defined(__AVX512VNNI__)
+#define HAVE_INT8 1
+#else
+#define HAVE_INT8 0
+#endif
+
+#define PB_MAX 14
+
+typedef struct {
+    int cin, cout, cpad, istr; /* istr: elements per pixel in this layer's input buffer */
+    const void *w;             /* fp32 [9][cin][cpad], bf16 [9][ceil(cin/2)][cpad][2], int8 [9][ceil(cin/4)][cpad][4] */
+    const float *b, *a;        /* [cpad] each; a unused for the last layer */
+    const float *mul;          /* int8: [cpad] input scale x weight scale per output channel */
+    float qinv, qzero;         /* int8: quantization of this layer's INPUT: q = round(x * qinv + qzero) */
+} Layer;
+
+typedef struct {
+    int mode; /* 0 fp32, 1 bf16, 2 int8 */
+    int nl, in_ch, scale, n, H, W, th, tw, tiles_y, tiles_x;
+    Layer L[MAXL];
+    const float *in;
+    float *out;
+    int next;
+    int failed;
+    size_t rstride; /* elements per buffer row */
+    size_t bufelems;
+    size_t out_off[MAXL * 16], skip_off[MAXL * 16]; /* per output channel of the last layer */
+} Job;
+
+/* ---------------------------------------------------------------------------------------- fp32 conv */
+
+static inline __attribute__((always_inline)) void conv_f32(const int NB, const int PB, const float *ip,
+                                                           int istr, size_t rstride, int cin,
+                                                           const float *w, int wpad, const float *bias,
+                                                           vec acc[PB_MAX][MAXG]) {
+#pragma GCC unroll 14
+    for (int p = 0; p < PB; p++)
+#pragma GCC unroll 4
+        for (int b = 0; b < NB; b++) acc[p][b] = vload(bias + b * VL);
+    for (int dy = 0; dy < 3; dy++) {
+        for (int dx = 0; dx < 3; dx++) {
+            const float *src = ip + dy * rstride + dx * istr;
+            const float *wt = w + (size_t)(dy * 3 + dx) * cin * wpad;
+            for (int ci = 0; ci < cin; ci++) {
+                vec wv[MAXG];
+#pragma GCC unroll 4
+                for (int b = 0; b < NB; b++) wv[b] = vload(wt + (size_t)ci * wpad + b * VL);
+#pragma GCC unroll 14
+                for (int p = 0; p < PB; p++) {
+                    vec x = vbcast(src + p * istr + ci);
+#pragma GCC unroll 4
+                    for (int b = 0; b < NB; b++) acc[p][b] = vfma(x, wv[b], acc[p][b]);
+                }
+            }
+        }
+    }
+}
+
+#if HAVE_BF16
+static inline __attribute__((always_inline)) void conv_bf16(const int NB, const int PB, const uint16_t *ip,
+                                                            int istr, size_t rstride, int cin2,
+                                                            const uint16_t *w, int wpad, const float *bias,
+                                                            vec acc[PB_MAX][MAXG]) {
+#pragma GCC unroll 14
+    for (int p = 0; p < PB; p++)
+#pragma GCC unroll 4
+        for (int b = 0; b < NB; b++) acc[p][b] = vload(bias + b * VL);
+    for (int dy = 0; dy < 3; dy++) {
+        for (int dx = 0; dx < 3; dx++) {
+            const uint16_t *src = ip + dy * rstride + dx * istr;
+            const uint16_t *wt = w + (size_t)(dy * 3 + dx) * cin2 * wpad * 2;
+            for (int k = 0; k < cin2; k++) {
+                __m512bh wv[MAXG];
+#pragma GCC unroll 4
+                for (int b = 0; b < NB; b++)
+                    wv[b] = (__m512bh)_mm512_loadu_si512((const void *)(wt + ((size_t)k * wpad + b * VL) * 2));
+#pragma GCC unroll 14
+                for (int p = 0; p < PB; p++) {
+                    int32_t pair;
+                    memcpy(&pair, src + p * istr + 2 * k, 4);
+                    __m512bh x = (__m512bh)_mm512_set1_epi32(pair);
+#pragma GCC unroll 4
+                    for (int b = 0; b < NB; b++) acc[p][b] = _mm512_dpbf16_ps(acc[p][b], x, wv[b]);
+                }
+            }
+        }
+    }
+}
+#endif
+
+#if HAVE_INT8
+static inline __attribute__((always_inline)) void conv_i8(const int NB, const int PB, const uint8_t *ip,
+                                                          int istr, size_t rstride, int cin4, const int8_t *w,
+                                                          int wpad, __m512i acc[PB_MAX][MAXG]) {
+#pragma GCC unroll 14
+    for (int p = 0; p < PB; p++)
+#pragma GCC unroll 4
+        for (int b = 0; b < NB; b++) acc[p][b] = _mm512_setzero_si512();
+    for (int dy = 0; dy < 3; dy++) {
+        for (int dx = 0; dx < 3; dx++) {
+            const uint8_t *src = ip + dy * rstride + dx * istr;
+            const int8_t *wt = w + (size_t)(dy * 3 + dx) * cin4 * wpad * 4;
+            for (int k = 0; k < cin4; k++) {
+                __m512i wv[MAXG];
+#pragma GCC unroll 4
+                for (int b = 0; b < NB; b++)
+                    wv[b] = _mm512_loadu_si512((const void *)(wt + ((size_t)k * wpad + b * VL) * 4));
+#pragma GCC unroll 14
+                for (int p = 0; p < PB; p++) {
+                    int32_t quad;
+                    memcpy(&quad, src + p * istr + 4 * k, 4);
+                    __m512i x = _mm512_set1_epi32(quad);
+#pragma GCC unroll 4
+                    for (int b = 0; b < NB; b++) acc[p][b] = _mm512_dpbusd_epi32(acc[p][b], x, wv[b]);
+                }
+            }
+        }
+    }
+}
+#endif
+
+/* One row segment of one layer: output pixels (r, c0..c1) of output-channel group g (NB blocks).
+ * Intermediate layers: PReLU, store into `obuf` (may write up to PB-1 pixels past c1: padding columns).
+ * Last layer: add the skip and scatter into the pixel-shuffled output (only pixels < c1). */
+typedef struct {
+    const Job *job;
+    const Layer *ly;
+    int last;
+    const void *ibuf;
+    void *obuf;
+    const Layer *next; /* the following layer (its input quantization), NULL for the last */
+    int img, gy, gx0; /* global LR row of this buffer row, global LR column of buffer column 0 */
+} RowCtx;
+
+static inline __attribute__((always_inline)) void epilogue(const int NB, const int PB, const RowCtx *cx,
+                                                           int r, int c, int g, int valid,
+                                                           vec acc[PB_MAX][MAXG]) {
+    const Job *job = cx->job;
+    const Layer *ly = cx->ly;
+    if (!cx->last) {
+        int ostr = ly->cpad;
+        size_t base = (size_t)r * job->rstride + (size_t)c * ostr + g * MAXG * VL;
+#pragma GCC unroll 14
+        for (int p = 0; p < PB; p++) {
+#pragma GCC unroll 4
+            for (int b = 0; b < NB; b++) {
+                vec v = vprelu(acc[p][b], vload(ly->a + g * MAXG * VL + b * VL));
+#if HAVE_INT8
+                if (job->mode == 2) {
+                    __m512i q = _mm512_cvtps_epi32(
+                        _mm512_fmadd_ps(v, _mm512_set1_ps(cx->next->qinv), _mm512_set1_ps(cx->next->qzero)));
+                    q = _mm512_max_epi32(q, _mm512_setzero_si512());
+                    _mm_storeu_si128((__m128i *)((uint8_t *)cx->obuf + base + p * ostr + b * VL),
+                                     _mm512_cvtusepi32_epi8(q));
+                    continue;
+                }
+#endif
+#if HAVE_BF16
+                if (job->mode == 1) {
+                    __m256bh h = _mm512_cvtneps_pbh(v);
+                    _mm256_storeu_si256((__m256i *)((uint16_t *)cx->obuf + base + p * ostr + b * VL),
+                                        (__m256i)h);
+                    continue;
+                }
+#endif
+                vstore((float *)cx->obuf + base + p * ostr + b * VL, v);
+            }
+        }
+        return;
+    }
+    /* last layer: channel co = ch * s*s + i * s + j -> out[img][ch][gy*s + i][gx*s + j] (+ in[ch][gy][gx]) */
+    float tmp[PB_MAX][MAXG * VL];
+#pragma GCC unroll 14
+    for (int p = 0; p < PB; p++)
+#pragma GCC unroll 4
+        for (int b = 0; b < NB; b++) vstore(&tmp[p][b * VL], acc[p][b]);
+    const int s = job->scale, H = job->H, W = job->W;
+    const size_t OW = (size_t)W * s;
+    const float *in = job->in + (size_t)cx->img * job->in_ch * H * W + (size_t)cx->gy * W + cx->gx0 + c;
+    float *out = job->out + (size_t)cx->img * job->in_ch * H * s * OW + (size_t)cx->gy * s * OW +
+                 (size_t)(cx->gx0 + c) * s;
+    const int co0 = g * MAXG * VL, co1 = co0 + NB * VL < ly->cout ? co0 + NB * VL : ly->cout;
+    for (int co = co0; co < co1; co++) {
+        const float *skip = in + job->skip_off[co];
+        float *dst = out + job->out_off[co];
+        for (int p = 0; p < valid; p++) dst[(size_t)p * s] = tmp[p][co - co0] + skip[p];
+    }
+}
+
+#define DEFINE_ROW(NB, PB)                                                                                \
+    static void row_f32_##NB(const RowCtx *cx, int r, int c0, int c1, int g) {                            \
+        const Layer *ly = cx->ly;                                                                         \
+        const Job *job = cx->job;                                                                         \
+        vec acc[PB_MAX][MAXG];                                                                            \
+        for (int c = c0; c < c1; c += PB) {                                                               \
+            const float *ip = (const float *)cx->ibuf + (size_t)(r - 1) * job->rstride +                  \
+                              (size_t)(c - 1) * ly->istr;                                                 \
+            conv_f32(NB, PB, ip, ly->istr, job->rstride, ly->cin, (const float *)ly->w + g * MAXG * VL,   \
+                     ly->cpad, ly->b + g * MAXG * VL, acc);                                               \
+            int valid = c1 - c < PB ? c1 - c : PB;                                                        \
+            epilogue(NB, PB, cx, r, c, g, valid, acc);                                                    \
+        }                                                                                                 \
+    }
+DEFINE_ROW(1, PB1)
+DEFINE_ROW(2, PB2)
+DEFINE_ROW(3, PB3)
+DEFINE_ROW(4, PB4)
+
+#if HAVE_BF16
+#define DEFINE_ROW_BF16(NB, PB)                                                                           \
+    static void row_bf16_##NB(const RowCtx *cx, int r, int c0, int c1, int g) {                           \
+        const Layer *ly = cx->ly;                                                                         \
+        const Job *job = cx->job;                                                                         \
+        vec acc[PB_MAX][MAXG];                                                                            \
+        for (int c = c0; c < c1; c += PB) {                                                               \
+            const uint16_t *ip = (const uint16_t *)cx->ibuf + (size_t)(r - 1) * job->rstride +            \
+                                 (size_t)(c - 1) * ly->istr;                                              \
+            conv_bf16(NB, PB, ip, ly->istr, job->rstride, (ly->cin + 1) / 2,                              \
+                      (const uint16_t *)ly->w + g * MAXG * VL * 2, ly->cpad, ly->b + g * MAXG * VL, acc); \
+            int valid = c1 - c < PB ? c1 - c : PB;                                                        \
+            epilogue(NB, PB, cx, r, c, g, valid, acc);                                                    \
+        }                                                                                                 \
+    }
+DEFINE_ROW_BF16(1, PB1)
+DEFINE_ROW_BF16(2, PB2)
+DEFINE_ROW_BF16(3, PB3)
+DEFINE_ROW_BF16(4, PB4)
+#endif
+
+#if HAVE_INT8
+#define DEFINE_ROW_INT8(NB, PB)                                                                           \
+    static void row_i8_##NB(const RowCtx *cx, int r, int c0, int c1, int g) {                             \
+        const Layer *ly = cx->ly;                                                                         \
+        const Job *job = cx->job;                                                                         \
+        __m512i acci[PB_MAX][MAXG];                                                                       \
+        vec acc[PB_MAX][MAXG];                                                                            \
+        for (int c = c0; c < c1; c += PB) {                                                               \
+            const uint8_t *ip = (const uint8_t *)cx->ibuf + (size_t)(r - 1) * job->rstride +              \
+                                (size_t)(c - 1) * ly->istr;                                               \
+            conv_i8(NB, PB, ip, ly->istr, job->rstride, (ly->cin + 3) / 4,                                \
+                    (const int8_t *)ly->w + g * MAXG * VL * 4, ly->cpad, acci);                           \
+            for (int p = 0; p < PB; p++)                                                                  \
+                for (int b = 0; b < NB; b++)                                                              \
+                    acc[p][b] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acci[p][b]),                           \
+                                                vload(ly->mul + g * MAXG * VL + b * VL),                  \
+                                                vload(ly->b + g * MAXG * VL + b * VL));                   \
+            int valid = c1 - c < PB ? c1 - c : PB;                                                        \
+            epilogue(NB, PB, cx, r, c, g, valid, acc);                                                    \
+        }                                                                                                 \
+    }
+DEFINE_ROW_INT8(1, PB1)
+DEFINE_ROW_INT8(2, PB2)
+DEFINE_ROW_INT8(3, PB3)
+DEFINE_ROW_INT8(4, PB4)
+#endif
+
+typedef void (*row_fn)(const RowCtx *, int, int, int, int);
+
+static row_fn pick_row(int mode, int nb) {
+#if HAVE_INT8
+    if (mode == 2) {
+        static const row_fn fns[4] = {row_i8_1, row_i8_2, row_i8_3, row_i8_4};
+        return fns[nb - 1];
+    }
+#endif
+#if HAVE_BF16
+    if (mode == 1) {
+        static const row_fn fns[4] = {row_bf16_1, row_bf16_2, row_bf16_3, row_bf16_4};
+        return fns[nb - 1];
+    }
+#endif
+    (void)mode;
+    static const row_fn fns[4] = {row_f32_1, row_f32_2, row_f32_3, row_f32_4};
+    return fns[nb - 1];
+}
+
+/* ---------------------------------------------------------------------------------------- tiles */
+
+static size_t elem_size(int mode) { return mode == 0 ? 4 : mode == 1 ? 2 : 1; }
+
+static void zero_outside(const Job *job, void *buf, int stride_px, int fr0, int fr1, int fc0, int fc1,
+                         int oy, int ox, int fill) {
+    /* zero the buffer pixels (rows fr0..fr1, cols fc0..fc1) whose global position is outside the image
+     * (`fill`: the byte pattern of zero, the zero point for int8) */
+    size_t es = elem_size(job->mode);
+    for (int r = fr0; r < fr1; r++) {
+        int gy = oy + r;
+        char *row = (char *)buf + (size_t)r * job->rstride * es;
+        if (gy < 0 || gy >= job->H) {
+            memset(row + (size_t)fc0 * stride_px * es, fill, (size_t)(fc1 - fc0) * stride_px * es);
+            continue;
+        }
+        int left = -ox; /* columns < left are outside */
+        if (left > fc0) {
+            int e = left < fc1 ? left : fc1;
+            memset(row + (size_t)fc0 * stride_px * es, fill, (size_t)(e - fc0) * stride_px * es);
+        }
+        int right = job->W - ox; /* columns >= right are outside */
+        if (right < fc1) {
+            int b = right > fc0 ? right : fc0;
+            memset(row + (size_t)b * stride_px * es, fill, (size_t)(fc1 - b) * stride_px * es);
+        }
+    }
+}
+
+static inline uint16_t to_bf16(float f) { /* round to nearest even (finite values) */
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+static void run_tile(Job *job, int t, void *b0, void *b1) {
+    const int nl = job->nl, per_img = job->tiles_y * job->tiles_x;
+    const int img = t / per_img, ty = (t % per_img) / job->tiles_x, tx = t % job->tiles_x;
+    const int y0 = ty * job->th, x0 = tx * job->tw;
+    const int ch = (job->H - y0 < job->th ? job->H - y0 : job->th);
+    const int cw = (job->W - x0 < job->tw ? job->W - x0 : job->tw);
+    const int FR = ch + 2 * nl, FC = cw + 2 * nl;
+    const int oy = y0 - nl, ox = x0 - nl; /* global position of buffer pixel (0, 0) */
+    const int H = job->H, W = job->W, C = job->in_ch;
+    const float *in = job->in + (size_t)img * C * H * W;
+    const int border = oy < 0 || ox < 0 || oy + FR > H || ox + FC > W;
+
+    /* layer-0 input, NCHW -> the buffer's NHWC (zero outside the image) */
+    const int istr = job->L[0].istr;
+    for (int r = 0; r < FR; r++) {
+        const int gy = oy + r;
+        const int row_in = gy >= 0 && gy < H;
+        const int cl = ox < 0 ? -ox : 0, cr = ox + FC > W ? W - ox : FC; /* inside columns [cl, cr) */
+        for (int k = 0; k < istr; k++) {
+            const float *src = in + (size_t)k * H * W + (size_t)(row_in ? gy : 0) * W + ox;
+            const int live = row_in && k < C;
+            if (job->mode == 2) {
+                uint8_t *dst = (uint8_t *)b0 + (size_t)r * job->rstride + k;
+                const float qi = job->L[0].qinv, qz = job->L[0].qzero;
+                const uint8_t zq = (uint8_t)qz;
+                for (int c = 0; c < FC; c++) {
+                    float q = (live && c >= cl && c < cr) ? src[c] * qi + qz : qz;
+                    q = q < 0.0f ? 0.0f : q > 255.0f ? 255.0f : q;
+                    dst[(size_t)c * istr] = k < C ? (uint8_t)__builtin_lrintf(q) : zq;
+                }
+            } else if (job->mode == 1) {
+                uint16_t *dst = (uint16_t *)b0 + (size_t)r * job->rstride + k;
+                for (int c = 0; c < FC; c++) dst[(size_t)c * istr] = (live && c >= cl && c < cr) ? to_bf16(src[c]) : 0;
+            } else {
+                float *dst = (float *)b0 + (size_t)r * job->rstride + k;
+                for (int c = 0; c < FC; c++) dst[(size_t)c * istr] = (live && c >= cl && c < cr) ? src[c] : 0.0f;
+            }
+        }
+    }
+
+    void *ib = b0, *ob = b1;
+    for (int l = 0; l < nl; l++) {
+        const Layer *ly = &job->L[l];
+        const int last = l == nl - 1;
+        RowCtx cx = {job, ly, last, ib, ob, last ? NULL : &job->L[l + 1], img, 0, ox};
+        const int r0 = l + 1, r1 = FR - l - 1, c0 = l + 1, c1 = FC - l - 1;
+        const int groups = (ly->cpad / VL + MAXG - 1) / MAXG;
+        for (int g = 0; g < groups; g++) {
+            int nb = ly->cpad / VL - g * MAXG;
+            if (nb > MAXG) nb = MAXG;
+            row_fn fn = pick_row(job->mode, nb);
+            for (int r = r0; r < r1; r++) {
+                cx.gy = oy + r;
+                fn(&cx, r, c0, c1, g);
+            }
+        }
+        if (!last && border)
+            zero_outside(job, ob, ly->cpad, r0, r1, c0, c1, oy, ox, job->mode == 2 ? (int)job->L[l + 1].qzero : 0);
+        void *tmp = ib;
+        ib = ob;
+        ob = tmp;
+    }
+}
+
+static void *worker(void *arg) {
+    Job *job = (Job *)arg;
+    size_t es = elem_size(job->mode);
+    size_t bytes = (job->bufelems * es + 63) / 64 * 64;
+    void *b0 = aligned_alloc(64, bytes), *b1 = aligned_alloc(64, bytes);
+    if (!b0 || !b1) {
+        __atomic_store_n(&job->failed, 1, __ATOMIC_RELAXED);
+        free(b0);
+        free(b1);
+        return NULL;
+    }
+    memset(b0, 0, bytes);
+    memset(b1, 0, bytes);
+    const int total = job->n * job->tiles_y * job->tiles_x;
+    for (;;) {
+        int t = __atomic_fetch_add(&job->next, 1, __ATOMIC_RELAXED);
+        if (t >= total) break;
+        run_tile(job, t, b0, b1);
+    }
+    free(b0);
+    free(b1);
+    return NULL;
+}
+
+/* ---------------------------------------------------------------------------------------- API */
+
+int repsr_fused_lanes(void) { return VL; }
+int repsr_fused_has_bf16(void) { return HAVE_BF16; }
+int repsr_fused_has_int8(void) { return HAVE_INT8; }
+
+/* dims: nl, in_ch, scale, then cin_l, cout_l per layer. weights: the layers' packed weights one after the
+ * other (fp32 [9][cin][cpad], or bf16 [9][ceil(cin/2)][cpad][2]); ba: per layer bias[cpad], alpha[cpad].
+ * int8 (mode 2): ba holds per layer mul[cpad], bias[cpad], alpha[cpad] (the output is acc * mul + bias) and
+ * quant per layer (qinv, qzero) of its input. in: (n, in_ch, H, W) float32; out: (n, in_ch, H*s, W*s)
+ * float32. Returns 0, or -1 bad arguments, -2 out of memory, -3 precision not compiled in. */
+int repsr_fused_run(int mode, const int *dims, const void *weights, const float *ba, const float *quant,
+                    const float *in, int n, int H, int W, float *out, int th, int tw, int nthreads) {
+    if ((mode == 1 && !HAVE_BF16) || (mode == 2 && !HAVE_INT8)) return -3;
+    if (mode < 0 || mode > 2 || (mode == 2 && !quant)) return -1;
+    Job job;
+    memset(&job, 0, sizeof job);
+    job.mode = mode;
+    job.nl = dims[0];
+    job.in_ch = dims[1];
+    job.scale = dims[2];
+    if (job.nl < 1 || job.nl > MAXL || n < 1 || H < 1 || W < 1 || th < 1 || tw < 1) return -1;
+    const char *wp = (const char *)weights;
+    const float *bp = ba;
+    int maxstr = 0;
+    for (int l = 0; l < job.nl; l++) {
+        Layer *ly = &job.L[l];
+        ly->cin = dims[3 + 2 * l];
+        ly->cout = dims[4 + 2 * l];
+        ly->cpad = (ly->cout + VL - 1) / VL * VL;
+        int prev = l == 0 ? job.in_ch : job.L[l - 1].cpad;
+        ly->istr = mode == 1 ? (prev + 1) / 2 * 2 : mode == 2 ? (prev + 3) / 4 * 4 : prev;
+        if (ly->cin != (l == 0 ? job.in_ch : job.L[l - 1].cout)) return -1;
+        ly->w = wp;
+        if (mode == 2) {
+            wp += (size_t)9 * ((ly->cin + 3) / 4) * ly->cpad * 4;
+            ly->mul = bp;
+            bp += ly->cpad;
+            ly->qinv = quant[2 * l];
+            ly->qzero = quant[2 * l + 1];
+        } else {
+            wp += mode == 1 ? (size_t)9 * ((ly->cin + 1) / 2) * ly->cpad * 2 * 2 : (size_t)9 * ly->cin * ly->cpad * 4;
+        }
+        ly->b = bp;
+        ly->a = bp + ly->cpad;
+        bp += 2 * ly->cpad;
+        if (ly->istr > maxstr) maxstr = ly->istr;
+        if (l < job.nl - 1 && ly->cpad > maxstr) maxstr = ly->cpad;
+    }
+    if (job.L[job.nl - 1].cout != job.in_ch * job.scale * job.scale) return -1;
+    {
+        const int s = job.scale, ss = s * s;
+        const size_t OW = (size_t)W * s, plane = (size_t)H * s * OW;
+        for (int co = 0; co < job.L[job.nl - 1].cout; co++) {
+            int ch = co / ss, rem = co - ch * ss, i = rem / s, j = rem - i * s;
+            job.out_off[co] = ch * plane + (size_t)i * OW + j;
+            job.skip_off[co] = (size_t)ch * H * W;
+        }
+    }
+    job.n = n;
+    job.H = H;
+    job.W = W;
+    job.th = th < H ? th : H;
+    job.tw = tw < W ? tw : W;
+    job.tiles_y = (H + job.th - 1) / job.th;
+    job.tiles_x = (W + job.tw - 1) / job.tw;
+    /* tiles of (nearly) equal size: a narrow last column would leave a thread idle at the end */
+    job.th = (H + job.tiles_y - 1) / job.tiles_y;
+    job.tw = (W + job.tiles_x - 1) / job.tiles_x;
+    job.tiles_y = (H + job.th - 1) / job.th;
+    job.tiles_x = (W + job.tw - 1) / job.tw;
+    job.in = in;
+    job.out = out;
+    /* row: tile + halo + room for a register tile's overrun (PB_MAX + 1 pixels) */
+    job.rstride = (size_t)(job.tw + 2 * job.nl + PB_MAX + 2) * maxstr;
+    job.bufelems = job.rstride * (size_t)(job.th + 2 * job.nl + 1);
+    int total = n * job.tiles_y * job.tiles_x;
+    if (nthreads < 1) nthreads = 1;
+    if (nthreads > total) nthreads = total;
+    if (nthreads > 256) nthreads = 256;
+    pthread_t threads[256];
+    int started = 0;
+    for (int i = 1; i < nthreads; i++) {
+        if (pthread_create(&threads[started], NULL, worker, &job) != 0) break;
+        started++;
+    }
+    worker(&job);
+    for (int i = 0; i < started; i++) pthread_join(threads[i], NULL);
+    return job.failed ? -2 : 0;
+}
