@@ -301,5 +301,5 @@ def test_cli_upscale_prints_the_precision_and_rejects_fp16_on_cpu(tmp_path, caps
     ]
     assert main([*args, "--device", "cpu", "--precision", "bf16"]) == 0
     assert "precision bf16: bf16 as requested" in capsys.readouterr().out
-    assert main([*args, "--device", "cpu", "--half"]) == 2
+    assert main([*args, "--device", "cpu", "--half", "--overwrite"]) == 2  # o/in.png exists now
     assert "fp16 needs a CUDA device" in capsys.readouterr().err

@@ -16,10 +16,10 @@ from __future__ import annotations
 import errno
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from repsr.errors import WriteError, describe_os_error, first_line
+from repsr.errors import RepsrError, WriteError, describe_os_error, first_line
 
 # Below this much free space, a write error that does not say why (torch's C++ writer) is a full disk.
 _NEARLY_FULL = 1 << 20
@@ -68,7 +68,7 @@ def atomic_write(path: str | Path, write: Callable[[str], object]) -> None:
         os.replace(tmp, path)
     except BaseException as error:
         Path(tmp).unlink(missing_ok=True)
-        if isinstance(error, WriteError):
+        if isinstance(error, RepsrError):  # WriteError, or a writer's own check of what it wrote
             raise
         if isinstance(error, OSError):
             raise _write_error(path, error) from None
@@ -101,10 +101,17 @@ def _free_bytes(folder: Path) -> int:
     return stats.f_bavail * stats.f_frsize
 
 
-def check_target(path: str | Path, *, what: str = "output") -> Path:
-    """Raise `WriteError` now if `path` cannot be written later: it is a folder, a parent is a file, or
-    the nearest existing parent folder is not writable. Called before long work (evaluation, export)."""
+def check_target(path: str | Path, *, what: str = "output", inputs: Iterable[str | Path] = ()) -> Path:
+    """Raise `WriteError` now if `path` cannot be written later: it is a folder, a parent is a file, the
+    nearest existing parent folder is not writable, or it is one of this run's `inputs` (a run never
+    writes over what it reads). Called before long work (evaluation, export, deploy)."""
     path = Path(path)
+    for source in map(Path, inputs):
+        if source.exists() and path.exists() and os.path.samefile(source, path):
+            raise WriteError(
+                f"{path}: the {what} would overwrite its input {source}; choose another output name",
+                errno.EEXIST,
+            )
     if path.is_dir():
         raise WriteError(f"{path}: the {what} path is a folder, not a file", errno.EISDIR)
     _check_nearest_folder(path, path.parent, f"write the {what}", what)

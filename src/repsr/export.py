@@ -176,7 +176,7 @@ def deploy(
     source, target = Path(checkpoint), Path(output)
     if target.suffix not in (".safetensors", ".pth"):
         raise ConfigError(f"{target}: deployed models are written as .safetensors or .pth")
-    check_target(target, what="deployed model")
+    check_target(target, what="deployed model", inputs=[source])
     model, used, extras = _load_for_deploy(source, weights, device)
     notes = [note] if (note := pre_switch_warning(source, extras)) else []
     for note in notes:

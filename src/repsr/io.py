@@ -14,12 +14,12 @@ from __future__ import annotations
 import struct
 import warnings
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from repsr.atomic import atomic_write
 from repsr.errors import DataError, ImageError, WriteError, describe_os_error, first_line
@@ -28,11 +28,13 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "LoadedImage",
     "Pixels",
+    "check_output_size",
     "list_images",
     "quantize",
     "read_image",
     "read_pixels",
     "to_pixels",
+    "verify_image",
     "write_image",
     "write_pixels",
 ]
@@ -51,6 +53,7 @@ class Pixels:
 
     array: np.ndarray
     bit_depth: int
+    meta: dict = field(default_factory=dict)  # what `write_pixels` carries over: `read_metadata`
 
 
 @dataclass
@@ -115,11 +118,90 @@ def _read_tiff16(path: Path) -> np.ndarray:
     return arr
 
 
+def _as_tuple(value: object) -> tuple:
+    return value if isinstance(value, tuple) else (value,)
+
+
+# Float images must hold values in [0, 1]; this much beyond is float rounding, more is another scale.
+_FLOAT_SLACK = 1e-3
+
+
+def _float_to_uint16(arr: np.ndarray, path: Path) -> np.ndarray:
+    """Float samples in [0, 1] -> uint16. Anything else (0..255 floats, HDR values above 1, NaN) is
+    refused rather than clipped: a float image on another scale would come out white."""
+    arr = np.asarray(arr, dtype=np.float64)
+    if arr.size and not np.isfinite(arr).all():
+        raise ImageError(f"{path}: float image with NaN or infinite values; repsr reads float images in 0..1")
+    low, high = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
+    if low < -_FLOAT_SLACK or high > 1.0 + _FLOAT_SLACK:
+        hint = " (it looks like 0..255: divide by 255)" if high <= 255.0 and low >= 0.0 else ""
+        raise ImageError(
+            f"{path}: float image with values {low:g}..{high:g}; repsr reads float images as 0..1 and "
+            f"would clip the rest{hint}; convert it to 8/16-bit or rescale to 0..1 first"
+        )
+    return np.floor(np.clip(arr, 0.0, 1.0) * 65535 + 0.5).astype(np.uint16)
+
+
+def _read_float_tiff(path: Path) -> np.ndarray:
+    try:
+        import tifffile
+    except ImportError as exc:  # pragma: no cover - tifffile comes with scikit-image
+        raise ImageError(f"{path}: reading float TIFF needs the tifffile package") from exc
+    arr = np.asarray(tifffile.imread(path, key=0))
+    if arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[-1] not in (3, 4):
+        arr = np.moveaxis(arr, 0, -1)  # planar configuration
+    if arr.dtype.kind != "f":
+        raise ImageError(f"{path}: unsupported TIFF sample type {arr.dtype}")
+    return _float_to_uint16(arr, path)
+
+
+# EXIF orientation -> how to turn the stored pixels (H, W, C) upright (Pillow's exif_transpose table).
+_ORIENT = {
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.swapaxes(0, 1),
+    6: lambda a: np.rot90(a, -1),
+    7: lambda a: a[::-1, ::-1].swapaxes(0, 1),
+    8: lambda a: np.rot90(a, 1),
+}
+
+
 def _decode(im: Image.Image, path: Path) -> Pixels:
-    pixels = _decode_any(im, path)
+    pixels = _decode_any(im, path)  # first: reading EXIF may load the image and drop its tile info
+    exif = im.getexif()
+    orientation = exif.get(0x0112, 1)
     if pixels.array.ndim == 2:
         pixels.array = pixels.array[:, :, None]
+    if orientation in _ORIENT:  # show pixels the way viewers do, at every bit depth
+        pixels.array = np.ascontiguousarray(_ORIENT[orientation](pixels.array))
+    pixels.meta = read_metadata(im, exif, converted=pixels.meta.get("converted", False))
     return pixels
+
+
+def read_metadata(im: Image.Image, exif: Image.Exif, *, converted: bool = False) -> dict:
+    """What an output should carry: ICC profile, EXIF (orientation set to upright), DPI, PNG text.
+
+    `converted`: the pixels were converted from another colour space (CMYK, LAB, ...) into sRGB with
+    the profile applied, so the profile is not carried."""
+    meta: dict = {}
+    icc = im.info.get("icc_profile")
+    if icc and not converted:
+        meta["icc_profile"] = bytes(icc)
+    if len(exif):
+        if 0x0112 in exif:
+            exif[0x0112] = 1
+        try:
+            meta["exif"] = exif.tobytes()
+        except Exception:  # a damaged EXIF block is left out rather than failing the image
+            pass
+    dpi = im.info.get("dpi")
+    if isinstance(dpi, tuple) and len(dpi) == 2 and all(float(v) > 0 for v in dpi):
+        meta["dpi"] = (float(dpi[0]), float(dpi[1]))
+    text = getattr(im, "text", None) if im.format == "PNG" else None
+    if text:
+        meta["text"] = {str(k): str(v) for k, v in text.items()}
+    return meta
 
 
 def _decode_any(im: Image.Image, path: Path) -> Pixels:
@@ -129,6 +211,8 @@ def _decode_any(im: Image.Image, path: Path) -> Pixels:
             return Pixels(_read_png16_color(path, rawmode), 16)
         except (ValueError, KeyError, AttributeError, TypeError) as exc:  # a Pillow without these unpackers
             raise ImageError(f"{path}: cannot read this 16-bit PNG at full depth ({exc})") from exc
+    if im.format == "TIFF" and 3 in _as_tuple(im.tag_v2.get(339)):  # SampleFormat: IEEE float
+        return Pixels(_read_float_tiff(path), 16)
     if im.format == "TIFF" and im.mode in ("RGB", "RGBA", "LA"):
         bits = im.tag_v2.get(258)
         bits = bits if isinstance(bits, tuple) else (bits,)
@@ -141,10 +225,7 @@ def _decode_any(im: Image.Image, path: Path) -> Pixels:
     if mode == "I":
         return Pixels(np.clip(np.asarray(im), 0, 65535).astype(np.uint16), 16)
     if mode == "F":
-        arr = np.clip(np.nan_to_num(np.asarray(im, dtype=np.float64)), 0.0, 1.0)
-        return Pixels(np.floor(arr * 65535 + 0.5).astype(np.uint16), 16)
-    if im.getexif().get(0x0112, 1) != 1:  # EXIF orientation: show pixels the way viewers do
-        im = ImageOps.exif_transpose(im)
+        return Pixels(_float_to_uint16(np.asarray(im, dtype=np.float64), path), 16)
     has_key = "transparency" in im.info
     if mode == "1":
         im = im.convert("L")
@@ -157,8 +238,25 @@ def _decode_any(im: Image.Image, path: Path) -> Pixels:
     elif (mode == "RGB" and has_key) or mode == "RGBa":
         im = im.convert("RGBA")
     elif mode not in ("L", "LA", "RGB", "RGBA"):
-        im = im.convert("RGB")  # CMYK, YCbCr, LAB, HSV, RGBX
+        converted = _to_srgb(im)  # CMYK, YCbCr, LAB, HSV, RGBX
+        return Pixels(np.ascontiguousarray(np.asarray(converted), dtype=np.uint8), 8, {"converted": True})
     return Pixels(np.ascontiguousarray(np.asarray(im), dtype=np.uint8), 8)
+
+
+def _to_srgb(im: Image.Image) -> Image.Image:
+    """RGB of an image in another colour space: through its ICC profile into sRGB when it has one."""
+    icc = im.info.get("icc_profile")
+    if icc:
+        try:
+            import io as _io
+
+            from PIL import ImageCms
+
+            source = ImageCms.ImageCmsProfile(_io.BytesIO(icc))
+            return ImageCms.profileToProfile(im, source, ImageCms.createProfile("sRGB"), outputMode="RGB")
+        except Exception:  # an unusable profile: Pillow's plain conversion
+            pass
+    return im.convert("RGB")
 
 
 def read_pixels(path: str | Path) -> Pixels:
@@ -186,13 +284,40 @@ def read_pixels(path: str | Path) -> Pixels:
     except Image.DecompressionBombError as exc:
         raise ImageError(f"{path}: image too large to decode safely ({exc})") from exc
     except UnidentifiedImageError as exc:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            return _tiff_fallback(path, exc)
         raise ImageError(f"{path}: not an image, or a format Pillow cannot read") from exc
-    except (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, IndexError) as exc:
+    except MemoryError:
+        raise
+    except Exception as exc:  # Pillow and tifffile raise many types for damaged files (fuzz-tested)
         raise ImageError(f"{path}: truncated or corrupt image ({first_line(exc)})") from exc
     arr = pixels.array
     if arr.ndim != 3 or arr.shape[0] == 0 or arr.shape[1] == 0 or arr.shape[2] not in (1, 2, 3, 4):
         raise ImageError(f"{path}: unsupported image layout {arr.shape}")
     return pixels
+
+
+def _tiff_fallback(path: Path, error: Exception) -> Pixels:
+    """A TIFF Pillow cannot open (float RGB, ...): tifffile reads float and 16-bit samples."""
+    try:
+        import tifffile
+
+        with tifffile.TiffFile(path) as tif:
+            dtype = tif.pages[0].dtype
+        if dtype is not None and np.dtype(dtype).kind == "f":
+            arr = _read_float_tiff(path)
+        elif dtype is not None and np.dtype(dtype) == np.uint16:
+            arr = _read_tiff16(path)
+        else:
+            raise ImageError(f"{path}: a TIFF with {dtype} samples, which repsr cannot read")
+    except ImageError:
+        raise
+    except Exception as exc:
+        raise ImageError(f"{path}: not an image, or a TIFF repsr cannot read ({first_line(exc)})") from None
+    arr = arr[:, :, None] if arr.ndim == 2 else arr
+    if arr.ndim != 3 or arr.shape[2] not in (1, 2, 3, 4) or 0 in arr.shape:
+        raise ImageError(f"{path}: unsupported image layout {arr.shape}")
+    return Pixels(np.ascontiguousarray(arr), 16)
 
 
 def read_image(path: str | Path) -> LoadedImage:
@@ -270,14 +395,34 @@ def _paeth_rows(cur: np.ndarray, up: np.ndarray, bpp: int) -> np.ndarray:
     return np.concatenate([np.full((cur.shape[0], 1), 4, dtype=np.uint8), filtered], axis=1)
 
 
-def _write_png16(handle, arr: np.ndarray) -> None:
+def _png16_meta_chunks(meta: dict) -> bytes:
+    """iCCP, pHYs, eXIf and tEXt/iTXt chunks carrying `meta` (see `read_metadata`) in a 16-bit PNG."""
+    chunks = b""
+    if meta.get("icc_profile"):
+        chunks += _png_chunk(b"iCCP", b"ICC Profile\x00\x00" + zlib.compress(meta["icc_profile"]))
+    if meta.get("dpi"):
+        x, y = (round(v / 0.0254) for v in meta["dpi"])
+        chunks += _png_chunk(b"pHYs", struct.pack(">IIB", x, y, 1))
+    exif = meta.get("exif")
+    if exif:
+        chunks += _png_chunk(b"eXIf", exif[6:] if exif.startswith(b"Exif\x00\x00") else exif)
+    for key, value in (meta.get("text") or {}).items():
+        keyword = key.encode("latin-1", "replace")[:79] or b"Comment"
+        try:
+            chunks += _png_chunk(b"tEXt", keyword + b"\x00" + value.encode("latin-1"))
+        except UnicodeEncodeError:
+            chunks += _png_chunk(b"iTXt", keyword + b"\x00\x00\x00\x00\x00" + value.encode("utf-8"))
+    return chunks
+
+
+def _write_png16(handle, arr: np.ndarray, meta: dict | None = None) -> None:
     """Minimal 16-bit PNG encoder (Pillow cannot write 16-bit RGB): Paeth filter on every row, zlib,
-    streamed in bands of rows so that memory does not grow with the image."""
+    streamed in bands of rows so that memory does not grow with the image; `meta` as `read_metadata`."""
     height, width, channels = arr.shape
     color_type = {1: 0, 2: 4, 3: 2, 4: 6}[channels]
     bpp = 2 * channels
     header = struct.pack(">IIBBBBB", width, height, 16, color_type, 0, 0, 0)
-    handle.write(b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header))
+    handle.write(b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png16_meta_chunks(meta or {}))
     compressor = zlib.compressobj(6)
     previous = np.zeros((1, width * bpp), dtype=np.int16)
     for top in range(0, height, _PNG16_ROWS):
@@ -327,17 +472,60 @@ def write_image(
     write_pixels(path, to_pixels(rgb, alpha, bit_depth, gray), quality=quality)
 
 
-def write_pixels(path: str | Path, arr: np.ndarray, *, quality: int = 95) -> None:
+# Largest width/height each output format holds (PNG: 2**31 - 1; our 16-bit writer the same).
+MAX_SIDE = {".jpg": 65535, ".jpeg": 65535, ".webp": 16383, ".png": 2**31 - 1}
+
+
+def check_output_size(path: str | Path, width: int, height: int) -> None:
+    """Raise `ImageError` now (before any work) if `path`'s format cannot hold a width x height image."""
+    path = Path(path)
+    limit = MAX_SIDE.get(path.suffix.lower())
+    if limit is not None and max(width, height) > limit:
+        kind = path.suffix.lower().lstrip(".").upper().replace("JPG", "JPEG")
+        raise ImageError(
+            f"{path}: {kind} holds at most {limit} pixels per side, the output would be {width}x{height}; "
+            "use --format png"
+        )
+
+
+def verify_image(path: str | Path, width: int, height: int, *, label: str | Path | None = None) -> None:
+    """Decode the written file `path` in full; raise `ImageError` unless it is width x height."""
+    label = label or path
+    limit = Image.MAX_IMAGE_PIXELS
+    try:
+        Image.MAX_IMAGE_PIXELS = None  # our own output: Pillow's decompression-bomb guard does not apply
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as im:
+                size = im.size
+                im.load()
+    except Exception as exc:
+        raise ImageError(f"{label}: the written file does not decode ({first_line(exc)}); not kept") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+    if size != (width, height):
+        raise ImageError(
+            f"{label}: the written file is {size[0]}x{size[1]}, expected {width}x{height}; not kept"
+        )
+
+
+def write_pixels(path: str | Path, arr: np.ndarray, *, quality: int = 95, meta: dict | None = None) -> None:
     """Write integer pixels (H, W, C) (uint8, or uint16 for .png; C = 1, 2, 3 or 4 with alpha last)
-    to .png, .jpg/.jpeg or .webp. A JPEG drops alpha with a warning. Raises ImageError naming the file
-    for an unsupported suffix or a failed write (a full disk says so)."""
+    to .png, .jpg/.jpeg or .webp. A JPEG drops alpha with a warning. `meta` (`Pixels.meta`, see
+    `read_metadata`): ICC profile, EXIF, DPI and PNG text written where the format holds them. The file
+    is decoded again before it takes its name (`verify_image`). Raises ImageError naming the file for an
+    unsupported suffix, a size the format cannot hold, a failed write (a full disk says so) or a
+    written file that does not decode at the expected size."""
     path = Path(path)
     suffix = path.suffix.lower()
+    meta = meta or {}
     if suffix not in WRITE_SUFFIXES:
         raise ImageError(f"{path}: cannot write '{suffix or path.name}' files (use .png, .jpg or .webp)")
     sixteen = arr.dtype == np.uint16
     if sixteen and suffix != ".png":
         raise ImageError(f"{path}: 16-bit output needs a .png file")
+    height, width = arr.shape[:2]
+    check_output_size(path, width, height)
     if suffix in (".jpg", ".jpeg") and arr.shape[2] in (2, 4):
         warnings.warn(f"{path}: JPEG has no alpha channel; alpha dropped", stacklevel=2)
         arr = arr[:, :, :-1]
@@ -345,16 +533,28 @@ def write_pixels(path: str | Path, arr: np.ndarray, *, quality: int = 95) -> Non
     def save(tmp: str) -> None:
         if sixteen:
             with open(tmp, "wb") as handle:
-                _write_png16(handle, arr)
-            return
-        mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[arr.shape[2]]
-        im = Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr, mode=mode)
-        if suffix == ".png":
-            im.save(tmp, format="PNG", compress_level=6)
-        elif suffix == ".webp":
-            im.save(tmp, format="WEBP", quality=quality, lossless=quality >= 100)
+                _write_png16(handle, arr, meta)
         else:
-            im.save(tmp, format="JPEG", quality=quality, subsampling=0)
+            mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[arr.shape[2]]
+            im = Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr, mode=mode)
+            extra = {k: meta[k] for k in ("icc_profile", "exif") if meta.get(k)}
+            if meta.get("dpi") and suffix != ".webp":
+                extra["dpi"] = meta["dpi"]
+            if suffix == ".png":
+                if meta.get("text"):
+                    from PIL.PngImagePlugin import PngInfo
+
+                    info = PngInfo()
+                    for key, value in meta["text"].items():
+                        info.add_itxt(key, value) if not value.isascii() else info.add_text(key, value)
+                    extra["pnginfo"] = info
+                im.save(tmp, format="PNG", compress_level=6, **extra)
+            elif suffix == ".webp":
+                im.save(tmp, format="WEBP", quality=quality, lossless=quality >= 100, **extra)
+            else:
+                im.save(tmp, format="JPEG", quality=quality, subsampling=0, **extra)
+            del im  # the encoder's copy goes before the check decodes the file again (peak memory)
+        verify_image(tmp, width, height, label=path)
 
     try:
         atomic_write(path, save)  # a failed or interrupted write leaves no half image
@@ -367,10 +567,13 @@ def write_pixels(path: str | Path, arr: np.ndarray, *, quality: int = 95) -> Non
 # ----------------------------------------------------------------------------------------------- listing
 
 
-def list_images(folder_or_file: str | Path, recursive: bool = True) -> list[Path]:
+def list_images(
+    folder_or_file: str | Path, recursive: bool = True, extra: tuple[str, ...] = ()
+) -> list[Path]:
     """Sorted image files (by suffix, case-insensitive) under a folder; a file is returned as is.
 
-    Hidden files and folders (name starting with '.') are skipped. Raises DataError if the path is missing.
+    Hidden files and folders (name starting with '.') are skipped; `extra` adds suffixes (videos).
+    Raises DataError if the path is missing.
     """
     root = Path(folder_or_file)
     if root.is_file():
@@ -381,7 +584,7 @@ def list_images(folder_or_file: str | Path, recursive: bool = True) -> list[Path
     found = [
         p
         for p in candidates
-        if p.suffix.lower() in IMAGE_SUFFIXES
+        if (p.suffix.lower() in IMAGE_SUFFIXES or p.suffix.lower() in extra)
         and not any(part.startswith(".") for part in p.relative_to(root).parts)
         and p.is_file()
     ]

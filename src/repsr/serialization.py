@@ -61,14 +61,51 @@ def read_model_file(path: str | Path, device: str | torch.device = "cpu") -> tup
         raise ModelFileError(f"{path}: no such file")
     if path.stat().st_size == 0:
         raise ModelFileError(f"{path}: file is empty")
+    kind = file_kind(path)
     try:
-        if path.suffix in (".pth", ".pt"):
+        if kind == "torch":
             model, extras = _from_torch_file(path)
         else:
             model, extras = _from_safetensors(path), {}
+    except ModelFileError:
+        raise
     except ConfigError as error:
         raise ModelFileError(f"{path}: {error}") from None
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError, RuntimeError) as error:
+        # a damaged or hand-made file that passed the format checks (fuzz-tested): never a traceback
+        raise ModelFileError(
+            f"{path}: not a valid model ({type(error).__name__}: {first_line(error, 120)})"
+        ) from None
     return model.to(device).eval(), extras
+
+
+def file_kind(path: Path) -> str:
+    """`"torch"` or `"safetensors"`, from the file's first bytes (the suffix only breaks a tie), so a
+    `.PTH`, a `.bin` or a misnamed file is read by the right loader; anything else is `ModelFileError`."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(16)
+        size = path.stat().st_size
+    except OSError as error:
+        raise ModelFileError(f"{path}: cannot read ({error.strerror or first_line(error)})") from None
+    suffix = path.suffix.lower()
+    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":  # torch.save's zip, or the legacy pickle
+        return "torch"
+    if len(head) >= 9 and 0 < int.from_bytes(head[:8], "little") <= size - 8 and head[8:9] == b"{":
+        return "safetensors"
+    if suffix == ".onnx":
+        raise ModelFileError(
+            f"{path}: an ONNX model; this command needs the PyTorch model it was exported from "
+            "(.safetensors, .pth or a checkpoint); ONNX files run in repsr upscale -m only"
+        )
+    if suffix in (".pth", ".pt"):
+        return "torch"  # damaged: the torch loader says how
+    if suffix == ".safetensors":
+        return "safetensors"
+    raise ModelFileError(
+        f"{path}: not a model file repsr reads (expected safetensors, a PyTorch .pth/.pt state dict or a "
+        "repsr train checkpoint)"
+    )
 
 
 def _from_safetensors(path: Path) -> nn.Module:
@@ -82,7 +119,7 @@ def _from_safetensors(path: Path) -> nn.Module:
         if metadata.get("format_version") != FORMAT_VERSION:
             raise ModelFileError(f"{path}: unsupported format version {metadata.get('format_version')!r}")
         spec = ModelSpec.from_metadata(metadata)
-        model = PlainSR(spec) if metadata.get("form") == "plain" else RepNet(spec)
+        model = _build(PlainSR if metadata.get("form") == "plain" else RepNet, spec, path)
     else:
         model = PlainSR(infer_plain_spec(state, path))
     _load_checked(model, state, path)
@@ -98,8 +135,10 @@ def _from_torch_file(path: Path) -> tuple[nn.Module, dict[str, Any]]:
         raise ModelFileError(f"{path}: expected a state dict, found {type(data).__name__}")
     extras: dict[str, Any] = {}
     if "spec" in data and "model" in data:  # a `repsr train` checkpoint
-        model: nn.Module = RepNet(ModelSpec.from_dict(data["spec"]))
+        model: nn.Module = _build(RepNet, data["spec"], path)
         state = data["model"]
+        if not isinstance(state, dict):
+            raise ModelFileError(f"{path}: the checkpoint's 'model' entry is not a state dict")
         extras = {key: value for key, value in data.items() if key not in ("spec", "model")}
     else:
         for key in ("params_ema", "params"):  # Real-ESRGAN / BasicSR release files
@@ -110,6 +149,20 @@ def _from_torch_file(path: Path) -> tuple[nn.Module, dict[str, Any]]:
         model = PlainSR(infer_plain_spec(state, path))
     _load_checked(model, state, path)
     return model, extras
+
+
+def _build(kind: type, spec: ModelSpec | dict, path: Path) -> nn.Module:
+    """`kind(spec)`, a malformed spec (missing keys, wrong types, impossible sizes) as `ModelFileError`."""
+    try:
+        if isinstance(spec, dict):
+            spec = ModelSpec.from_dict(spec)
+        elif not isinstance(spec, ModelSpec):
+            raise TypeError(f"expected a dict, found {type(spec).__name__}")
+        return kind(spec)
+    except ConfigError as error:
+        raise ModelFileError(f"{path}: malformed model spec ({error})") from None
+    except (TypeError, ValueError, KeyError, AttributeError, RuntimeError) as error:
+        raise ModelFileError(f"{path}: malformed model spec ({first_line(error, 120)})") from None
 
 
 def _torch_load_problem(error: Exception) -> str:

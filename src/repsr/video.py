@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from repsr.errors import ConfigError, DependencyError, RepsrError, first_line
+from repsr.errors import ConfigError, DependencyError, RepsrError, describe_os_error, first_line
 from repsr.inference.upscaler import upscale_rgb
 
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mkv", ".mov", ".webm", ".avi", ".ts", ".mts", ".flv", ".wmv", ".mpg")
@@ -92,6 +92,7 @@ class VideoReport:
     pix_fmt: str
     copied_streams: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    copied_packets: int = 0  # audio/subtitle packets muxed (checked against the written file)
 
     @property
     def fps(self) -> float:
@@ -118,12 +119,43 @@ def _depth(av: Any, pix_fmt: str) -> int:
         return 8
 
 
-def output_pix_fmt(av: Any, codec: Any, source_fmt: str) -> str:
+def _fits(av: Any, pix_fmt: str, size: tuple[int, int] | None) -> bool:
+    """Whether frames of `size` (width, height) can be stored in `pix_fmt`: subsampled chroma (4:2:0,
+    4:2:2) needs even sides."""
+    if size is None:
+        return True
+    try:
+        fmt = av.VideoFormat(pix_fmt)
+        sub_w, sub_h = fmt.chroma_width(16) < 16, fmt.chroma_height(16) < 16
+    except Exception:
+        return True
+    width, height = size
+    return not (sub_w and width % 2) and not (sub_h and height % 2)
+
+
+def output_pix_fmt(av: Any, codec: Any, source_fmt: str, size: tuple[int, int] | None = None) -> str:
     """The input's pixel format if the encoder takes it, else one of the same bit depth (4:2:0 first).
 
-    Keeps 10-bit clips 10-bit with libx264/libx265/ffv1; 8-bit clips stay 8 bit.
+    Keeps 10-bit clips 10-bit with libx264/libx265/ffv1; 8-bit clips stay 8 bit. With an odd output
+    `size` (width, height), a format without chroma subsampling (4:4:4) is chosen instead of 4:2:0/4:2:2,
+    which need even sides; when the encoder has none, `VideoError` says what to do.
     """
     supported = [f.name for f in (codec.video_formats or [])]
+    chosen = _same_depth_fmt(av, supported, source_fmt)
+    if _fits(av, chosen, size):
+        return chosen
+    depth = _depth(av, source_fmt)
+    full = [name for name in supported if _fits(av, name, size)]
+    for name in sorted(full, key=lambda n: (_depth(av, n) != depth, not n.startswith("yuv444p"))):
+        return name
+    width, height = size or (0, 0)
+    raise VideoError(
+        f"output {width}x{height}: {codec.name} writes {chosen} (4:2:0/4:2:2 chroma), which needs even "
+        "frame sizes; crop the input to an even width and height, or use --codec ffv1 or libx264 (4:4:4)"
+    )
+
+
+def _same_depth_fmt(av: Any, supported: list[str], source_fmt: str) -> str:
     if not supported or source_fmt in supported:
         return source_fmt
     depth = _depth(av, source_fmt)
@@ -231,6 +263,7 @@ def upscale_video(
     preset: str | None = None,
     batch: int | str = "auto",
     progress: bool | Callable[[int], None] = False,
+    overwrite: bool = False,
 ) -> VideoReport:
     """Upscale the first video stream of `source` into `target`, copying audio and subtitle streams.
 
@@ -240,7 +273,13 @@ def upscale_video(
     (libx264/libx265: ultrafast ... veryslow, default medium; libsvtav1: 0-13); a faster preset keeps the
     encoder from being the bottleneck at a larger file size. `batch`: frames per model call, or `auto`.
     `progress`: a tqdm bar on stderr when True, or a callable given the number of frames just written.
-    Raises `VideoError` (one line) for bad input or output, `DependencyError` without PyAV.
+    `overwrite`: replace an existing `target` (else refused before any work).
+
+    The display rotation, colour tags and every stream's metadata (language, title) are carried over.
+    A damaged input (frames the decoder lost, even where FFmpeg's threaded decoder conceals it) fails
+    with where frames were lost; the output is re-opened before it takes its name (frame count, streams,
+    copied packets) and removed if it does not match. Raises `VideoError` (one line) for bad input or
+    output, `DependencyError` without PyAV.
     """
     av = require_av()
     source, target = Path(source), Path(target)
@@ -250,6 +289,10 @@ def upscale_video(
         raise VideoError(f"{source}: output would overwrite the input; choose another output name")
     if not is_video_path(target):
         raise VideoError(f"{target}: output needs a video extension ({', '.join(VIDEO_EXTENSIONS)})")
+    if target.is_dir():
+        raise VideoError(f"{target}: the output path is a folder; name a video file or give -o a folder")
+    if target.exists() and not overwrite:
+        raise VideoError(f"{target}: already exists; pass --overwrite to replace it, or choose another name")
     encoder, options = check_encoding(codec, crf, preset)
     try:
         container = av.open(str(source), "r")
@@ -257,10 +300,18 @@ def upscale_video(
         raise VideoError(f"{source}: not a readable video ({first_line(error)})") from None
     try:
         if not container.streams.video:
-            raise VideoError(f"{source}: no video stream in this file")
-        tmp = _temporary_target(target)
+            found = ", ".join(sorted({st.type for st in container.streams})) or "no streams"
+            raise VideoError(
+                f"{source}: no video stream in this file ({found}; not a video, or a truncated or "
+                "damaged file)"
+            )
+        try:
+            tmp = _temporary_target(target)
+        except OSError as error:
+            raise VideoError(f"{target}: cannot write ({describe_os_error(error)})") from None
         try:
             report = _transcode(av, upscaler, container, source, tmp, encoder, options, batch, progress)
+            _verify_video(av, tmp, target, report)
             umask = os.umask(0o22)
             os.umask(umask)
             os.chmod(tmp, 0o666 & ~umask)  # mkstemp made it 0600; give what a plain open() would
@@ -286,8 +337,10 @@ def _transcode(
     progress: bool | Callable[[int], None],
 ) -> VideoReport:
     video = container.streams.video[0]
-    video.thread_type = "AUTO"  # frame + slice threads in the decoder
     ctx = video.codec_context
+    if ctx is None:
+        raise VideoError(f"{source}: the video stream's codec cannot be decoded by this FFmpeg build")
+    video.thread_type = "AUTO"  # frame + slice threads in the decoder; lost frames are counted below
     width, height, scale = ctx.width, ctx.height, upscaler.scale
     if not width or not height:
         raise VideoError(f"{source}: video stream has no frame size (unreadable stream)")
@@ -298,6 +351,12 @@ def _transcode(
     if not isinstance(batch, int) or batch < 1:
         raise ConfigError(f"batch must be 'auto' or a positive integer, got {batch!r}")
     copied = [s for s in container.streams if s.type in ("audio", "subtitle")]
+    for stream in copied:
+        if stream.codec_context is None:
+            raise VideoError(
+                f"{source}: {stream.type} stream #{stream.index} has a codec this FFmpeg build does not "
+                "know, so it cannot be copied (damaged file, or remove the stream first)"
+            )
 
     try:
         output = av.open(str(tmp), "w")
@@ -306,7 +365,12 @@ def _transcode(
     try:
         out_video = output.add_stream(encoder.name, rate=video.average_rate or video.guessed_rate or 24)
         out_video.width, out_video.height = width * scale, height * scale
-        out_video.pix_fmt = output_pix_fmt(av, encoder, source_fmt)
+        out_video.pix_fmt = output_pix_fmt(av, encoder, source_fmt, (width * scale, height * scale))
+        matrix = _display_matrix(av, source)
+        if matrix is not None:  # phone videos: the rotation a player applies
+            out_video.set_display_matrix(matrix)
+        _copy_metadata(video, out_video)
+        _copy_metadata(container, output, skip=_CONTAINER_KEYS)
         out_video.time_base = video.time_base
         out_video.codec_context.time_base = video.time_base
         for attribute in ("color_range", "colorspace", "color_primaries", "color_trc"):
@@ -322,6 +386,7 @@ def _transcode(
         for stream in copied:
             try:
                 mapping[stream.index] = output.add_stream_from_template(stream)
+                _copy_metadata(stream, mapping[stream.index])
             except Exception as error:
                 raise VideoError(
                     f"{source}: cannot copy {stream.type} stream #{stream.index} "
@@ -342,12 +407,150 @@ def _transcode(
             av, upscaler, container, video, mapping, output, out_video, depth, batch, progress, report
         )
         report.seconds = time.perf_counter() - start
-    finally:
+    except BaseException:
         try:
             output.close()
         except Exception:
-            pass
+            pass  # the first error is the one to report; the file is removed
+        raise
+    try:
+        output.close()  # writes the trailer (mp4's index): a failure here is an unplayable file
+    except Exception as error:
+        raise VideoError(f"{source}: could not finish writing the output ({first_line(error)})") from None
     return report
+
+
+# Container metadata that describes the file itself (the muxer writes its own), not the content.
+_CONTAINER_KEYS = frozenset({"major_brand", "minor_version", "compatible_brands", "encoder", "duration"})
+
+
+def _copy_metadata(
+    source: Any, target: Any, skip: frozenset[str] = frozenset({"encoder", "duration"})
+) -> None:
+    """Copy the metadata tags (language, title, handler, ...) of a stream or container."""
+    try:
+        for key, value in dict(source.metadata).items():
+            if key.lower() not in skip and not key.upper().startswith("DURATION"):
+                target.metadata[key] = value
+    except Exception:  # a tag the muxer refuses is not worth failing the clip
+        pass
+
+
+def _display_matrix(av: Any, source: Path) -> list[int] | None:
+    """The display matrix (rotation/flip a player applies) of the first video frame, or None."""
+    try:
+        with av.open(str(source)) as container:
+            for frame in container.decode(container.streams.video[0]):
+                for data in frame.side_data:
+                    if "DISPLAYMATRIX" in str(data.type):
+                        matrix = list(np.frombuffer(bytes(data), dtype="<i4")[:9])
+                        identity = [65536, 0, 0, 0, 65536, 0, 0, 0, 1 << 30]
+                        return None if matrix == identity else [int(v) for v in matrix]
+                return None
+    except Exception:
+        return None
+    return None
+
+
+def _expected_frames(video: Any, container: Any) -> int | None:
+    """How many frames the container says the video stream has (count, else duration x rate)."""
+    if video.frames:
+        return int(video.frames)
+    rate = video.average_rate or video.guessed_rate
+    seconds = None
+    if video.duration and video.time_base:
+        seconds = float(video.duration * video.time_base)
+    elif container.duration:
+        seconds = container.duration / 1_000_000
+    if rate and seconds:
+        return round(seconds * float(rate))
+    return None
+
+
+def _lost_frames_error(
+    source: str, decoded: int, expected: int, gap: tuple[float, float] | None, end: float
+) -> VideoError:
+    lost = expected - decoded
+    where = f"between {gap[0]:.2f} s and {gap[1]:.2f} s" if gap else f"after {end:.2f} s"
+    return VideoError(
+        f"{source}: damaged video: decoded {decoded} of {expected} frames ({lost} lost {where}); "
+        "not upscaled (re-encode the input to keep what decodes, e.g. ffmpeg -i IN -c:v ffv1 OUT.mkv)"
+    )
+
+
+def frames_lost(decoded: int, expected: int | None) -> bool:
+    """Whether a decode of `decoded` frames lost some of `expected` (a 2% / 2-frame rounding allowance
+    for containers that only store a duration)."""
+    return expected is not None and expected - decoded > max(2, expected // 50)
+
+
+def _verify_video(av: Any, path: Path, target: Path, report: VideoReport) -> None:
+    """Re-open the written file: one video stream of the expected size and frame count, the copied
+    streams with every packet; else `VideoError` (the caller removes the file)."""
+    try:
+        with av.open(str(path)) as written:
+            videos = written.streams.video
+            streams = len(written.streams)
+            if len(videos) != 1:
+                raise VideoError(f"{target}: the written file has {len(videos)} video streams, expected 1")
+            size = (videos[0].codec_context.width, videos[0].codec_context.height)
+            frames, other = 0, 0
+            for packet in written.demux():
+                if packet.dts is None and packet.size == 0:
+                    continue
+                if packet.stream.type == "video":
+                    frames += 1
+                else:
+                    other += 1
+    except VideoError:
+        raise
+    except Exception as error:
+        raise VideoError(
+            f"{target}: the written file does not re-open ({first_line(error)}); not kept"
+        ) from None
+    expected_streams = 1 + len(report.copied_streams)
+    problems = []
+    if size != report.output_size:
+        problems.append(
+            f"frame size {size[0]}x{size[1]}, expected {report.output_size[0]}x{report.output_size[1]}"
+        )
+    if frames != report.frames:
+        problems.append(f"{frames} frames, expected {report.frames}")
+    if streams != expected_streams:
+        problems.append(f"{streams} streams, expected {expected_streams}")
+    if other != report.copied_packets:
+        problems.append(f"{other} audio/subtitle packets, expected {report.copied_packets}")
+    if problems:
+        raise VideoError(f"{target}: the written file has {'; '.join(problems)}; not kept")
+
+
+_PROBE_FORMATS = {".ts": "mpegts", ".mts": "mpegts", ".m4v": "mp4", ".mpg": "mpeg", ".wmv": "asf"}
+
+
+def check_container(target: str | Path, codec: str = DEFAULT_CODEC) -> None:
+    """Raise `VideoError` now if `target`'s container cannot hold `codec` video: a two-frame probe
+    written to a temporary file (e.g. libx264 in .webm, which takes VP8/VP9/AV1 only)."""
+    av = require_av()
+    target = Path(target)
+    encoder = _encoder(av, codec)
+    with tempfile.TemporaryDirectory(prefix="repsr-probe-") as folder:
+        probe = Path(folder) / f"probe{target.suffix.lower()}"
+        try:
+            with av.open(str(probe), "w", format=_PROBE_FORMATS.get(target.suffix.lower())) as output:
+                stream = output.add_stream(encoder.name, rate=24)
+                stream.width, stream.height = 64, 64
+                stream.pix_fmt = output_pix_fmt(av, encoder, "yuv420p")
+                for index in range(2):
+                    frame = av.VideoFrame.from_ndarray(np.zeros((64, 64, 3), np.uint8), format="rgb24")
+                    frame.pts = index
+                    output.mux(stream.encode(frame))
+                output.mux(stream.encode(None))
+        except Exception as error:
+            raise VideoError(
+                f"{target}: a {target.suffix} file cannot hold {encoder.name} video "
+                f"({first_line(error, 80)}); choose another --codec (webm: libvpx-vp9) "
+                "or write .mkv, which holds every codec"
+            ) from None
 
 
 def _decoded_batches(
@@ -360,7 +563,9 @@ def _decoded_batches(
     packets: list[Any] = []
     streams = [video, *(s for s in container.streams if s.index in mapping)]
     rate = video.average_rate or video.guessed_rate or 24
-    decoded = 0
+    step = float(1 / rate)
+    expected = _expected_frames(video, container)
+    decoded, previous, gap = 0, None, None
     try:
         for packet in container.demux(streams):
             if packet.stream.index != video.index:
@@ -368,6 +573,11 @@ def _decoded_batches(
                     packets.append(packet)
                 continue
             for frame in packet.decode():
+                if frame.pts is not None and frame.time_base is not None:
+                    now = float(frame.pts * frame.time_base)
+                    if previous is not None and now - previous > 2.5 * step and gap is None:
+                        gap = (previous, now)  # the first place frames went missing
+                    previous = now
                 frames.append(frame.to_ndarray(format=fmt))
                 # a frame without a time stamp (some AVI/raw streams) gets its place at the nominal rate
                 stamps.append(
@@ -383,6 +593,8 @@ def _decoded_batches(
         raise VideoError(
             f"{container.name}: unreadable video stream after {decoded} frame(s) ({first_line(error)})"
         ) from None
+    if frames_lost(decoded, expected):
+        raise _lost_frames_error(container.name, decoded, expected, gap, previous or 0.0)
     yield _Batch(np.stack(frames) if frames else None, stamps, packets)
 
 
@@ -432,6 +644,7 @@ def _run_pipeline(
                 for packet in packets:
                     packet.stream = mapping[packet.stream.index]
                     output.mux(packet)
+                    report.copied_packets += 1
                 if result is None:
                     continue
                 for pixels, pts in zip(to_pixels(result, depth), stamps, strict=True):
@@ -529,6 +742,7 @@ __all__ = [
     "VideoReport",
     "describe",
     "is_video_path",
+    "check_container",
     "output_pix_fmt",
     "require_av",
     "upscale_video",

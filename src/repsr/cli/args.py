@@ -56,6 +56,14 @@ def add_progress(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def show_progress(args: argparse.Namespace) -> bool:
+    """Progress bars only on a terminal and without `--no-progress`: in a log file or a pipe a bar's
+    carriage-return updates run into the lines that follow (an error among them)."""
+    import sys
+
+    return not getattr(args, "no_progress", False) and sys.stderr.isatty()
+
+
 def add_overrides(parser: argparse.ArgumentParser, help: str) -> None:
     """`--set KEY=VALUE`, repeatable, collected in `args.overrides`."""
     parser.add_argument(

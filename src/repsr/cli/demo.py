@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from repsr.cli.args import add_progress
+from repsr.cli.args import add_progress, show_progress
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.minutes <= 0:
         raise ConfigError(f"--minutes must be positive, got {args.minutes}")
-    result = run_demo(minutes=args.minutes, out=args.out, progress=not args.no_progress)
+    result = run_demo(minutes=args.minutes, out=args.out, progress=show_progress(args))
     print(
         f"\nRepSR {result.psnr:.2f} dB vs bicubic {result.bicubic_psnr:.2f} dB "
         f"(Y PSNR, held-out photographs); merge check max |diff| {result.merge_error:.1e}"

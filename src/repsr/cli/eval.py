@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from repsr.cli.args import add_device, add_named_folders, add_progress
+from repsr.cli.args import add_device, add_named_folders, add_progress, show_progress
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -38,11 +38,13 @@ def run(args: argparse.Namespace) -> int:
     from repsr.atomic import check_target
     from repsr.conditions import degraded_sets, format_gains, select_conditions
     from repsr.evaluation import evaluate, format_table, open_datasets
+    from repsr.inference import resolve_device
     from repsr.models import load_model
     from repsr.network import describe
 
+    resolve_device(args.device)  # a device this machine lacks: one line before any work
     if args.json is not None:
-        check_target(args.json, what="JSON results")  # before the evaluation, not after it
+        check_target(args.json, what="JSON results", inputs=[args.model])  # before the evaluation
     conditions = select_conditions(args.degrade) if args.degrade is not None else None
     model = load_model(args.model)
     scale = describe(model).scale
@@ -50,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     if conditions is not None:
         datasets = degraded_sets(datasets, conditions, scale)
     results = evaluate(
-        model, datasets, device=args.device, y_channel=not args.rgb, progress=not args.no_progress
+        model, datasets, device=args.device, y_channel=not args.rgb, progress=show_progress(args)
     )
     print(format_table(results) if conditions is None else format_gains(results))
     if args.json is not None:

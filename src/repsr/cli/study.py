@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from repsr.cli.args import add_named_folders, add_overrides, add_progress
+from repsr.cli.args import add_named_folders, add_overrides, add_progress, show_progress
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
         overrides=args.overrides,
         only=args.only,
         out=args.out,
-        progress=not args.no_progress,
+        progress=show_progress(args),
     )
     print(f"\nresults: {report}")
     return 0

@@ -12,7 +12,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from repsr.cli.args import add_named_folders, add_overrides, add_progress
+from repsr.cli.args import add_named_folders, add_overrides, add_progress, show_progress
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
             val=parse_named_folders(args.val, "--val") or None,
             out=args.out,
             resume=args.resume,
-            progress=not args.no_progress,
+            progress=show_progress(args),
         )
     except TrainingInterrupted as stop:
         if int(os.environ.get("RANK", "0")) == 0:

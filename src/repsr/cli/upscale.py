@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from repsr.cli.args import add_device, add_progress, tile_type
+from repsr.cli.args import add_device, add_progress, show_progress, tile_type
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -42,9 +42,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="MODEL",
         help="the detail end (strength 0) for --denoise with a model that has no shipped partner",
     )
-    parser.add_argument("inputs", nargs="+", help="image files, folders (recursive) or glob patterns")
     parser.add_argument(
-        "-o", "--output", type=Path, required=True, help="output folder (or the output video file)"
+        "inputs", nargs="+", help="image and video files, folders (recursive) or glob patterns"
+    )
+    parser.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        required=True,
+        help="output folder (or the output video file of one video); never read as input",
     )
     parser.add_argument(
         "--tile", type=tile_type, default="auto", help="tile side in LR pixels, auto (default) or none"
@@ -76,6 +82,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="video encoder speed: libx264/libx265 ultrafast ... veryslow (default medium), libsvtav1 0-13; "
         "a faster preset keeps the encoder from slowing the pipeline, at a larger file",
     )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace output files that already exist (e.g. an earlier run's results); without it a run "
+        "that would replace any file is refused before it starts. Inputs are never replaced",
+    )
     add_progress(parser)
     parser.set_defaults(func=run)
 
@@ -93,12 +105,36 @@ def load_upscale_model(model: str, denoise: float | None = None, denoise_from: s
 
 
 def run(args: argparse.Namespace) -> int:
-    from repsr.inference import Upscaler, upscale_files
-    from repsr.video import check_encoding, describe, upscale_video, video_jobs
+    """SIGTERM raises KeyboardInterrupt here (main thread), so the atomic writers remove their hidden
+    temporary file as for Ctrl-C (Python's default for SIGTERM exits without any cleanup)."""
+    import signal
+    import threading
 
-    videos, images = video_jobs(args.inputs, args.output)
+    if threading.current_thread() is not threading.main_thread():
+        return _run(args)
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        return _run(args)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from repsr.inference import Upscaler, plan_outputs, resolve_device, upscale_files
+    from repsr.video import check_container, check_encoding, describe
+
+    # Every output path and encoder setting is checked before the model loads and any work starts.
+    resolve_device(args.device)
+    jobs, _missing = plan_outputs(args.inputs, args.output, fmt=args.fmt, overwrite=args.overwrite)
+    videos = [job for job in jobs if job.video]
     if videos:
-        check_encoding(args.codec, args.crf, args.preset)  # a bad encoder setting fails before any work
+        check_encoding(args.codec, args.crf, args.preset)
+        for target in {job.target.suffix.lower(): job.target for job in videos}.values():
+            check_container(target, args.codec)
     precision = "fp16" if args.half else args.precision
     upscaler = Upscaler(
         load_upscale_model(args.model, args.denoise, args.denoise_from),
@@ -114,20 +150,21 @@ def run(args: argparse.Namespace) -> int:
         missing = availability()
         if missing:
             print(f"fast kernel unavailable: {missing}")
-    progress = not args.no_progress and sys.stderr.isatty()
-    encoding = {"codec": args.codec, "crf": args.crf, "preset": args.preset}
-    for source, target in videos:
-        print(describe(upscale_video(upscaler, source, target, **encoding, progress=progress)))
-    if videos and not images:
-        return 0
+    progress = show_progress(args)
     report = upscale_files(
         upscaler,
-        images,
+        args.inputs,
         args.output,
         fmt=args.fmt,
         progress=progress,
+        overwrite=args.overwrite,
+        video={"codec": args.codec, "crf": args.crf, "preset": args.preset},
     )
-    print(f"{len(report.written)} image(s) written to {args.output}")
+    for video in report.videos:
+        print(describe(video))
+    images = len(report.written) - len(report.videos)
+    if images or not report.videos:
+        print(f"{images} image(s) written to {args.output}")
     if report.failed:
         print(f"{len(report.failed)} input(s) failed:", file=sys.stderr)
         for path, reason in report.failed:

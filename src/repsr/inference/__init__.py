@@ -27,9 +27,11 @@ from repsr.inference.backends import (
 from repsr.inference.devices import free_memory_bytes, resolve_device
 from repsr.inference.files import (
     OUTPUT_FORMATS,
+    Job,
     UpscaleReport,
     collect_inputs,
     output_path,
+    plan_outputs,
     upscale_file,
     upscale_files,
 )
@@ -62,10 +64,12 @@ __all__ = [
     "UpscaledImage",
     "Upscaler",
     "auto_tile_size",
+    "Job",
     "collect_inputs",
     "free_memory_bytes",
     "model_scale",
     "output_path",
+    "plan_outputs",
     "prepare_input",
     "prepare_model",
     "receptive_radius",

@@ -21,6 +21,22 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         raise ConfigError(f"device {device!r} is not a device name (use auto, cpu or cuda)") from None
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {device!r} requested but CUDA is not available on this machine")
+    if resolved.type == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise ConfigError(
+            f"device {device!r}: this machine has {count} CUDA device(s) (cuda:0 to cuda:{count - 1})"
+        )
+    if resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device {device!r} requested but MPS (Apple GPU) is not available on this machine")
+    if resolved.type == "meta":
+        raise ConfigError(f"device {device!r} holds no data; use auto, cpu or cuda")
+    if resolved.type not in ("cpu", "cuda", "mps"):
+        try:
+            torch.empty(1, device=resolved)
+        except Exception:  # xla, xpu, meta, ... without their backend: RuntimeError and others
+            raise ConfigError(
+                f"device {device!r} is not available on this machine (use auto, cpu or cuda)"
+            ) from None
     return resolved
 
 

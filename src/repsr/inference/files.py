@@ -27,16 +27,21 @@ def output_path(source: Path, relative: Path, out_dir: Path, fmt: str | None) ->
 def upscale_file(upscaler: Upscaler, source: Path, target: Path) -> Path:
     """Read `source`, upscale, write `target` (16 bit kept in PNG, 8 bit otherwise); returns `target`.
 
+    ICC profile, EXIF (orientation applied to the pixels and reset), DPI and PNG text are carried over;
+    the written file is decoded again at the expected size before it takes its name.
+
     Memory: the decoded input, the output in its final 8/16-bit form and one tile (`upscale_pixels`).
     An output too large for memory raises `ImageError` naming `source` and the size it needs.
     """
-    from repsr.io import read_pixels, write_pixels
+    from repsr.io import check_output_size, read_pixels, write_pixels
 
     pixels = read_pixels(source)
     bit_depth = pixels.bit_depth if target.suffix.lower() == ".png" else 8
+    height, width = pixels.array.shape[:2]
+    check_output_size(target, width * upscaler.scale, height * upscaler.scale)  # before the work
     try:
         result = upscale_pixels(upscaler, pixels, bit_depth=bit_depth)
-        write_pixels(target, result)
+        write_pixels(target, result, meta=pixels.meta)
     except MemoryError:
         height, width, channels = pixels.array.shape
         s = upscaler.scale
@@ -59,29 +64,52 @@ def _glob_base(pattern: str) -> Path:
     return Path(*base) if base else Path(".")
 
 
-def collect_inputs(inputs: Sequence[str | Path]) -> tuple[list[tuple[Path, Path]], list[tuple[Path, str]]]:
+def _is_under(path: Path, folder: Path | None) -> bool:
+    """Whether `path` lies inside `folder` (both resolved); False when `folder` is None."""
+    if folder is None:
+        return False
+    try:
+        path.resolve().relative_to(folder)
+    except ValueError:
+        return False
+    return True
+
+
+def collect_inputs(
+    inputs: Sequence[str | Path], *, exclude: str | Path | None = None, videos: bool = False
+) -> tuple[list[tuple[Path, Path]], list[tuple[Path, str]]]:
     """Expand files, folders (recursive) and globs to (source, name relative to the output folder).
 
     A file keeps its name, a folder's images keep their path under the folder, a glob's matches their
-    path under the pattern's wildcard-free prefix. Returns (found, missing): `found` without duplicates,
+    path under the pattern's wildcard-free prefix. Files under `exclude` (the output folder) are not
+    taken from a folder or pattern that holds it below its own root, so a second run does not read the
+    first run's results (`repsr upscale q -o q/up`); a file named explicitly is always an input.
+    `videos`: folders also yield their videos. Returns (found, missing): `found` without duplicates,
     `missing` the inputs that matched nothing, with the reason.
     """
     from repsr.io import list_images
+    from repsr.video import VIDEO_EXTENSIONS
 
+    skip = Path(exclude).resolve() if exclude is not None else None
+    extra = VIDEO_EXTENSIONS if videos else ()
     found: list[tuple[Path, Path]] = []
     missing: list[tuple[Path, str]] = []
     for item in map(str, inputs):
         path = Path(item)
         if path.is_dir():
-            images = list_images(path, recursive=True)
+            images = list_images(path, recursive=True, extra=extra)
+            if skip is not None and skip != path.resolve():  # an output folder inside this input folder
+                images = [image for image in images if not _is_under(image, skip)]
             if not images:
-                missing.append((path, "folder has no images"))
+                missing.append((path, "folder has no images" + (" or videos" if videos else "")))
             found += [(image, image.relative_to(path)) for image in images]
         elif path.is_file():
             found.append((path, Path(path.name)))
         elif glob.has_magic(item):
             base = _glob_base(item)
             matches = sorted(Path(m) for m in glob.glob(item, recursive=True) if Path(m).is_file())
+            if skip is not None and skip != base.resolve():
+                matches = [match for match in matches if not _is_under(match, skip)]
             if not matches:
                 missing.append((path, "pattern matched no files"))
             found += [(match, match.relative_to(base)) for match in matches]
@@ -92,11 +120,91 @@ def collect_inputs(inputs: Sequence[str | Path]) -> tuple[list[tuple[Path, Path]
 
 
 @dataclass
+class Job:
+    """One planned output: `source` is upscaled into `target` (`video`: through `repsr.video`)."""
+
+    source: Path
+    target: Path
+    video: bool = False
+
+
+def plan_outputs(
+    inputs: Sequence[str | Path],
+    output: str | Path,
+    *,
+    fmt: str | None = None,
+    overwrite: bool = False,
+) -> tuple[list[Job], list[tuple[Path, str]]]:
+    """Every output path of a run, decided before any work: (jobs, inputs that matched nothing).
+
+    `output` is a folder (created if missing; results mirror the inputs' names), or, ending in a video
+    extension and not an existing folder, the one output file of a single video input. Raises a
+    one-line `ConfigError` when two inputs would write the same file, an output would replace an input,
+    `output` is an existing file that is not a video target, or an output exists and `overwrite` is
+    False (a run never replaces a file it was not told it may replace); `DataError` when nothing is found.
+    """
+    from repsr.video import is_video_path
+
+    if fmt is not None and fmt not in OUTPUT_FORMATS:
+        raise ConfigError(f"format must be one of {', '.join(OUTPUT_FORMATS)}, got {fmt!r}")
+    output = Path(output)
+    single_video = is_video_path(output) and not output.is_dir()
+    if output.exists() and not output.is_dir() and not single_video:
+        raise ConfigError(
+            f"-o {output}: is an existing file; -o takes a folder (or, for one video, the output video file)"
+        )
+    found, missing = collect_inputs(inputs, exclude=None if single_video else output, videos=True)
+    if not found:
+        names = ", ".join(map(str, inputs))
+        raise DataError(f"no input images or videos found in {names}")
+    jobs: list[Job] = []
+    if single_video:
+        videos = [source for source, _ in found if is_video_path(source)]
+        if len(found) != 1 or len(videos) != 1 or missing:
+            raise ConfigError(f"-o {output} names one video file: give exactly one video input")
+        jobs.append(Job(videos[0], output, video=True))
+    else:
+        for source, relative in found:
+            if is_video_path(source):
+                jobs.append(Job(source, output / relative, video=True))
+            else:
+                jobs.append(Job(source, output_path(source, relative, output, fmt)))
+    sources = {source.resolve() for source, _ in found}
+    targets: dict[Path, Path] = {}
+    existing: list[Path] = []
+    for job in jobs:
+        key = job.target.resolve()
+        if key in targets:
+            raise ConfigError(
+                f"{job.source} and {targets[key]} would both be written to {job.target}; "
+                "upscale them into separate -o folders"
+            )
+        targets[key] = job.source
+        if key in sources:
+            raise ConfigError(
+                f"{job.source}: output {job.target} would overwrite an input; choose another -o"
+            )
+        if job.target.is_dir():
+            raise ConfigError(f"{job.target}: the output path of {job.source} is a folder")
+        if job.target.exists() or job.target.is_symlink():
+            existing.append(job.target)
+    if existing and not overwrite:
+        more = f" and {len(existing) - 1} more" if len(existing) > 1 else ""
+        raise ConfigError(
+            f"{existing[0]}{more}: already exist(s) and this run would replace them; "
+            "pass --overwrite to replace them (e.g. earlier results), or choose another -o"
+        )
+    return jobs, missing
+
+
+@dataclass
 class UpscaleReport:
-    """Outcome of a batch: what was written and which inputs failed, with the one-line reason."""
+    """Outcome of a batch: what was written and which inputs failed, with the one-line reason.
+    `videos`: the `repsr.video.VideoReport` of each video written."""
 
     written: list[Path] = field(default_factory=list)
     failed: list[tuple[Path, str]] = field(default_factory=list)
+    videos: list = field(default_factory=list)
 
 
 def upscale_files(
@@ -106,30 +214,49 @@ def upscale_files(
     *,
     fmt: str | None = None,
     progress: bool = True,
+    overwrite: bool = False,
+    video: dict | None = None,
     on_done: Callable[[Path, Path], None] | None = None,
 ) -> UpscaleReport:
-    """Upscale every image named by `inputs` into `out_dir`, mirroring names; one bad file spoils nothing.
+    """Upscale every image and video named by `inputs` into `out_dir`, mirroring names; one bad file
+    spoils nothing.
 
-    Problems with a single file (unreadable, not an image, would overwrite its source) are collected in
-    the report instead of raised; raises `DataError` only when the inputs name no file at all.
+    Every output path is planned first (`plan_outputs`: collisions, outputs that would replace inputs
+    or, without `overwrite`, existing files are refused before any work). Problems with a single file
+    (unreadable, not an image, a damaged video, an output that fails its check) are collected in the
+    report instead of raised, and leave no file behind. `video`: encoder options for videos (`codec`,
+    `crf`, `preset`; see `repsr.video.upscale_video`), checked before any work.
     """
-    if fmt is not None and fmt not in OUTPUT_FORMATS:
-        raise ConfigError(f"format must be one of {', '.join(OUTPUT_FORMATS)}, got {fmt!r}")
-    out_dir = Path(out_dir)
-    jobs, missing = collect_inputs(inputs)
+    jobs, missing = plan_outputs(inputs, out_dir, fmt=fmt, overwrite=overwrite)
     report = UpscaleReport(failed=[(path, reason) for path, reason in missing])
-    if not jobs:
-        raise DataError(f"no input images found in {', '.join(map(str, inputs))}")
-    targets: dict[Path, Path] = {}
-    for source, relative in jobs:
-        target = output_path(source, relative, out_dir, fmt)
-        if target in targets:
-            raise ConfigError(f"{source} and {targets[target]} would both be written to {target}")
-        targets[target] = source
-    for target, source in _progress(list(targets.items()), progress):
+    video = dict(video or {})
+    if any(job.video for job in jobs):
+        from repsr.video import check_container, check_encoding
+
+        check_encoding(video.get("codec", "libx264"), video.get("crf", 18), video.get("preset"))
+        for target in {job.target.suffix.lower(): job.target for job in jobs if job.video}.values():
+            check_container(target, video.get("codec", "libx264"))
+    images = [job for job in jobs if not job.video]
+    for job in (job for job in jobs if job.video):
+        from repsr.video import upscale_video
+
         try:
-            if target.resolve() == source.resolve():
-                raise ImageError(f"{source}: output would overwrite the input; choose another -o folder")
+            result = upscale_video(
+                upscaler, job.source, job.target, **video, progress=progress, overwrite=True
+            )
+        except (RepsrError, OSError) as error:
+            report.failed.append((job.source, str(error)))
+            continue
+        except MemoryError:
+            report.failed.append((job.source, f"{job.source}: not enough memory to upscale this video"))
+            continue
+        report.videos.append(result)
+        report.written.append(job.target)
+        if on_done is not None:
+            on_done(job.source, job.target)
+    for job in _progress(images, progress):
+        source, target = job.source, job.target
+        try:
             upscale_file(upscaler, source, target)
         except (RepsrError, OSError) as error:
             report.failed.append((source, str(error)))
@@ -143,7 +270,7 @@ def upscale_files(
     return report
 
 
-def _progress(jobs: list[tuple[Path, Path]], enabled: bool) -> Iterable[tuple[Path, Path]]:
+def _progress(jobs: list[Job], enabled: bool) -> Iterable[Job]:
     if not enabled:
         return jobs
     from tqdm import tqdm

@@ -12,6 +12,7 @@ path runs the merged plain network (the same function in eval mode, 3-9x faster)
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 
@@ -37,6 +38,36 @@ def check_tile(tile: object) -> None:
         return
     if isinstance(tile, bool) or not isinstance(tile, int) or tile < MIN_TILE:
         raise ConfigError(f"tile must be auto, none or an integer >= {MIN_TILE} LR pixels, got {tile!r}")
+
+
+# Inputs are images in [0, 1]; values this far outside are another scale (0..255), not overshoot.
+INPUT_RANGE = (-1.0, 2.0)
+
+
+def check_input(lr: object, channels: int) -> None:
+    """What `Upscaler` accepts, checked like the CLI checks files: a float tensor (C, H, W) or
+    (N, C, H, W) with C = `channels`, not empty, finite, values in [0, 1] (within `INPUT_RANGE`) and on a
+    device that holds data. `TypeError` for the wrong kind or dtype, `ValueError` for the rest."""
+    shape = f"({channels}, H, W) or (N, {channels}, H, W)"
+    if not isinstance(lr, Tensor):
+        hint = " (torch.from_numpy(a).permute(2, 0, 1).float() / 255 for an 8-bit HWC array)"
+        raise TypeError(f"expected a torch.Tensor {shape} in [0, 1], got {type(lr).__name__}{hint}")
+    if not lr.is_floating_point():
+        raise TypeError(
+            f"expected a float tensor in [0, 1], got dtype {lr.dtype} (for 8 bit: x.float() / 255)"
+        )
+    if lr.ndim not in (3, 4) or lr.shape[-3] != channels:
+        raise ValueError(f"expected {shape}, got {tuple(lr.shape)}")
+    if lr.numel() == 0:
+        raise ValueError(f"expected a non-empty image {shape}, got {tuple(lr.shape)}")
+    if lr.device.type == "meta":
+        raise ValueError("the input is a meta tensor (no data); give a tensor on the CPU or a GPU")
+    low, high = (float(v) for v in torch.aminmax(lr.detach().float()))
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise ValueError("the input has NaN or infinite values")
+    if low < INPUT_RANGE[0] or high > INPUT_RANGE[1]:
+        hint = "; for 0..255 values divide by 255" if high > INPUT_RANGE[1] else ""
+        raise ValueError(f"expected values in [0, 1], got {low:g}..{high:g}{hint}")
 
 
 def _inference_form(model: nn.Module) -> nn.Module:
@@ -129,10 +160,7 @@ class Upscaler:
 
     @torch.no_grad()  # not inference_mode: callers may modify the result in place
     def __call__(self, lr: Tensor) -> Tensor:
-        if lr.ndim not in (3, 4) or lr.shape[-3] != self.in_channels:
-            raise ValueError(
-                f"expected ({self.in_channels}, H, W) or (N, {self.in_channels}, H, W), got {tuple(lr.shape)}"
-            )
+        check_input(lr, self.in_channels)
         batched = lr if lr.ndim == 4 else lr[None]
         height, width = batched.shape[-2:]
         s, pad = self.scale, self.radius

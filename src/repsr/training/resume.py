@@ -49,7 +49,12 @@ def find_resume_state(
     if dist.is_main:
         changed = changed_keys(state["config"], config.to_dict())
         if changed:
-            log.warning("--resume: config differs from the checkpoint's in %s", ", ".join(changed))
+            log.warning(
+                "--resume: config differs from the checkpoint's in %s; the run continues with the "
+                "checkpoint's optimizer and learning-rate schedule (a new train.lr is not applied: "
+                "start a new run with --init CHECKPOINT for that)",
+                ", ".join(changed),
+            )
         log.info("resuming from %s (iteration %d)", path, state["iteration"])
     return state
 

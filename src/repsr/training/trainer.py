@@ -49,6 +49,7 @@ from repsr.training.artifacts import BEST_MODEL, DEPLOYED_MODEL, FINAL_CHECKPOIN
 from repsr.training.builders import build_train_set, build_val_sets, initial_weights, make_loader
 from repsr.training.config import TrainConfig, save_config
 from repsr.training.distributed import Distributed
+from repsr.training.lock import RunLock
 from repsr.training.loop import LossMeter, run_steps
 from repsr.training.resume import find_resume_state, refuse_fresh_start
 from repsr.training.run_log import RunLog
@@ -172,7 +173,10 @@ class Trainer:
         if self.config.train.threads:
             torch.set_num_threads(self.config.train.threads)
         if self.dist.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._lock = RunLock(self.run_dir)  # one run per folder, before anything is written
+            note = self._lock.acquire()
+            if note:
+                log.warning(note)
             save_config(self.config, self.run_dir / "config.yaml")
         metrics = [f"{name}/{m}" for name in self.eval_sets for m in ("psnr", "ssim")]
         folder, tensorboard = self.run_dir if self.dist.is_main else None, self.config.log.tensorboard
@@ -202,8 +206,8 @@ class Trainer:
         After a partial run, call `run()` again to go on, or `close()` to abandon the trainer.
         """
         stop = self.total if until is None else min(until, self.total)
-        self.start()
         try:
+            self.start()
             with self.signals:
                 self._loop(stop)
             result = self._finish() if self.iteration >= self.total else None
@@ -295,6 +299,8 @@ class Trainer:
         """Close the log files and restore the thread setting; the trainer cannot log afterwards."""
         if self.log is not None:
             self.log.close()
+        if getattr(self, "_lock", None) is not None:
+            self._lock.release()
         if self._threads_before is not None:
             torch.set_num_threads(self._threads_before)
 
