@@ -18,7 +18,7 @@ from typing import Any
 from repsr.errors import ModelFileError
 
 FOLDER = Path(__file__).resolve().parent
-DEFAULT_MODEL = "repsr-m4c16-x4"
+DEFAULT_MODEL = "repsr-general-m4c16-x4"  # real inputs are JPEGs and noisy photographs
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,18 @@ PRETRAINED: dict[str, PretrainedModel] = {
         PretrainedModel("repsr-m4c16-x2", 2, "RGB RepSR M4C16 x2 (11.5k parameters deployed)"),
         PretrainedModel("repsr-m4c16-x3", 3, "RGB RepSR M4C16 x3 (13.7k parameters deployed)"),
         PretrainedModel("repsr-m4c16-x4", 4, "RGB RepSR M4C16 x4 (16.8k parameters deployed)"),
+        PretrainedModel(
+            "repsr-general-m4c16-x2",
+            2,
+            "RGB RepSR M4C16 x2 for real photographs: JPEG, noise (--denoise 0..1)",
+            denoise_partner="repsr-m4c16-x2",
+        ),
+        PretrainedModel(
+            "repsr-general-m4c16-x4",
+            4,
+            "RGB RepSR M4C16 x4 for real photographs: JPEG, noise (--denoise 0..1)",
+            denoise_partner="repsr-m4c16-x4",
+        ),
     )
 }
 
