@@ -3,3 +3,28 @@
 from repsr.runtime import use_passive_omp_wait
 
 use_passive_omp_wait()  # before any test module imports torch; see repsr.runtime
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from repsr.serialization import save_model  # noqa: E402
+from tests.helpers import tiny_plain  # noqa: E402
+
+
+@pytest.fixture
+def plain_file(tmp_path: Path) -> Path:
+    """A small deployed model saved as safetensors."""
+    path = tmp_path / "plain.safetensors"
+    save_model(tiny_plain(), path)
+    return path
+
+
+@pytest.fixture
+def one_thread():
+    """Torch on one thread for the test (restored after): small, many, timing-insensitive runs."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

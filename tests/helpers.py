@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from repsr.blocks import RepBN
+from repsr.network import PlainSR, build_model, reparameterize_model
 
 
 @torch.no_grad()
@@ -25,3 +26,9 @@ def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
             module.weight.copy_(torch.rand(module.weight.shape, generator=generator) + 0.5)
             module.bias.copy_(torch.rand(module.bias.shape, generator=generator) - 0.5)
     return model
+
+
+def tiny_plain(scale: int = 2, in_channels: int = 3, num_blocks: int = 1) -> PlainSR:
+    """A small deployed network with random BN statistics merged in (fast to run and to save)."""
+    model = build_model("repsr", scale=scale, num_blocks=num_blocks, channels=4, in_channels=in_channels)
+    return reparameterize_model(randomize(model, 0).eval())

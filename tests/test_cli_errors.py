@@ -10,25 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from repsr import build_model, reparameterize_model, save_model
 from repsr.cli import main
 from repsr.io import write_image
-from repsr.network import PlainSR
-from tests.helpers import randomize
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _plain(scale: int = 2, in_channels: int = 3, num_blocks: int = 1) -> PlainSR:
-    model = build_model("repsr", scale=scale, num_blocks=num_blocks, channels=4, in_channels=in_channels)
-    return reparameterize_model(randomize(model, 0).eval())
-
-
-@pytest.fixture
-def plain_file(tmp_path: Path) -> Path:
-    path = tmp_path / "plain.safetensors"
-    save_model(_plain(), path)
-    return path
 
 
 # --------------------------------------------------------------------------- output paths, disks

@@ -19,13 +19,7 @@ from repsr.inference import Upscaler, plan_outputs, upscale_files
 from repsr.io import read_pixels, write_pixels
 from tests.helpers import randomize
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_plain(scale: int = 2):

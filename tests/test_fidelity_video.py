@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from repsr import save_model
 from repsr.cli import main
@@ -16,12 +15,7 @@ from tests.test_fidelity import noise, save, tiny_plain, upscaler
 av = pytest.importorskip("av", reason="video tests need PyAV: pip install 'repsr[video]'")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

@@ -26,12 +26,7 @@ MIN_CASES = 12
 MAX_PIXELS = 1 << 16  # mutated images larger than this are decoded but not upscaled (time bound)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def mutate(data: bytes, rng: np.random.Generator) -> bytes:

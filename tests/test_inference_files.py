@@ -14,27 +14,15 @@ import pytest
 import torch
 from PIL import Image
 
-from repsr import build_model, reparameterize_model, save_model
+from repsr import build_model
 from repsr.cli import build_parser
 from repsr.errors import ConfigError
 from repsr.inference import Upscaler, upscale_files
 from repsr.io import read_pixels, write_image
 from repsr.network import PlainSR
-from tests.helpers import randomize
+from tests.helpers import randomize, tiny_plain
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _plain(scale: int = 2, in_channels: int = 3, num_blocks: int = 1) -> PlainSR:
-    model = build_model("repsr", scale=scale, num_blocks=num_blocks, channels=4, in_channels=in_channels)
-    return reparameterize_model(randomize(model, 0).eval())
-
-
-@pytest.fixture
-def plain_file(tmp_path: Path) -> Path:
-    path = tmp_path / "plain.safetensors"
-    save_model(_plain(), path)
-    return path
 
 
 # ------------------------------------------------------------------------------------ huge images
@@ -104,7 +92,7 @@ def test_huge_image_fails_alone_and_memory_is_bounded_by_the_integer_output(tmp_
 @pytest.mark.parametrize("kind", ["rgba", "gray_alpha", "rgb16", "gray16", "y_model"])
 def test_tiled_files_equal_untiled_for_every_image_kind(tmp_path, kind):
     rng = np.random.default_rng(3)
-    model = _plain(scale=2, in_channels=1 if kind == "y_model" else 3)
+    model = tiny_plain(scale=2, in_channels=1 if kind == "y_model" else 3)
     if kind in ("rgba", "y_model"):
         Image.fromarray(rng.integers(0, 256, (37, 70, 4), dtype=np.uint8), mode="RGBA").save(
             tmp_path / "x.png"
@@ -143,7 +131,7 @@ def test_file_pipeline_equals_the_float_pipeline(tmp_path):
 
     rng = np.random.default_rng(5)
     Image.fromarray(rng.integers(0, 256, (30, 41, 4), dtype=np.uint8), mode="RGBA").save(tmp_path / "x.png")
-    upscaler = Upscaler(_plain(scale=3), device="cpu", tile=16)
+    upscaler = Upscaler(tiny_plain(scale=3), device="cpu", tile=16)
     report = upscale_files(upscaler, [tmp_path / "x.png"], tmp_path / "out", progress=False)
     result = upscale_image(upscaler, read_image(tmp_path / "x.png"))
     expected = to_pixels(result.rgb, result.alpha, 8, result.gray)
@@ -177,7 +165,7 @@ def test_animated_gif_is_refused_with_one_line(tmp_path, plain_file):
     frames = [Image.fromarray(np.full((10, 10, 3), v, np.uint8)) for v in (0, 255)]
     frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:], duration=100)
     write_image(tmp_path / "ok.png", torch.rand(3, 8, 8))
-    upscaler = Upscaler(_plain(), device="cpu", tile=None)
+    upscaler = Upscaler(tiny_plain(), device="cpu", tile=None)
     report = upscale_files(
         upscaler, [tmp_path / "anim.gif", tmp_path / "ok.png"], tmp_path / "o", progress=False
     )
@@ -191,7 +179,7 @@ def test_tile_has_one_rule(value):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["upscale", "m", "x", "-o", "o", "--tile", value])
     with pytest.raises(ConfigError):
-        Upscaler(_plain(), device="cpu", tile=int(value))
+        Upscaler(tiny_plain(), device="cpu", tile=int(value))
 
 
 def test_tile_accepts_auto_none_and_the_minimum():
