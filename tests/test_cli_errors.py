@@ -133,3 +133,23 @@ def test_train_out_under_a_file_and_a_config_folder_are_one_line(tmp_path, capsy
     assert main(["train", str(tmp_path), "--no-progress"]) == 2
     err = _one_line_error(capsys)
     assert "is a folder" in err and "no such config" not in err
+
+
+def test_deploy_export_and_eval_never_replace_an_existing_file_unless_asked(tmp_path, plain_file, capsys):
+    """A file the command did not create is kept, refused before any work; --overwrite replaces it."""
+    pytest.importorskip("onnxruntime")
+    targets = {
+        "deploy": (tmp_path / "kept.safetensors", ["deploy", str(plain_file), "-o"]),
+        "export": (tmp_path / "kept.onnx", ["export", str(plain_file), "--onnx"]),
+        "eval": (tmp_path / "kept.json", ["eval", str(plain_file), "--json"]),
+    }
+    for command, (target, args) in targets.items():
+        target.write_bytes(b"someone else's file")
+        assert main([*args, str(target)]) == 2, command
+        assert target.read_bytes() == b"someone else's file", command
+        err = capsys.readouterr().err
+        assert (
+            f"{target}: exists already" in err and "--overwrite" in err and len(err.strip().splitlines()) == 1
+        )
+        assert main([*args, str(target), "--overwrite"]) == 0, command
+        assert target.read_bytes() != b"someone else's file", command

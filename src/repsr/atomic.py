@@ -101,10 +101,13 @@ def _free_bytes(folder: Path) -> int:
     return stats.f_bavail * stats.f_frsize
 
 
-def check_target(path: str | Path, *, what: str = "output", inputs: Iterable[str | Path] = ()) -> Path:
+def check_target(
+    path: str | Path, *, what: str = "output", inputs: Iterable[str | Path] = (), overwrite: bool = False
+) -> Path:
     """Raise `WriteError` now if `path` cannot be written later: it is a folder, a parent is a file, the
-    nearest existing parent folder is not writable, or it is one of this run's `inputs` (a run never
-    writes over what it reads). Called before long work (evaluation, export, deploy)."""
+    nearest existing parent folder is not writable, it is one of this run's `inputs` (a run never
+    writes over what it reads), or it exists and `overwrite` is not given (a run never replaces a file
+    it did not create unless asked). Called before long work (evaluation, export, deploy)."""
     path = Path(path)
     for source in map(Path, inputs):
         if source.exists() and path.exists() and os.path.samefile(source, path):
@@ -114,6 +117,11 @@ def check_target(path: str | Path, *, what: str = "output", inputs: Iterable[str
             )
     if path.is_dir():
         raise WriteError(f"{path}: the {what} path is a folder, not a file", errno.EISDIR)
+    if path.exists() and not overwrite:
+        raise WriteError(
+            f"{path}: exists already; the {what} does not replace it (--overwrite, or overwrite=True)",
+            errno.EEXIST,
+        )
     _check_nearest_folder(path, path.parent, f"write the {what}", what)
     return path
 

@@ -164,11 +164,13 @@ def deploy(
     tolerance: float = DEPLOY_TOLERANCE,
     device: str | torch.device = "cpu",
     weights: str = "auto",
+    overwrite: bool = False,
 ) -> DeployReport:
     """Re-parameterize `checkpoint` (any file `load_model` reads), verify on a photo crop, save plain.
 
     `output` ending in .safetensors gets the spec in its header (repsr, spandrel, chaiNNer read it);
-    .pth gets the Real-ESRGAN/BasicSR `{"params": ...}` layout. `weights`: see `load_for_deploy`.
+    .pth gets the Real-ESRGAN/BasicSR `{"params": ...}` layout. `weights`: see `load_for_deploy`. An
+    existing `output` is refused before any work unless `overwrite`.
 
     Raises `ModelFileError` and writes nothing when the plain network differs from the training form
     by more than `tolerance` (max abs difference on [0, 1] images).
@@ -176,7 +178,7 @@ def deploy(
     source, target = Path(checkpoint), Path(output)
     if target.suffix not in (".safetensors", ".pth"):
         raise ConfigError(f"{target}: deployed models are written as .safetensors or .pth")
-    check_target(target, what="deployed model", inputs=[source])
+    check_target(target, what="deployed model", inputs=[source], overwrite=overwrite)
     model, used, extras = _load_for_deploy(source, weights, device)
     notes = [note] if (note := pre_switch_warning(source, extras)) else []
     for note in notes:
@@ -308,17 +310,19 @@ def export_onnx(
     size: tuple[int, int] = (256, 256),
     opset: int = ONNX_OPSET,
     tolerance: float = ONNX_TOLERANCE,
+    overwrite: bool = False,
 ) -> OnnxExportReport:
     """Write `model` (plain, or training form re-parameterized first) as ONNX, verified in ONNX Runtime.
 
     `size` (height, width) is the static input size; with `dynamic` any batch/height/width is accepted
     and the check runs on a different size and batch than the export trace, to prove it. The file
-    appears only if ONNX Runtime matches PyTorch within `tolerance`; otherwise `ModelFileError`.
+    appears only if ONNX Runtime matches PyTorch within `tolerance`; otherwise `ModelFileError`. An
+    existing file is refused before any work unless `overwrite`.
     """
     path = Path(path)
     if path.suffix != ".onnx":
         raise ConfigError(f"{path}: ONNX files must end in .onnx")
-    check_target(path, what="ONNX file")
+    check_target(path, what="ONNX file", overwrite=overwrite)
     require_onnx()
     if opset < 17:
         raise ConfigError(f"opset must be 17 or newer, got {opset}")

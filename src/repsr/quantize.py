@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from repsr.atomic import check_target
 from repsr.errors import ConfigError, DataError, DependencyError, ModelFileError, RepsrError, first_line
 from repsr.metrics import signal_psnr
 from repsr.network import ModelDescriptor, ModelSpec
@@ -209,6 +210,7 @@ def export_int8_onnx(
     float_tail: bool = True,
     min_psnr: float = MIN_INT8_PSNR,
     seed: int = 0,
+    overwrite: bool = False,
 ) -> Int8ExportReport:
     """Write `model` as a statically quantized int8 ONNX file (QDQ), verified in ONNX Runtime.
 
@@ -231,6 +233,7 @@ def export_int8_onnx(
     out_path = Path(out_path)
     if out_path.suffix != ".onnx":
         raise ConfigError(f"{out_path}: ONNX files must end in .onnx")
+    check_target(out_path, what="int8 ONNX file", overwrite=overwrite)
     plain = reparameterize_model(model).cpu().float().eval()
     channels = plain.spec.in_channels
     crops = _photo_crops(

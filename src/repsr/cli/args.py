@@ -51,6 +51,16 @@ def add_device(parser: argparse.ArgumentParser, default: str = "auto", what: str
     parser.add_argument("--device", default=default, help=f"{text}; auto, cpu or cuda")
 
 
+def add_overwrite(parser: argparse.ArgumentParser, what: str) -> None:
+    """`--overwrite`: replace an existing output file; without it the command refuses before any work."""
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help=f"replace {what} if it exists already (without it the command refuses before any work); "
+        "the input is never replaced",
+    )
+
+
 def add_progress(parser: argparse.ArgumentParser) -> None:
     """`--no-progress` (sets `args.no_progress`)."""
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")

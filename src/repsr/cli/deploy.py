@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from repsr.cli.args import add_device
+from repsr.cli.args import add_device, add_overwrite
 from repsr.export import DEPLOY_TOLERANCE, WEIGHTS_CHOICES
 
 
@@ -31,6 +31,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="a checkpoint's EMA or raw weights (default auto: EMA when the checkpoint has it)",
     )
     add_device(parser, "cpu", " the check")
+    add_overwrite(parser, "the output model")
     parser.set_defaults(func=run)
 
 
@@ -44,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
         tolerance=args.tolerance,
         device=resolve_device(args.device),
         weights=args.weights,
+        overwrite=args.overwrite,
     )
     origin = "already plain" if report.was_plain else f"re-parameterized ({report.weights} weights)"
     print(f"{report.spec.name}: {origin}; max abs difference to the training form {report.max_abs_diff:.2e}")

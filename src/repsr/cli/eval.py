@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from repsr.cli.args import add_device, add_named_folders, add_progress, show_progress
+from repsr.cli.args import add_device, add_named_folders, add_overwrite, add_progress, show_progress
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -31,6 +31,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_device(parser)
     parser.add_argument("--rgb", action="store_true", help="measure on RGB instead of Y (not comparable)")
     add_progress(parser)
+    add_overwrite(parser, "the --json file")
     parser.set_defaults(func=run)
 
 
@@ -44,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
 
     resolve_device(args.device)  # a device this machine lacks: one line before any work
     if args.json is not None:
-        check_target(args.json, what="JSON results", inputs=[args.model])  # before the evaluation
+        check_target(args.json, what="JSON results", inputs=[args.model], overwrite=args.overwrite)
     conditions = select_conditions(args.degrade) if args.degrade is not None else None
     model = load_model(args.model)
     scale = describe(model).scale

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from repsr.cli.args import add_size
+from repsr.cli.args import add_overwrite, add_size
 from repsr.errors import ConfigError
 
 
@@ -60,6 +60,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default=ONNX_TOLERANCE,
         help=f"max abs difference (default {ONNX_TOLERANCE:g})",
     )
+    add_overwrite(parser, "the ONNX file")
     parser.set_defaults(func=run)
 
 
@@ -101,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
         size=(height, width),
         opset=args.opset,
         tolerance=args.tolerance,
+        overwrite=args.overwrite,
     )
     shape = "x".join(str(d) for d in report.input_shape)
     print(f"{model.spec.name}: ONNX opset {report.opset}, input {shape}, exporter {report.exporter}")
@@ -113,7 +115,9 @@ def run(args: argparse.Namespace) -> int:
 def run_int8(model, args: argparse.Namespace) -> int:
     from repsr.quantize import export_int8_onnx
 
-    report = export_int8_onnx(model, args.onnx, args.calibration, method=args.calibration_method)
+    report = export_int8_onnx(
+        model, args.onnx, args.calibration, method=args.calibration_method, overwrite=args.overwrite
+    )
     print(
         f"{model.spec.name}: int8 QDQ (per-channel weights), calibrated ({report.method}) on "
         f"{report.calibration_crops} crops of {report.calibration}"

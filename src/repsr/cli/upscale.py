@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from repsr.cli.args import add_device, add_progress, show_progress, tile_type
+from repsr.cli.args import add_device, add_overwrite, add_progress, show_progress, tile_type
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -82,12 +82,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="video encoder speed: libx264/libx265 ultrafast ... veryslow (default medium), libsvtav1 0-13; "
         "a faster preset keeps the encoder from slowing the pipeline, at a larger file",
     )
-    parser.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace output files that already exist (e.g. an earlier run's results); without it a run "
-        "that would replace any file is refused before it starts. Inputs are never replaced",
-    )
+    add_overwrite(parser, "output files (e.g. an earlier run's results)")
     add_progress(parser)
     parser.set_defaults(func=run)
 
