@@ -81,7 +81,7 @@ def degrade_lr(hr: Tensor, scale: int, condition: Condition, seed: Sequence[int]
         raise ValueError(f"expected 1 or 3 channels, got {hr.shape[0]}")
     rgb = hr.expand(3, -1, -1) if hr.shape[0] == 1 else hr
     height, width = rgb.shape[-2] // scale, rgb.shape[-1] // scale
-    img = rgb.permute(1, 2, 0).double().numpy().astype(np.float32)
+    img = np.ascontiguousarray(rgb.permute(1, 2, 0).float().numpy())
     if condition.blur > 0:
         sigma = condition.blur * scale
         size = 2 * int(np.ceil(3 * sigma)) + 1

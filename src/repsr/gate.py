@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from repsr import io as rio
 from repsr.color import rgb_to_y
+from repsr.data import sample_images
 from repsr.metrics import psnr
 from repsr.resize import imresize
 
@@ -198,9 +199,7 @@ def ramp_checks(model: nn.Module) -> list[Check]:
 
 def _photo_pairs(scale: int) -> list[tuple[str, Tensor, Tensor]]:
     """(name, LR, HR) centre crops of the gate photographs, LR by MATLAB bicubic, 8-bit rounded."""
-    import skimage.data  # optional dependency (the photographs), needed only when the gate runs
-
-    folder = Path(skimage.data.__file__).parent
+    folder = sample_images()["val"][0].parent  # scikit-image's data folder: all its photographs
     pairs = []
     for file in GATE_PHOTOS:
         rgb = rio.read_image(folder / file).rgb.double()
