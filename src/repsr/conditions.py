@@ -22,7 +22,7 @@ from torch import Tensor
 from repsr import degradations as dg
 from repsr.data import EvalPair
 from repsr.errors import ConfigError
-from repsr.evaluation import EvalResults
+from repsr.evaluation import EvalResults, table_lines
 from repsr.resize import imresize
 
 __all__ = ["CONDITIONS", "Condition", "degrade_lr", "degraded_sets", "format_gains", "select_conditions"]
@@ -137,8 +137,4 @@ def format_gains(results: EvalResults) -> str:
                 f"{worst[0]:+.2f} ({worst[1]})",
             ]
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
-    channel = "Y" if results.y_channel else "RGB"
-    lines.insert(0, f"x{results.scale}, PSNR (dB) / SSIM on {channel}, border {results.crop_border}")
-    return "\n".join(lines)
+    return "\n".join(table_lines(results, rows))

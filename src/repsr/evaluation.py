@@ -357,10 +357,13 @@ def format_table(results: EvalResults) -> str:
             *(f"{d.mean('bicubic_psnr'):.2f} / {d.mean('bicubic_ssim'):.4f}" for d in results.datasets),
         ]
     )
+    counts = ", ".join(f"{d.name} {len(d.images)}" for d in results.datasets)
+    return "\n".join([*table_lines(results, rows), f"images: {counts}"])
+
+
+def table_lines(results: EvalResults, rows: list[list[str]]) -> list[str]:
+    """The protocol line (scale, Y or RGB, border), then `rows` as left-aligned columns."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
     channel = "Y" if results.y_channel else "RGB"
-    counts = ", ".join(f"{d.name} {len(d.images)}" for d in results.datasets)
-    lines.insert(0, f"x{results.scale}, PSNR (dB) / SSIM on {channel}, border {results.crop_border}")
-    lines.append(f"images: {counts}")
-    return "\n".join(lines)
+    return [f"x{results.scale}, PSNR (dB) / SSIM on {channel}, border {results.crop_border}", *lines]
