@@ -108,7 +108,8 @@ def case(
     lr = decoded(clip)
     alone = model_alone_fps(upscaler, lr)
     suffix = ".mkv" if codec == "ffv1" else ".mp4"
-    report = upscale_video(upscaler, clip, workdir / f"out{suffix}", codec=codec, preset=preset)
+    out = workdir / f"out-{width}x{height}-x{scale}-{precision}-{codec}{suffix}"  # one file per case
+    report = upscale_video(upscaler, clip, out, codec=codec, preset=preset)
     alone_after = model_alone_fps(upscaler, lr)
     reference = (alone + alone_after) / 2  # the machine's load drifts: bracket the pipeline run
     fraction = report.fps / reference

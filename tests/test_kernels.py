@@ -87,6 +87,23 @@ def test_random_networks_match_torch(variant, precision, scale, in_channels, cha
 
 
 @pytest.mark.parametrize("variant,precision", PATHS)
+@pytest.mark.parametrize("scale,in_channels", [(2, 3), (3, 1), (4, 3)])
+def test_pixels_are_the_rounded_float_output(variant, precision, scale, in_channels):
+    """`pixels`: the last layer writes 8-bit NHWC itself (the video path), exactly what rounding the
+    float output gives (x 255, clamped, half to even), on every tile border."""
+    plain = random_plain(scale, in_channels)
+    x = torch.rand(2, in_channels, 19, 45, generator=torch.Generator().manual_seed(2))
+    options = {"variant": variant, "calibration": [x]} if precision == "int8" else {"variant": variant}
+    fused = FusedPlainSR(plain, precision, tile=(7, 9), **options)
+    out = fused(x)
+    got = fused.pixels(x)
+    assert got.dtype == torch.uint8 and got.shape == (2, 19 * scale, 45 * scale, in_channels)
+    assert ((out > 0) & (out < 1)).float().mean() > 0.5  # mostly rounded values, not clamped ones
+    expected = out.permute(0, 2, 3, 1).mul(255).clamp(0, 255).round().to(torch.uint8)
+    assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("variant,precision", PATHS)
 @pytest.mark.parametrize("scale", [2, 3, 4])
 def test_shipped_models_match_torch(variant, precision, scale):
     plain = shipped(scale)

@@ -180,6 +180,28 @@ def test_lossless_output_equals_upscaling_every_frame_as_an_image(tmp_path, pix_
     assert audio_payloads(target) == audio_payloads(source)
 
 
+def test_fused_kernel_hands_the_encoder_pixels_it_rounded_itself(tmp_path, monkeypatch):
+    """With the fused kernel, 8-bit frames go from its last layer to the encoder as uint8 (no float frame,
+    no rounding pass): the lossless output equals each frame upscaled as an image."""
+    from repsr.kernels import availability
+
+    if availability() is not None:
+        pytest.skip(f"fused kernel: {availability()}")
+    source, target = tmp_path / "clip.mkv", tmp_path / "up.mkv"
+    make_clip(source, frames=3, size=(40, 26), codec="ffv1", pix_fmt="bgr0", audio=None)
+    model = build_model("repsr", scale=2, num_blocks=2, channels=8)
+    upscaler = Upscaler(reparameterize_model(randomize(model, seed=3).eval()), device="cpu", backend="fused")
+    assert upscaler.writes_pixels
+    calls, run = [], Upscaler.pixels
+    monkeypatch.setattr(Upscaler, "pixels", lambda self, lr: calls.append(1) or run(self, lr))
+    upscale_video(upscaler, source, target, codec="ffv1", batch=1)
+    inputs, _ = decoded_frames(source, "rgb24")
+    outputs, _ = decoded_frames(target, "rgb24")
+    assert len(calls) == len(outputs) == 3
+    for frame_in, frame_out in zip(inputs, outputs, strict=True):
+        np.testing.assert_array_equal(frame_out, expected_frame(upscaler, frame_in, 255.0))
+
+
 def test_y_channel_model_upscales_video(tmp_path):
     source, target = tmp_path / "clip.mp4", tmp_path / "up.mkv"
     make_clip(source, frames=3, audio=None)

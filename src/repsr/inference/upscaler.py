@@ -158,6 +158,21 @@ class Upscaler:
         """The model on `lr` (N, C, H, W) in one piece (no tiling), float32, on `lr`'s device."""
         return self._run(lr).to(lr.device)
 
+    @property
+    def writes_pixels(self) -> bool:
+        """True when `pixels` runs: the fused kernel on whole RGB frames writes 8-bit pixels itself."""
+        return self.backend == "fused" and self.tile is None and self.in_channels == 3
+
+    @torch.no_grad()
+    def pixels(self, lr: Tensor) -> Tensor:
+        """`lr` (N, 3, H, W) upscaled straight to 8-bit pixels (N, H*s, W*s, 3), uint8, equal to rounding
+        `self(lr)` (x 255, clamped, half to even) but with no float output in between: what the video
+        path hands its encoder. Only where `writes_pixels`; `RuntimeError` elsewhere."""
+        if not self.writes_pixels:
+            raise RuntimeError(f"{self.backend}, tile {self.tile}: no 8-bit output; call the Upscaler")
+        check_input(lr, self.in_channels)
+        return self.module.pixels(lr if lr.ndim == 4 else lr[None])
+
     @torch.no_grad()  # not inference_mode: callers may modify the result in place
     def __call__(self, lr: Tensor) -> Tensor:
         check_input(lr, self.in_channels)

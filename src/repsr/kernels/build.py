@@ -174,7 +174,8 @@ def load(name: str | None = None) -> tuple[Variant, ctypes.CDLL]:
         ctypes.c_int,
         ctypes.c_int,
         ctypes.c_int,
-        ctypes.c_void_p,
+        ctypes.c_void_p,  # out: float32 NCHW
+        ctypes.c_void_p,  # out8: uint8 NHWC (exactly one of the two)
         ctypes.c_int,
         ctypes.c_int,
         ctypes.c_int,

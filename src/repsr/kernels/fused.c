@@ -87,12 +87,20 @@ typedef struct {
     int nl, in_ch, scale, n, H, W, th, tw, tiles_y, tiles_x;
     Layer L[MAXL];
     const float *in;
-    float *out;
+    float *out;     /* float (n, in_ch, H*s, W*s), or NULL when writing out8 */
+    uint8_t *out8;  /* 8-bit pixels (n, H*s, W*s, in_ch), round(clamp(255 x)) half to even, or NULL */
     int next;
     int failed;
     size_t rstride; /* elements per buffer row */
     size_t bufelems;
     size_t out_off[MAXL * 16], skip_off[MAXL * 16]; /* per output channel of the last layer */
+#if defined(__AVX512F__)
+    /* last layer, element k of an output row segment (pixel k / s, sub-column k % s): its offset in the
+     * register tile's floats (plus the row's first channel) and its LR pixel, 16 lanes per entry */
+    __m512i tidx[(4 * PB_MAX + VL - 1) / VL], sidx[(4 * PB_MAX + VL - 1) / VL];
+    /* the same for an out8 row segment: element k is pixel k / (C s), sub-column k / C % s, channel k % C */
+    __m512i tidx8[(4 * 3 * PB_MAX + VL - 1) / VL], sidx8[(4 * 3 * PB_MAX + VL - 1) / VL];
+#endif
 } Job;
 
 /* ---------------------------------------------------------------------------------------- fp32 conv */
@@ -242,12 +250,70 @@ static inline __attribute__((always_inline)) void epilogue(const int NB, const i
     for (int p = 0; p < PB; p++)
 #pragma GCC unroll 4
         for (int b = 0; b < NB; b++) vstore(&tmp[p][b * VL], acc[p][b]);
-    const int s = job->scale, H = job->H, W = job->W;
+    const int s = job->scale, H = job->H, W = job->W, C = job->in_ch;
     const size_t OW = (size_t)W * s;
-    const float *in = job->in + (size_t)cx->img * job->in_ch * H * W + (size_t)cx->gy * W + cx->gx0 + c;
-    float *out = job->out + (size_t)cx->img * job->in_ch * H * s * OW + (size_t)cx->gy * s * OW +
-                 (size_t)(cx->gx0 + c) * s;
+    const float *in = job->in + (size_t)cx->img * C * H * W + (size_t)cx->gy * W + cx->gx0 + c;
     const int co0 = g * MAXG * VL, co1 = co0 + NB * VL < ly->cout ? co0 + NB * VL : ly->cout;
+    if (job->out8) {
+        /* pixel rows (gy*s + i) of the (n, H*s, W*s, C) array: C * s * valid consecutive bytes each */
+        uint8_t *out8 = job->out8 + (((size_t)cx->img * H + cx->gy) * s * OW + (size_t)(cx->gx0 + c) * s) * C;
+#if defined(__AVX512F__)
+        if (co0 == 0 && co1 == ly->cout && s <= 4 && C <= 3) {
+            const int E = C * s * valid;
+            const __m512 peak = _mm512_set1_ps(255.0f), zero = _mm512_setzero_ps();
+            for (int i = 0; i < s; i++) {
+                const __m512i base = _mm512_set1_epi32(i * s);
+                uint8_t *dst = out8 + (size_t)i * OW * C;
+                for (int k0 = 0, q = 0; k0 < E; k0 += VL, q++) {
+                    const __mmask16 m = E - k0 >= VL ? (__mmask16)0xFFFF : (__mmask16)((1u << (E - k0)) - 1);
+                    __m512 v = _mm512_mask_i32gather_ps(zero, m, _mm512_add_epi32(job->tidx8[q], base),
+                                                        &tmp[0][0], 4);
+                    v = _mm512_add_ps(v, _mm512_mask_i32gather_ps(zero, m, job->sidx8[q], in, 4));
+                    v = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(v, peak), zero), peak);
+                    _mm_mask_storeu_epi8(dst + k0, m, _mm512_cvtusepi32_epi8(_mm512_cvtps_epi32(v)));
+                }
+            }
+            return;
+        }
+#endif
+        for (int co = co0; co < co1; co++) {
+            const int ch = co / (s * s), i = co / s % s, j = co % s;
+            const float *skip = in + job->skip_off[co];
+            uint8_t *dst = out8 + ((size_t)i * OW + j) * C + ch;
+            for (int p = 0; p < valid; p++) {
+                float v = (tmp[p][co - co0] + skip[p]) * 255.0f;
+                v = v < 0.0f ? 0.0f : v > 255.0f ? 255.0f : v;
+                dst[(size_t)p * s * C] = (uint8_t)__builtin_lrintf(v);
+            }
+        }
+        return;
+    }
+    float *out = job->out + (size_t)cx->img * C * H * s * OW + (size_t)cx->gy * s * OW +
+                 (size_t)(cx->gx0 + c) * s;
+#if defined(__AVX512F__)
+    if (co0 == 0 && co1 == ly->cout && s <= 4) {
+        /* the whole last layer in this group (3 s^2 <= 64 channels): each output row (ch, i) of the tile's
+         * pixels is s * valid consecutive floats, gathered 16 at a time from the accumulators (tidx) and
+         * the input row (sidx: the nearest skip repeats each LR pixel s times), one masked store each */
+        const int E = s * valid;
+        const size_t plane = (size_t)H * s * OW;
+        for (int ch = 0; ch < C; ch++) {
+            const float *skip = in + (size_t)ch * H * W;
+            for (int i = 0; i < s; i++) {
+                const __m512i base = _mm512_set1_epi32(ch * s * s + i * s);
+                float *dst = out + ch * plane + (size_t)i * OW;
+                for (int k0 = 0, q = 0; k0 < E; k0 += VL, q++) {
+                    const __mmask16 m = E - k0 >= VL ? (__mmask16)0xFFFF : (__mmask16)((1u << (E - k0)) - 1);
+                    __m512 v = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m,
+                                                        _mm512_add_epi32(job->tidx[q], base), &tmp[0][0], 4);
+                    __m512 k = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, job->sidx[q], skip, 4);
+                    _mm512_mask_storeu_ps(dst + k0, m, _mm512_add_ps(v, k));
+                }
+            }
+        }
+        return;
+    }
+#endif
     for (int co = co0; co < co1; co++) {
         const float *skip = in + job->skip_off[co];
         float *dst = out + job->out_off[co];
@@ -475,10 +541,12 @@ int repsr_fused_has_int8(void) { return HAVE_INT8; }
 /* dims: nl, in_ch, scale, then cin_l, cout_l per layer. weights: the layers' packed weights one after the
  * other (fp32 [9][cin][cpad], or bf16 [9][ceil(cin/2)][cpad][2]); ba: per layer bias[cpad], alpha[cpad].
  * int8 (mode 2): ba holds per layer mul[cpad], bias[cpad], alpha[cpad] (the output is acc * mul + bias) and
- * quant per layer (qinv, qzero) of its input. in: (n, in_ch, H, W) float32; out: (n, in_ch, H*s, W*s)
- * float32. Returns 0, or -1 bad arguments, -2 out of memory, -3 precision not compiled in. */
+ * quant per layer (qinv, qzero) of its input. in: (n, in_ch, H, W) float32; exactly one of out: (n, in_ch,
+ * H*s, W*s) float32, and out8: (n, H*s, W*s, in_ch) 8-bit pixels (what an encoder takes: no float copy).
+ * Returns 0, or -1 bad arguments, -2 out of memory, -3 precision not compiled in. */
 int repsr_fused_run(int mode, const int *dims, const void *weights, const float *ba, const float *quant,
-                    const float *in, int n, int H, int W, float *out, int th, int tw, int nthreads) {
+                    const float *in, int n, int H, int W, float *out, uint8_t *out8, int th, int tw,
+                    int nthreads) {
     if ((mode == 1 && !HAVE_BF16) || (mode == 2 && !HAVE_INT8)) return -3;
     if (mode < 0 || mode > 2 || (mode == 2 && !quant)) return -1;
     Job job;
@@ -524,6 +592,29 @@ int repsr_fused_run(int mode, const int *dims, const void *weights, const float 
             job.out_off[co] = ch * plane + (size_t)i * OW + j;
             job.skip_off[co] = (size_t)ch * H * W;
         }
+#if defined(__AVX512F__)
+        for (int q = 0; q < (4 * PB_MAX + VL - 1) / VL; q++) {
+            int t[VL], k[VL];
+            for (int lane = 0; lane < VL; lane++) {
+                const int e = q * VL + lane;
+                t[lane] = (e / s) * MAXG * VL + e % s;
+                k[lane] = e / s;
+            }
+            job.tidx[q] = _mm512_loadu_si512((const void *)t);
+            job.sidx[q] = _mm512_loadu_si512((const void *)k);
+        }
+        const int C = job.in_ch;
+        for (int q = 0; q < (4 * 3 * PB_MAX + VL - 1) / VL; q++) {
+            int t[VL], k[VL];
+            for (int lane = 0; lane < VL; lane++) {
+                const int e = q * VL + lane, p = e / (C * s), j = e / C % s, ch = e % C;
+                t[lane] = p * MAXG * VL + ch * s * s + j;
+                k[lane] = ch * H * W + p;
+            }
+            job.tidx8[q] = _mm512_loadu_si512((const void *)t);
+            job.sidx8[q] = _mm512_loadu_si512((const void *)k);
+        }
+#endif
     }
     job.n = n;
     job.H = H;
@@ -537,8 +628,11 @@ int repsr_fused_run(int mode, const int *dims, const void *weights, const float 
     job.tw = (W + job.tiles_x - 1) / job.tiles_x;
     job.tiles_y = (H + job.th - 1) / job.th;
     job.tiles_x = (W + job.tw - 1) / job.tw;
+    if ((out == NULL) == (out8 == NULL)) return -1;
+    if (out8 && (size_t)job.in_ch * H * W >= ((size_t)1 << 31)) return -1; /* 32-bit gather indices */
     job.in = in;
     job.out = out;
+    job.out8 = out8;
     /* row: tile + halo + room for a register tile's overrun (PB_MAX + 1 pixels) */
     job.rstride = (size_t)(job.tw + 2 * job.nl + PB_MAX + 2) * maxstr;
     job.bufelems = job.rstride * (size_t)(job.th + 2 * job.nl + 1);

@@ -231,12 +231,31 @@ class FusedPlainSR(nn.Module):
         return f"fused kernel {self.kernel_variant.name} {self.precision}"
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.device.type != "cpu" or x.ndim != 4 or x.shape[1] != self.spec.in_channels:
-            raise ValueError(f"expected (N, {self.spec.in_channels}, H, W) on the CPU, got {tuple(x.shape)}")
-        x = x.detach().float().contiguous()
-        n, c, h, w = x.shape
+        """The network on `x` (N, C, H, W): float32 (N, C, H*s, W*s), not clamped."""
+        n, c, h, w = self._check(x).shape
         s = self.spec.scale
         out = torch.empty((n, c, h * s, w * s), dtype=torch.float32)
+        self._run(x, out, None)
+        return out
+
+    def pixels(self, x: Tensor) -> Tensor:
+        """The network on `x` (N, C, H, W) as 8-bit pixels (N, H*s, W*s, C), uint8: what
+        `repsr.video.to_pixels(self(x), 8)` gives (x 255, clamped, rounded half to even), written by the
+        kernel's last layer itself, so no float output is ever stored (the video path's frames)."""
+        n, c, h, w = self._check(x).shape
+        s = self.spec.scale
+        out = torch.empty((n, h * s, w * s, c), dtype=torch.uint8)
+        self._run(x, None, out)
+        return out
+
+    def _check(self, x: Tensor) -> Tensor:
+        if x.device.type != "cpu" or x.ndim != 4 or x.shape[1] != self.spec.in_channels:
+            raise ValueError(f"expected (N, {self.spec.in_channels}, H, W) on the CPU, got {tuple(x.shape)}")
+        return x
+
+    def _run(self, x: Tensor, out: Tensor | None, out8: Tensor | None) -> None:
+        x = x.detach().float().contiguous()
+        n, c, h, w = x.shape
         threads = self.threads or torch.get_num_threads()
         code = self._lib.repsr_fused_run(
             PRECISIONS.index(self.precision),
@@ -248,7 +267,8 @@ class FusedPlainSR(nn.Module):
             n,
             h,
             w,
-            ctypes.c_void_p(out.data_ptr()),
+            None if out is None else ctypes.c_void_p(out.data_ptr()),
+            None if out8 is None else ctypes.c_void_p(out8.data_ptr()),
             self.tile[0],
             self.tile[1],
             threads,
@@ -257,7 +277,6 @@ class FusedPlainSR(nn.Module):
             raise MemoryError("the fused kernel could not allocate its tile buffers")
         if code != 0:
             raise RuntimeError(f"the fused kernel refused its arguments (code {code})")
-        return out
 
 
 def fused_module(model: nn.Module, device: torch.device, dtype: torch.dtype) -> FusedPlainSR:
