@@ -458,6 +458,39 @@ static void run_tile(Job *job, int t, void *b0, void *b1) {
 
     /* layer-0 input, NCHW -> the buffer's NHWC (zero outside the image) */
     const int istr = job->L[0].istr;
+#if HAVE_INT8
+    if (job->mode == 2 && istr == 4) {
+        /* int8, up to 4 input channels: 16 pixels at a time, one 32-bit lane per pixel (its channels'
+         * bytes), the same rounding as the scalar loop below (round half to even of clamp(x qinv + qzero)) */
+        const __m512 qi = _mm512_set1_ps(job->L[0].qinv), qz = _mm512_set1_ps(job->L[0].qzero);
+        const __m512 lo = _mm512_setzero_ps(), hi = _mm512_set1_ps(255.0f);
+        const __m512i outside = _mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(qz, lo), hi));
+        const __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        uint32_t pad = 0; /* channels C..3: the zero point, as the scalar loop's (uint8_t)qzero */
+        for (int k = C; k < 4; k++) pad |= (uint32_t)(uint8_t)job->L[0].qzero << (8 * k);
+        const int cl = ox < 0 ? -ox : 0, cr = ox + FC > W ? W - ox : FC; /* inside columns [cl, cr) */
+        for (int r = 0; r < FR; r++) {
+            const int gy = oy + r, row_in = gy >= 0 && gy < H;
+            uint32_t *dst = (uint32_t *)((uint8_t *)b0 + (size_t)r * job->rstride);
+            for (int c = 0; c < FC; c += 16) {
+                const __m512i col = _mm512_add_epi32(_mm512_set1_epi32(c), lanes);
+                const __mmask16 store = _mm512_cmplt_epi32_mask(col, _mm512_set1_epi32(FC));
+                const __mmask16 live = row_in ? store & _mm512_cmpge_epi32_mask(col, _mm512_set1_epi32(cl)) &
+                                                    _mm512_cmplt_epi32_mask(col, _mm512_set1_epi32(cr))
+                                              : 0;
+                __m512i px = _mm512_set1_epi32((int)pad);
+                for (int k = 0; k < C; k++) {
+                    const float *src = in + (size_t)k * H * W + (size_t)(row_in ? gy : 0) * W + ox + c;
+                    __m512 q = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(live, src), qi, qz);
+                    __m512i v = _mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(q, lo), hi));
+                    v = _mm512_mask_mov_epi32(outside, live, v);
+                    px = _mm512_or_si512(px, _mm512_slli_epi32(v, 8 * k));
+                }
+                _mm512_mask_storeu_epi32(dst + c, store, px);
+            }
+        }
+    } else
+#endif
     for (int r = 0; r < FR; r++) {
         const int gy = oy + r;
         const int row_in = gy >= 0 && gy < H;
