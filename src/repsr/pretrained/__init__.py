@@ -66,6 +66,12 @@ PRETRAINED: dict[str, PretrainedModel] = {
             denoise_partner="repsr-m4c16-x2",
         ),
         PretrainedModel(
+            "repsr-general-m4c16-x3",
+            3,
+            "RGB RepSR M4C16 x3 for real photographs: JPEG, noise (--denoise 0..1)",
+            denoise_partner="repsr-m4c16-x3",
+        ),
+        PretrainedModel(
             "repsr-general-m4c16-x4",
             4,
             "RGB RepSR M4C16 x4 for real photographs: JPEG, noise (--denoise 0..1)",
