@@ -68,8 +68,7 @@ PRETRAINED: dict[str, PretrainedModel] = {
         PretrainedModel(
             "repsr-general-m4c16-x3",
             3,
-            "RGB RepSR M4C16 x3 for real photographs: JPEG, noise (--denoise 0..1)",
-            denoise_partner="repsr-m4c16-x3",
+            "RGB RepSR M4C16 x3 for real photographs: JPEG, noise (no --denoise partner: see its card)",
         ),
         PretrainedModel(
             "repsr-general-m4c16-x4",
