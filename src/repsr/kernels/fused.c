@@ -329,8 +329,15 @@ static inline __attribute__((always_inline)) void epilogue(const int NB, const i
         for (int c = c0; c < c1; c += PB) {                                                               \
             const float *ip = (const float *)cx->ibuf + (size_t)(r - 1) * job->rstride +                  \
                               (size_t)(c - 1) * ly->istr;                                                 \
-            conv_f32(NB, PB, ip, ly->istr, job->rstride, ly->cin, (const float *)ly->w + g * MAXG * VL,   \
-                     ly->cpad, ly->b + g * MAXG * VL, acc);                                               \
+            const float *wg = (const float *)ly->w + g * MAXG * VL, *bg = ly->b + g * MAXG * VL;          \
+            if (ly->istr == 16 && ly->cin == 16) /* constant strides: one base register (see int8) */      \
+                conv_f32(NB, PB, ip, 16, job->rstride, 16, wg, ly->cpad, bg, acc);                        \
+            else if (ly->istr == 32 && ly->cin == 32)                                                     \
+                conv_f32(NB, PB, ip, 32, job->rstride, 32, wg, ly->cpad, bg, acc);                        \
+            else if (ly->istr == 64 && ly->cin == 64)                                                     \
+                conv_f32(NB, PB, ip, 64, job->rstride, 64, wg, ly->cpad, bg, acc);                        \
+            else                                                                                          \
+                conv_f32(NB, PB, ip, ly->istr, job->rstride, ly->cin, wg, ly->cpad, bg, acc);             \
             int valid = c1 - c < PB ? c1 - c : PB;                                                        \
             epilogue(NB, PB, cx, r, c, g, valid, acc);                                                    \
         }                                                                                                 \
@@ -349,8 +356,17 @@ DEFINE_ROW(4, PB4)
         for (int c = c0; c < c1; c += PB) {                                                               \
             const uint16_t *ip = (const uint16_t *)cx->ibuf + (size_t)(r - 1) * job->rstride +            \
                                  (size_t)(c - 1) * ly->istr;                                              \
-            conv_bf16(NB, PB, ip, ly->istr, job->rstride, (ly->cin + 1) / 2,                              \
-                      (const uint16_t *)ly->w + g * MAXG * VL * 2, ly->cpad, ly->b + g * MAXG * VL, acc); \
+            const uint16_t *wg = (const uint16_t *)ly->w + g * MAXG * VL * 2;                              \
+            const float *bg = ly->b + g * MAXG * VL;                                                      \
+            const int cin2 = (ly->cin + 1) / 2;                                                           \
+            if (ly->istr == 16 && cin2 == 8) /* constant strides: one base register (see int8) */          \
+                conv_bf16(NB, PB, ip, 16, job->rstride, 8, wg, ly->cpad, bg, acc);                        \
+            else if (ly->istr == 32 && cin2 == 16)                                                        \
+                conv_bf16(NB, PB, ip, 32, job->rstride, 16, wg, ly->cpad, bg, acc);                       \
+            else if (ly->istr == 64 && cin2 == 32)                                                        \
+                conv_bf16(NB, PB, ip, 64, job->rstride, 32, wg, ly->cpad, bg, acc);                       \
+            else                                                                                          \
+                conv_bf16(NB, PB, ip, ly->istr, job->rstride, cin2, wg, ly->cpad, bg, acc);               \
             int valid = c1 - c < PB ? c1 - c : PB;                                                        \
             epilogue(NB, PB, cx, r, c, g, valid, acc);                                                    \
         }                                                                                                 \
@@ -371,8 +387,19 @@ DEFINE_ROW_BF16(4, PB4)
         for (int c = c0; c < c1; c += PB) {                                                               \
             const uint8_t *ip = (const uint8_t *)cx->ibuf + (size_t)(r - 1) * job->rstride +              \
                                 (size_t)(c - 1) * ly->istr;                                               \
-            conv_i8(NB, PB, ip, ly->istr, job->rstride, (ly->cin + 3) / 4,                                \
-                    (const int8_t *)ly->w + g * MAXG * VL * 4, ly->cpad, acci);                           \
+            const int8_t *wg = (const int8_t *)ly->w + g * MAXG * VL * 4;                                  \
+            const int cin4 = (ly->cin + 3) / 4;                                                           \
+            /* the common strides as constants: one base register addresses all PB pixels' broadcasts */   \
+            if (ly->istr == 16 && cin4 == 4)                                                              \
+                conv_i8(NB, PB, ip, 16, job->rstride, 4, wg, ly->cpad, acci);                             \
+            else if (ly->istr == 32 && cin4 == 8)                                                         \
+                conv_i8(NB, PB, ip, 32, job->rstride, 8, wg, ly->cpad, acci);                             \
+            else if (ly->istr == 64 && cin4 == 16)                                                        \
+                conv_i8(NB, PB, ip, 64, job->rstride, 16, wg, ly->cpad, acci);                            \
+            else if (ly->istr == 4 && cin4 == 1)                                                          \
+                conv_i8(NB, PB, ip, 4, job->rstride, 1, wg, ly->cpad, acci);                              \
+            else                                                                                          \
+                conv_i8(NB, PB, ip, ly->istr, job->rstride, cin4, wg, ly->cpad, acci);                    \
             for (int p = 0; p < PB; p++)                                                                  \
                 for (int b = 0; b < NB; b++)                                                              \
                     acc[p][b] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acci[p][b]),                           \
