@@ -18,13 +18,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from repsr.data import TrainPatches, make_lr, sample_images  # noqa: E402
-from repsr.degradations import Degradation  # noqa: E402
-from repsr.io import read_image, read_pixels, write_image  # noqa: E402
-from repsr.metrics import psnr, ssim  # noqa: E402
-from repsr.precision import cpu_capabilities  # noqa: E402
-from repsr.resize import imresize  # noqa: E402
+from repsr.data.datasets import TrainPatches, make_lr
+from repsr.data.degradations import Degradation  # noqa: E402
+from repsr.data.samples import sample_images  # noqa: E402
+from repsr.image.io import read_image, read_pixels, write_image  # noqa: E402
+from repsr.image.metrics import psnr, ssim  # noqa: E402
+from repsr.image.resize import imresize  # noqa: E402
 from repsr.training import TrainConfig, Trainer  # noqa: E402
+from repsr.util.hardware import cpu_capabilities  # noqa: E402
 
 W2K, H2K = 2040, 1356  # a DIV2K-sized image
 

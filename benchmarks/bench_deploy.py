@@ -11,16 +11,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from repsr.runtime import use_passive_omp_wait  # noqa: E402
+from repsr.util.runtime import use_passive_omp_wait  # noqa: E402
 
 # Idle OpenMP threads sleep instead of spinning: on a shared CPU spinning costs 3-6x on small convs (see
-# repsr.runtime). Only effective when this file is the program (torch not imported yet).
+# repsr.util.runtime). Only effective when this file is the program (torch not imported yet).
 use_passive_omp_wait()
 
 import torch  # noqa: E402
 
-from repsr.benchmark import benchmark, format_report, standard_models  # noqa: E402
-from repsr.inference import AUTO_BACKEND  # noqa: E402
+from repsr.apps.benchmark import benchmark, format_report, standard_models  # noqa: E402
 
 TARGET_FRACTION = 0.60  # the plain M4C16 x4 on a 320x180 input, fastest backend, on CPU
 TARGET_MODEL = "repsr-M4C16-x4"
@@ -36,7 +35,7 @@ def main(budget_s: float = 3.0) -> None:
         print(
             f"target: {TARGET_MODEL} plain, fastest backend {best.backend}: "
             f"{100 * best.peak_fraction:.0f}% of peak (goal {100 * TARGET_FRACTION:.0f}%) -> {verdict}; "
-            f"repsr upscale uses {AUTO_BACKEND}"
+            f"repsr upscale uses channels-last"
         )
     if report.device != "cpu":
         return

@@ -3,7 +3,7 @@
 Speed (default): probes the fp32 and bf16 (and int8, where torch has an int8 matmul) 2048x2048 matmul
 peaks, then times deployed M4C16, M10C32 and M16C64 x4 (random weights: speed only) on a 320x180 LR
 frame: torch fp32 channels-last (what `repsr upscale` ran before precisions), torch bf16
-(`repsr.precision.Bf16PlainSR`), ONNX Runtime fp32 and int8 (`repsr.quantize`), OpenVINO fp32/bf16 when
+(`repsr.inference.precision.Bf16PlainSR`), ONNX Runtime fp32 and int8 (`repsr.deploy.int8`), OpenVINO fp32/bf16 when
 installed, and the fused C kernel (`repsr.kernels`) in each precision this CPU runs. Each row gives its %
 of the peak of ITS precision; rows of one model are timed in interleaved
 rounds, so on a shared machine compare ratios, not absolute figures. Then what `auto` picks and why, and
@@ -33,16 +33,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from repsr.runtime import use_passive_omp_wait  # noqa: E402
+from repsr.util.runtime import use_passive_omp_wait  # noqa: E402
 
-use_passive_omp_wait()  # idle OpenMP threads sleep (see repsr.runtime); must precede torch
+use_passive_omp_wait()  # idle OpenMP threads sleep (see repsr.util.runtime); must precede torch
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from repsr import build_model, reparameterize_model  # noqa: E402
 from repsr.inference import prepare_model  # noqa: E402
-from repsr.precision import Bf16PlainSR, choose_precision, cpu_capabilities  # noqa: E402
+from repsr.inference.backends import decide
+from repsr.inference.forms import Bf16PlainSR
+from repsr.util.hardware import cpu_capabilities  # noqa: E402
 
 SIZES = ((4, 16), (10, 32), (16, 64))
 FRAME = (180, 320)  # LR height, width
@@ -136,8 +138,8 @@ def fused_rows(plain, x: torch.Tensor) -> dict[str, tuple[str, Callable]]:
 def frame_1080p(threads: int, rounds: int) -> None:
     """The shipped M4C16 x2 on a 960x540 frame (-> 1920x1080), model alone: torch and the fused kernel."""
     from repsr.inference import Upscaler
-    from repsr.pretrained import resolve_model
-    from repsr.serialization import load_model
+    from repsr.models.files import load_model
+    from repsr.models.pretrained import resolve_model
 
     torch.set_num_threads(threads)
     plain = reparameterize_model(load_model(resolve_model("repsr-m4c16-x2"))).eval()
@@ -188,7 +190,8 @@ def inference_rows(model, threads: int, with_int8: bool, folder: Path) -> dict[s
     rows = {"torch fp32": ("fp32", torch_call(fp32)), "torch bf16": ("bf16", torch_call(bf16))}
     rows.update(fused_rows(plain, x))
     try:
-        from repsr.export import export_onnx, onnx_session
+        from repsr.deploy.onnx import export_onnx
+        from repsr.models.onnx import onnx_session
 
         onnx_path = folder / f"{plain.spec.name}.onnx"
         export_onnx(plain, onnx_path, dynamic=True)
@@ -196,7 +199,7 @@ def inference_rows(model, threads: int, with_int8: bool, folder: Path) -> dict[s
         feed = {"input": x.numpy()}
         rows["ORT fp32"] = ("fp32", lambda: session.run(["output"], feed))
         if with_int8:
-            from repsr.quantize import export_int8_onnx
+            from repsr.deploy.int8 import export_int8_onnx
 
             int8_path = folder / f"{plain.spec.name}-int8.onnx"
             export_int8_onnx(plain, int8_path, min_psnr=0.0)  # random weights: speed only
@@ -253,8 +256,8 @@ def speed(threads: int, rounds: int, with_int8: bool) -> None:
                     f"{1000 * best:8.1f} {base / best:7.2f}x {fraction}"
                 )
             started = time.perf_counter()
-            choice, reason = choose_precision(model, "cpu")
-            print(f"  auto -> {choice} ({time.perf_counter() - started:.2f} s): {reason}")
+            chosen = decide(model, torch.device("cpu"), "auto")
+            print(f"  auto -> {chosen.backend} {chosen.precision} ({time.perf_counter() - started:.2f} s): {chosen.reason}")
 
 
 # ------------------------------------------------------------------------------------------- training
@@ -293,10 +296,11 @@ def training(threads: int, rounds: int) -> None:
 
 
 def quality(model_path: Path, holdout: Path | None, crop: int, with_int8: bool) -> None:
-    from repsr.data import make_lr, sample_images
-    from repsr.io import list_images, read_pixels
-    from repsr.metrics import psnr
-    from repsr.serialization import load_model
+    from repsr.data.datasets import make_lr
+    from repsr.data.samples import sample_images
+    from repsr.image.io import list_images, read_pixels
+    from repsr.image.metrics import psnr
+    from repsr.models.files import load_model
 
     plain = reparameterize_model(load_model(model_path)).eval()
     scale = plain.spec.scale
@@ -330,14 +334,15 @@ def quality(model_path: Path, holdout: Path | None, crop: int, with_int8: bool) 
             variants[f"fused {precision}"] = FusedPlainSR(plain, precision)
     with tempfile.TemporaryDirectory() as tmp:
         if with_int8:
-            from repsr.quantize import OnnxInt8Runner, export_int8_onnx
+            from repsr.deploy.int8 import export_int8_onnx
+            from repsr.models.onnx import OnnxRunner
 
             for float_tail in (True, False):
                 path = Path(tmp) / f"int8-{float_tail}.onnx"
                 report = export_int8_onnx(plain, path, float_tail=float_tail, min_psnr=0.0)
                 label = "int8 (tail fp32)" if float_tail else "int8 (all)"
                 print(f"{label}: {report.psnr:.1f} dB from fp32 on the verification crops")
-                variants[label] = OnnxInt8Runner(path)
+                variants[label] = OnnxRunner(path)
         print(f"\n{plain.spec.name} ({model_path}), {len(pairs)} held-out photos, {crop}px HR centre crops")
         print(f"  {'precision':<22} {'Y-PSNR':>8} {'vs fp32':>9} {'worst':>8} {'PSNR to fp32 out':>17}")
         with torch.inference_mode():

@@ -24,14 +24,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from repsr.runtime import use_passive_omp_wait  # noqa: E402
+from repsr.util.runtime import use_passive_omp_wait  # noqa: E402
 
 use_passive_omp_wait()  # as the `repsr` CLI does; must precede torch
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from repsr.blocks import RepSRBlock  # noqa: E402
+from repsr.arch.blocks import RepSRBlock  # noqa: E402
 from repsr.training.config import TrainConfig  # noqa: E402
 from repsr.training.trainer import Trainer  # noqa: E402
 

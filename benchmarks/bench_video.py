@@ -1,4 +1,4 @@
-"""Video benchmark: end-to-end frames/s of `repsr.video.upscale_video` vs the model alone on the same frames.
+"""Video benchmark: end-to-end frames/s of `repsr.inference.video.upscale_video` vs the model alone on the same frames.
 
 Run: ``python benchmarks/bench_video.py [--frames N] [--codec C] [--preset P]`` (needs
 ``pip install 'repsr[video]'``).
@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from repsr.runtime import use_passive_omp_wait  # noqa: E402
+from repsr.util.runtime import use_passive_omp_wait  # noqa: E402
 
 use_passive_omp_wait()  # as the `repsr` CLI does; must precede torch
 
@@ -34,7 +34,7 @@ import torch  # noqa: E402
 
 from repsr import build_model, reparameterize_model  # noqa: E402
 from repsr.inference import Upscaler  # noqa: E402
-from repsr.video import require_av, upscale_video  # noqa: E402
+from repsr.inference.video import require_av, upscale_video  # noqa: E402
 
 GOAL_FRACTION = 0.90
 REALTIME_FPS = 24.0
@@ -43,8 +43,8 @@ REALTIME_FPS = 24.0
 def write_clip(path: Path, width: int, height: int, frames: int, rate: int = 24) -> None:
     """A libx264 clip panning over a sample photograph, with a 440 Hz tone as long as the video."""
     av = require_av()
-    from repsr.export import sample_photo
-    from repsr.resize import imresize
+    from repsr.data.samples import sample_photo
+    from repsr.image.resize import imresize
 
     photo = sample_photo(0)
     factor = max((height + 2 * frames) / photo.shape[-2], (width + 4 * frames) / photo.shape[-1], 1.0)

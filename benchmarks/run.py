@@ -11,13 +11,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from repsr.runtime import use_passive_omp_wait  # noqa: E402
+from repsr.util.runtime import use_passive_omp_wait  # noqa: E402
 
 use_passive_omp_wait()  # as the `repsr` CLI does; must precede torch
 
 import torch  # noqa: E402
 
-from repsr.precision import cpu_capabilities  # noqa: E402
+from repsr.util.hardware import cpu_capabilities  # noqa: E402
 
 SECTIONS = ("bench_data", "bench_train", "bench_deploy", "bench_precision", "bench_video")
 NEEDS = {"bench_video": ("av", "pip install 'repsr[video]'")}  # optional extras a section needs

@@ -3,7 +3,7 @@
     python scripts/degraded_results.py --holdout CORPUS/holdout -o docs/results/degraded.md
 
 Each model (and each general model at a few denoise strengths) on the held-out photographs under every
-condition of `repsr.conditions`: Y-PSNR gain over bicubic of the same degraded LR, mean and worst photo.
+condition of `repsr.quality.degraded`: Y-PSNR gain over bicubic of the same degraded LR, mean and worst photo.
 """
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ from pathlib import Path
 
 import torch
 
-from repsr.blend import load_blended
-from repsr.conditions import CONDITIONS, degraded_sets, select_conditions
-from repsr.data import EvalSet
-from repsr.evaluation import EvalResults, evaluate
-from repsr.pretrained import PRETRAINED, shipped
-from repsr.serialization import load_model
+from repsr.data.datasets import EvalSet
+from repsr.models.blend import load_blended
+from repsr.models.files import load_model
+from repsr.models.pretrained import PRETRAINED, shipped
+from repsr.quality.degraded import CONDITIONS, degraded_sets, select_conditions
+from repsr.quality.evaluation import EvalResults, evaluate
 
 STRENGTHS = (0.5,)  # besides 0 (the clean partner's own row), 1 (the model) and the default
 
@@ -62,7 +62,7 @@ def main() -> None:
         "# The degraded benchmark: every shipped model",
         "",
         "Held-out photographs (the `repsr corpus` hold-out: ColorfulCups, EveningGlow, Kleiber,",
-        "picosdeeuropa, chelsea, rocket), LR made by each fixed, seeded condition of `repsr.conditions`;",
+        "picosdeeuropa, chelsea, rocket), LR made by each fixed, seeded condition of `repsr.quality.degraded`;",
         "Y-PSNR gain in dB over bicubic upscaling of the same degraded LR, mean over the photographs /",
         "worst photograph. Reproduce: `python scripts/degraded_results.py --holdout corpus/holdout",
         "-o docs/results/degraded.md` (one model: `repsr eval MODEL --data holdout=DIR --degrade`).",

@@ -4,7 +4,7 @@
         --clean repsr-m4c16-x4 --general repsr-general-m4c16-x4 -o docs/results/real
 
 Writes `OUT-CONDITION.png` for each condition of `--conditions` (default jpeg50 and noise6): the HR crop
-(`--box LEFT,TOP,SIDE` in HR pixels) degraded by that `repsr.conditions` condition, upscaled by nearest
+(`--box LEFT,TOP,SIDE` in HR pixels) degraded by that `repsr.quality.degraded` condition, upscaled by nearest
 (the LR as it is), bicubic, the clean model, the general model at its default denoise strength (and at
 `--denoise` strengths), and the HR.
 """
@@ -16,12 +16,12 @@ from pathlib import Path
 
 import torch
 
-from repsr.blend import default_strength, load_blended
-from repsr.conditions import CONDITIONS, degrade_lr
-from repsr.io import read_image
-from repsr.resize import imresize
-from repsr.serialization import load_model
-from repsr.visualize import side_by_side
+from repsr.apps.visualize import side_by_side
+from repsr.image.io import read_image
+from repsr.image.resize import imresize
+from repsr.models.blend import default_strength, load_blended
+from repsr.models.files import load_model
+from repsr.quality.degraded import CONDITIONS, degrade_lr
 
 
 def main() -> None:

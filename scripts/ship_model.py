@@ -1,8 +1,8 @@
-"""Turn a finished `repsr train` run into a shipped model of `repsr.pretrained` (a maintainer's tool).
+"""Turn a finished `repsr train` run into a shipped model of `repsr.models.pretrained` (a maintainer's tool).
 
     python scripts/ship_model.py RUN_DIR NAME --holdout CORPUS/holdout [--reference RUN_DIR] [--note FILE]
 
-Nothing is written unless the model passes the artifact gate (`repsr.gate`: flat colours, ramps,
+Nothing is written unless the model passes the artifact gate (`repsr.quality.gate`: flat colours, ramps,
 saturated photographs). Then writes into src/repsr/pretrained/: NAME.safetensors (deployed, verified
 against the training form), NAME.train.safetensors (training form, no optimizer state), NAME.md (model
 card: recipe, gate figures, held-out scores, the degraded benchmark) and NAME's entry in scores.json
@@ -24,13 +24,13 @@ import torch
 import yaml
 
 import repsr
-from repsr.blend import blend_weights
-from repsr.conditions import degraded_sets, format_gains, select_conditions
-from repsr.data import EvalSet
-from repsr.evaluation import evaluate
-from repsr.gate import run_gate
-from repsr.pretrained import FOLDER, resolve_model
-from repsr.serialization import load_model as load_torch_model
+from repsr.data.datasets import EvalSet
+from repsr.models.blend import blend_weights
+from repsr.models.files import load_model as load_torch_model
+from repsr.models.pretrained import FOLDER, resolve_model
+from repsr.quality.degraded import degraded_sets, format_gains, select_conditions
+from repsr.quality.evaluation import evaluate
+from repsr.quality.gate import run_gate
 
 TOLERANCE = 1e-4  # float32 deviation allowed between the training form and the deployed network
 
@@ -68,7 +68,7 @@ def lr_making(config: dict) -> str:
     if preset == "none":
         return "made by MATLAB bicubic"
     return (
-        f"made on the fly by the `{preset}` real-world degradation preset (`repsr.degradations`: blur, "
+        f"made on the fly by the `{preset}` real-world degradation preset (`repsr.data.degradations`: blur, "
         "resize, noise and JPEG in two passes; a share of patches keeps the MATLAB-bicubic LR)"
     )
 
@@ -181,7 +181,7 @@ def main() -> None:
         "(the project stops a run once this is below 0.02 dB).",
         f"- Merge check: deployed vs training form, max deviation {deviation:.1e} (float32).",
         "",
-        "## Artifact gate (`repsr.gate`)",
+        "## Artifact gate (`repsr.quality.gate`)",
         "",
         "Worst input of each check (levels of 255 for flat colours, phase bias and ringing; dB over bicubic "
         "for the photographs):",

@@ -1,15 +1,15 @@
 """The test run is an entry point: it chooses the process settings a `repsr` command would."""
 
-from repsr.runtime import use_passive_omp_wait
+from repsr.util.runtime import use_passive_omp_wait
 
-use_passive_omp_wait()  # before any test module imports torch; see repsr.runtime
+use_passive_omp_wait()  # before any test module imports torch; see repsr.util.runtime
 
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from repsr.serialization import save_model  # noqa: E402
+from repsr.models.files import save_model  # noqa: E402
 from tests.helpers import tiny_plain  # noqa: E402
 
 

@@ -5,8 +5,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from repsr.blocks import RepBN
-from repsr.network import PlainSR, build_model, reparameterize_model
+from repsr.arch.blocks import RepBN
+from repsr.arch.network import PlainSR, build_model, reparameterize_model
+
+# Tolerances by what is compared: max |a - b| of outputs of images in [0, 1].
+# Bit-exact (0) only where the same kernel runs on the same data; oneDNN and the fused kernel choose other
+# kernels (and so other summation orders) by CPU, tile shape and layout, so float32 results of different
+# code paths or tilings agree to a few float32 rounding steps, not bits (AVX2: 1.5e-6 seen).
+ACROSS_PATHS = 1e-5
+# bf16 forms through different tilings or kernels: one rounding step of bf16 (8 significant bits) near 1.
+BF16_RESOLUTION = 2.0**-7
 
 
 @torch.no_grad()

@@ -8,7 +8,7 @@ import stat
 import numpy as np
 import pytest
 
-from repsr.atomic import atomic_write, atomic_write_stream
+from repsr.util.atomic import atomic_write, atomic_write_stream
 
 
 def test_writes_with_plain_open_permissions_and_no_temp_files(tmp_path):

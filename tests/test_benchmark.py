@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from repsr import build_model, reparameterize_model
-from repsr.benchmark import (
+from repsr.apps.benchmark import (
     BenchReport,
     BenchRow,
     benchmark,
@@ -19,7 +19,7 @@ from repsr.benchmark import (
     time_interleaved,
     time_runs,
 )
-from repsr.errors import ConfigError
+from repsr.util.errors import ConfigError
 
 
 def test_macs_of_the_plain_network_follow_the_formula():
@@ -91,12 +91,12 @@ def test_benchmark_rows_for_each_form_and_backend():
 
 
 def test_unavailable_backend_is_reported_not_raised(monkeypatch):
-    import repsr.benchmark as bench
+    import repsr.apps.benchmark as bench
 
     def no_onnx():
         raise ConfigError("ONNX support needs onnxruntime: install it with pip install 'repsr[onnx]'")
 
-    monkeypatch.setattr("repsr.export.require_onnx", no_onnx)
+    monkeypatch.setattr("repsr.models.onnx.require_onnx", no_onnx)
     model = build_model("repsr", scale=2, num_blocks=0, channels=4)
     report = bench.benchmark(
         [("m", model)],

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 import repsr
-from repsr.blend import blend_models, load_blended
 from repsr.cli import main
-from repsr.errors import ConfigError, ModelFileError
-from repsr.io import read_image, write_image
+from repsr.image.io import read_image, write_image
+from repsr.models.blend import blend_models, load_blended
+from repsr.util.errors import ConfigError, ModelFileError
 
 
 def _shifted(model: torch.nn.Module, amount: float) -> torch.nn.Module:
@@ -62,7 +62,7 @@ def test_bad_strengths_and_mismatched_models_are_refused(ends) -> None:
 
 def test_a_blend_exports_to_onnx_and_reloads(ends, tmp_path) -> None:
     pytest.importorskip("onnxruntime")
-    from repsr.export import export_onnx
+    from repsr.deploy.onnx import export_onnx
 
     blended = blend_models(*ends, 0.3)
     repsr.save_model(blended, tmp_path / "blend.safetensors")

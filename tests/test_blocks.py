@@ -4,8 +4,8 @@ import pytest
 import torch
 
 import repsr
-from repsr.blocks import RepBN
-from repsr.network import set_bn_mode, set_merged_training
+from repsr.arch.blocks import RepBN
+from repsr.arch.network import set_bn_mode, set_merged_training
 
 from .helpers import randomize
 
@@ -42,7 +42,7 @@ def _max_merge_error(block, options, scale, in_channels, dtype):
         .to(dtype)
         .eval()
     )
-    x = torch.rand(2, in_channels, 11, 9, dtype=dtype)  # odd sizes: borders matter
+    x = torch.rand(2, in_channels, 11, 9, dtype=dtype, generator=torch.Generator().manual_seed(0))  # odd: borders
     plain = repsr.reparameterize_model(model)
     with torch.no_grad():
         return (model(x) - plain(x)).abs().max().item()

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from repsr import build_model, load_model
+from repsr.arch.network import PlainSR
 from repsr.cli import main
-from repsr.io import read_image, write_image
-from repsr.network import PlainSR
+from repsr.image.io import read_image, write_image
 from tests.helpers import randomize
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from repsr.cli import main
-from repsr.io import write_image
+from repsr.image.io import write_image
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,7 +33,7 @@ def test_deploy_under_a_file_is_one_line(tmp_path, plain_file, capsys):
 
 
 def test_export_under_a_file_is_refused_before_exporting(tmp_path, plain_file, capsys, monkeypatch):
-    import repsr.export as export
+    import repsr.deploy.onnx as export
 
     monkeypatch.setattr(export, "write_onnx", lambda *a, **k: pytest.fail("exported before the check"))
     (tmp_path / "afile").write_text("x")
@@ -43,7 +43,7 @@ def test_export_under_a_file_is_refused_before_exporting(tmp_path, plain_file, c
 
 
 def _disk_full(monkeypatch):
-    import repsr.atomic as atomic
+    import repsr.util.atomic as atomic
 
     def full(fd):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
@@ -62,8 +62,8 @@ def test_deploy_on_a_full_disk_says_disk_full_and_names_the_file(tmp_path, plain
 
 def test_torch_writer_failure_on_a_full_disk_says_disk_full(tmp_path, monkeypatch):
     """torch.save reports a failed write as RuntimeError('... inline_container.cc ...')."""
-    import repsr.atomic as atomic
-    from repsr.errors import WriteError
+    import repsr.util.atomic as atomic
+    from repsr.util.errors import WriteError
 
     def fail(tmp):
         raise RuntimeError(
@@ -79,7 +79,7 @@ def test_torch_writer_failure_on_a_full_disk_says_disk_full(tmp_path, monkeypatc
 
 def test_export_on_a_full_disk_says_disk_full(tmp_path, plain_file, capsys, monkeypatch):
     """The exporter and ONNX Runtime are stood in for (they take seconds); the final write is real."""
-    import repsr.export as export
+    import repsr.deploy.onnx as export
 
     monkeypatch.setattr(export, "require_onnx", lambda: (None, None))
     monkeypatch.setattr(export, "write_onnx", lambda model, path, *a, **k: Path(path).write_bytes(b"onnx"))
@@ -93,7 +93,7 @@ def test_export_on_a_full_disk_says_disk_full(tmp_path, plain_file, capsys, monk
 
 
 def test_eval_json_path_is_checked_before_evaluating(tmp_path, plain_file, capsys, monkeypatch):
-    import repsr.evaluation as evaluation
+    import repsr.quality.evaluation as evaluation
 
     monkeypatch.setattr(evaluation, "evaluate", lambda *a, **k: pytest.fail("evaluated before the check"))
     (tmp_path / "afile").write_text("x")

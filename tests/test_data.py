@@ -12,22 +12,15 @@ import numpy as np
 import pytest
 import torch
 
-import repsr.data as data_mod
-import repsr.io as rio
-from repsr.color import rgb_to_y
-from repsr.data import (
-    EvalSet,
-    TrainPatches,
-    default_cache_dir,
-    make_lr,
-    modcrop,
-    sample_images,
-    standard_sets,
-)
-from repsr.errors import DataError, ImageError
-from repsr.io import quantize, read_image, write_image
-from repsr.metrics import psnr
-from repsr.resize import imresize
+import repsr.data.datasets as data_mod
+import repsr.image.io as rio
+from repsr.data.datasets import EvalSet, TrainPatches, default_cache_dir, make_lr, modcrop
+from repsr.data.samples import sample_images, standard_sets
+from repsr.image.color import rgb_to_y
+from repsr.image.io import quantize, read_image, write_image
+from repsr.image.metrics import psnr
+from repsr.image.resize import imresize
+from repsr.util.errors import DataError, ImageError
 
 SKIMAGE_DATA = Path(__import__("skimage.data").data.__file__).parent
 
@@ -184,7 +177,7 @@ def test_cache_second_run_decodes_nothing_and_source_change_rebuilds(hr_folder, 
 
 
 def _data_warnings(caplog) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "repsr.data" and r.levelno == logging.WARNING]
+    return [r.getMessage() for r in caplog.records if r.name == "repsr.data.datasets" and r.levelno == logging.WARNING]
 
 
 def test_bad_data_skipped_with_one_warning(hr_folder, tmp_path, monkeypatch, caplog):
@@ -193,7 +186,7 @@ def test_bad_data_skipped_with_one_warning(hr_folder, tmp_path, monkeypatch, cap
     (hr_folder / "cut.png").write_bytes(good[: len(good) // 3])
     (hr_folder / "empty.jpg").write_bytes(b"")
     write_image(hr_folder / "tiny.png", torch.rand(3, 20, 20))
-    caplog.set_level(logging.WARNING, logger="repsr.data")
+    caplog.set_level(logging.WARNING, logger="repsr.data.datasets")
     ds = TrainPatches(hr_folder, 2, 12, cache_dir=tmp_path / "cache")
     record = _data_warnings(caplog)
     assert len(record) == 1
@@ -237,7 +230,7 @@ def test_paired_layout_matches_generated(hr_folder, tmp_path, caplog):
         torch.testing.assert_close(paired[key], generated[key], atol=0, rtol=0)
     (lr_folder / "bx2.png").unlink()
     write_image(lr_folder / "cx2.png", torch.rand(3, 20, 20))  # wrong size for a 60x60 HR at x2
-    caplog.set_level(logging.WARNING, logger="repsr.data")
+    caplog.set_level(logging.WARNING, logger="repsr.data.datasets")
     assert len(TrainPatches(hr_folder, 2, 12, lr=lr_folder, cache_dir=tmp_path / "c2")) == 1
     record = _data_warnings(caplog)
     assert len(record) == 1 and "skipped 2 of 3" in record[0]
@@ -326,7 +319,7 @@ def test_standard_sets(tmp_path):
 
 
 def test_skipped_training_image_names_the_file_being_read(tmp_path, caplog):
-    from repsr.data import TrainPatches
+    from repsr.data.datasets import TrainPatches
 
     for folder in ("d_textonly", "d_mixed"):
         (tmp_path / folder).mkdir()

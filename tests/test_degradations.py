@@ -11,11 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
-from repsr import degradations as dg
-from repsr.data import TrainPatches
-from repsr.errors import ConfigError
-from repsr.io import write_image
-from repsr.resize import imresize
+from repsr.data import degradations as dg
+from repsr.data.datasets import TrainPatches
+from repsr.image.io import write_image
+from repsr.image.resize import imresize
+from repsr.util.errors import ConfigError
 
 SKIMAGE_DATA = Path(__import__("skimage.data").data.__file__).parent
 
@@ -204,7 +204,7 @@ def test_general_preset_degrades_most_patches_deterministically_and_keeps_hr(hr_
 
 
 def test_conditions_are_seeded_and_named_conditions_apply_their_stages():
-    from repsr.conditions import CONDITIONS, degrade_lr
+    from repsr.quality.degraded import CONDITIONS, degrade_lr
 
     hr = torch.from_numpy(_photo(size=96)).permute(2, 0, 1).float() / 255
     clean = degrade_lr(hr, 4, CONDITIONS["clean"], (0, 1))
@@ -220,7 +220,7 @@ def test_conditions_are_seeded_and_named_conditions_apply_their_stages():
 
 
 def test_unknown_condition_is_one_line():
-    from repsr.conditions import select_conditions
+    from repsr.quality.degraded import select_conditions
 
     with pytest.raises(ConfigError, match="unknown condition 'jpeg5'"):
         select_conditions(["jpeg5"])

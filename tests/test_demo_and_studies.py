@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 import repsr
-from repsr import demo, studies
+from repsr.apps import demo, studies
 from repsr.cli import COMMANDS, main
 from repsr.training import TrainConfig
 
@@ -59,7 +59,7 @@ def test_batch_statistics_output_differs_from_population_statistics():
     model = repsr.build_model("repsr", scale=2, num_blocks=2, channels=4)
     with torch.no_grad():
         for module in model.modules():
-            if isinstance(module, repsr.blocks.RepBN):
+            if isinstance(module, repsr.arch.blocks.RepBN):
                 module.running_mean.uniform_(-1, 1)
     lr = torch.rand(3, 12, 12)
     before = {k: v.clone() for k, v in model.state_dict().items()}

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from repsr import build_model, reparameterize_model
-from repsr.equivalence import EXACT_TOLERANCE, deviation, random_inputs, verify_equivalence
-from repsr.errors import EquivalenceError, ModelFileError
+from repsr.arch.equivalence import EXACT_TOLERANCE, deviation, random_inputs, verify_equivalence
+from repsr.util.errors import EquivalenceError, ModelFileError
 from tests.helpers import randomize
 
 
@@ -35,7 +35,7 @@ def test_a_perturbed_plain_network_is_named_with_its_error():
 
 
 def test_a_broken_merge_fails_the_float64_check(monkeypatch):
-    import repsr.network as network
+    import repsr.arch.network as network
 
     model = training_model()
     plain = reparameterize_model(model)

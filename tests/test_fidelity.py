@@ -14,9 +14,9 @@ from PIL import Image
 
 from repsr import build_model, reparameterize_model, save_model
 from repsr.cli import main
-from repsr.errors import ConfigError, ImageError
+from repsr.image.io import read_pixels, write_pixels
 from repsr.inference import Upscaler, plan_outputs, upscale_files
-from repsr.io import read_pixels, write_pixels
+from repsr.util.errors import ConfigError, ImageError
 from tests.helpers import randomize
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -236,7 +236,7 @@ def test_case21_jpeg_and_webp_size_limits_are_checked_before_the_work(tmp_path):
 
 
 def test_case21_jpeg_limit_is_named_with_the_way_out():
-    from repsr.io import check_output_size
+    from repsr.image.io import check_output_size
 
     with pytest.raises(ImageError, match=r"JPEG holds at most 65535 pixels per side.*70000x10.*--format png"):
         check_output_size("x.jpg", 70000, 10)
@@ -244,7 +244,7 @@ def test_case21_jpeg_limit_is_named_with_the_way_out():
 
 
 def test_written_images_are_verified_and_removed_when_they_do_not_decode(tmp_path, monkeypatch):
-    import repsr.io as rio
+    import repsr.image.io as rio
 
     real = Image.Image.save
 
@@ -356,8 +356,8 @@ def test_case9_upscaler_validates_its_input():
 
 
 def test_case16_malformed_checkpoint_spec_is_a_model_file_error(tmp_path):
-    from repsr.errors import ModelFileError
-    from repsr.serialization import load_model
+    from repsr.models.files import load_model
+    from repsr.util.errors import ModelFileError
 
     cases = {
         "partial.pt": {"spec": {"block": "repsr", "scale": 2}, "model": {}},
@@ -391,8 +391,8 @@ def test_case17_devices_this_machine_lacks_are_one_line(tmp_path, model_file, de
 
 
 def test_case20_model_files_are_recognised_by_content(tmp_path, capsys):
-    from repsr.errors import ModelFileError
-    from repsr.serialization import load_model
+    from repsr.models.files import load_model
+    from repsr.util.errors import ModelFileError
 
     model = tiny_plain()
     save_model(model, tmp_path / "m.safetensors")

@@ -60,7 +60,7 @@ def test_case2_and_12_videos_and_images_in_one_batch(tmp_path, model_file, capsy
 
 
 def test_case3_a_video_that_fails_to_finalize_is_not_kept(tmp_path, monkeypatch):
-    import repsr.video as video
+    import repsr.inference.video as video
 
     source = clip(tmp_path / "clip.mp4", frames=3)
     real_open = av.open
@@ -87,7 +87,7 @@ def test_case3_a_video_that_fails_to_finalize_is_not_kept(tmp_path, monkeypatch)
 
 
 def test_case3_written_video_is_checked(tmp_path):
-    import repsr.video as video
+    import repsr.inference.video as video
 
     written = clip(tmp_path / "w.mkv", frames=3, size=(48, 32), codec="ffv1", pix_fmt="bgr0")
     report = video.VideoReport(tmp_path / "s.mkv", written, 5, (24, 16), (48, 32), "ffv1", "bgr0")
@@ -99,7 +99,7 @@ def test_case3_written_video_is_checked(tmp_path):
 
 @pytest.mark.parametrize("damage", ["overwrite", "truncate"])
 def test_case4_frames_lost_in_a_damaged_video_are_reported(tmp_path, damage):
-    from repsr.video import VideoError, upscale_video
+    from repsr.inference.video import VideoError, upscale_video
 
     source = clip(tmp_path / "clip.mkv", frames=60, codec="ffv1", pix_fmt="bgr0")
     data = bytearray(source.read_bytes())
@@ -118,7 +118,7 @@ def test_case4_frames_lost_in_a_damaged_video_are_reported(tmp_path, damage):
 
 
 def test_case5_rotation_colour_tags_and_stream_metadata_are_carried(tmp_path):
-    from repsr.video import upscale_video
+    from repsr.inference.video import upscale_video
 
     source = tmp_path / "phone.mp4"
     container = av.open(str(source), "w")
@@ -145,7 +145,7 @@ def test_case5_rotation_colour_tags_and_stream_metadata_are_carried(tmp_path):
 
 
 def test_case14_15_18_21_video_problems_are_one_line_errors_up_front(tmp_path, model_file, capsys):
-    from repsr.video import VideoError, check_container, upscale_video
+    from repsr.inference.video import VideoError, check_container, upscale_video
 
     source = clip(tmp_path / "clip.mp4", frames=2)
     # 15: a container that cannot hold the codec, checked before any work
@@ -178,7 +178,7 @@ def test_case14_15_18_21_video_problems_are_one_line_errors_up_front(tmp_path, m
 
 
 def test_case14_a_stream_that_cannot_be_decoded_is_one_line(tmp_path):
-    from repsr.video import VideoError, upscale_video
+    from repsr.inference.video import VideoError, upscale_video
 
     source = clip(tmp_path / "clip.mp4", frames=3)
     data = source.read_bytes()

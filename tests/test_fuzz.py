@@ -15,9 +15,9 @@ import torch
 from PIL import Image
 
 from repsr import build_model, reparameterize_model, save_model
-from repsr.errors import RepsrError
+from repsr.image.io import read_pixels
 from repsr.inference import Upscaler, upscale_files
-from repsr.io import read_pixels
+from repsr.util.errors import RepsrError
 
 SEED = 21
 # seconds per kind of file (REPSR_FUZZ_SECONDS for a longer hunt); at least MIN_CASES run whatever the speed
@@ -86,7 +86,7 @@ def image_seeds() -> dict[str, bytes]:
         buffer = io.BytesIO()
         image.save(buffer, format=fmt)
         seeds[name] = buffer.getvalue()
-    from repsr.io import _encode_png16
+    from repsr.image.io import _encode_png16
 
     seeds["d.png"] = _encode_png16(rng.integers(0, 65536, (7, 5, 3)).astype(np.uint16))
     return seeds
@@ -112,7 +112,7 @@ def test_fuzzed_images_fail_only_with_repsr_errors(tmp_path):
 
 
 def test_fuzzed_model_files_fail_only_with_repsr_errors(tmp_path):
-    from repsr.serialization import load_model
+    from repsr.models.files import load_model
 
     train_form = build_model("repsr", scale=2, num_blocks=1, channels=4)
     save_model(train_form, tmp_path / "t.safetensors")
@@ -133,7 +133,7 @@ def test_fuzzed_model_files_fail_only_with_repsr_errors(tmp_path):
 
 def test_fuzzed_videos_fail_only_with_repsr_errors(tmp_path):
     pytest.importorskip("av", reason="video fuzzing needs PyAV")
-    from repsr.video import upscale_video
+    from repsr.inference.video import upscale_video
     from tests.test_video import make_clip
 
     make_clip(tmp_path / "a.mp4", frames=3, size=(16, 16))

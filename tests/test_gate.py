@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import repsr
-from repsr.gate import FLAT_MAX_LEVELS, PHASE_BIAS_MAX_LEVELS, run_gate
-from repsr.pretrained import shipped
+from repsr.models.pretrained import shipped
+from repsr.quality.gate import FLAT_MAX_LEVELS, PHASE_BIAS_MAX_LEVELS, run_gate
 
 
 @pytest.mark.parametrize("name", [m.name for m in shipped()])

@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from repsr import build_model, reparameterize_model
-from repsr.data import EvalSet
-from repsr.errors import ConfigError
-from repsr.evaluation import evaluate, format_table, open_datasets
-from repsr.io import write_image
-from repsr.metrics import psnr, ssim
-from repsr.resize import imresize
+from repsr.data.datasets import EvalSet
+from repsr.image.io import write_image
+from repsr.image.metrics import psnr, ssim
+from repsr.image.resize import imresize
+from repsr.quality.evaluation import evaluate, format_table, open_datasets
+from repsr.util.errors import ConfigError
 from tests.helpers import randomize
 
 
@@ -24,7 +24,7 @@ def plain(scale: int = 2, in_channels: int = 3):
 
 @pytest.fixture
 def hr_folder(tmp_path):
-    from repsr.export import verification_image
+    from repsr.data.samples import verification_image
 
     folder = tmp_path / "Tiny"
     crops = verification_image(3, (26, 30), batch=2)  # 26 is not a multiple of 4: modcrop matters

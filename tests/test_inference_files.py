@@ -15,11 +15,11 @@ import torch
 from PIL import Image
 
 from repsr import build_model
+from repsr.arch.network import PlainSR
 from repsr.cli import build_parser
-from repsr.errors import ConfigError
+from repsr.image.io import read_pixels, write_image
 from repsr.inference import Upscaler, upscale_files
-from repsr.io import read_pixels, write_image
-from repsr.network import PlainSR
+from repsr.util.errors import ConfigError
 from tests.helpers import randomize, tiny_plain
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -126,8 +126,8 @@ def test_tiled_files_equal_untiled_for_every_image_kind(tmp_path, kind):
 
 def test_file_pipeline_equals_the_float_pipeline(tmp_path):
     """The integer, tile-by-tile file path writes what upscale_image + to_pixels computes."""
+    from repsr.image.io import read_image, to_pixels
     from repsr.inference import upscale_image
-    from repsr.io import read_image, to_pixels
 
     rng = np.random.default_rng(5)
     Image.fromarray(rng.integers(0, 256, (30, 41, 4), dtype=np.uint8), mode="RGBA").save(tmp_path / "x.png")
@@ -139,7 +139,7 @@ def test_file_pipeline_equals_the_float_pipeline(tmp_path):
 
 
 def test_sixteen_bit_png_streams_in_bands_and_reads_back(tmp_path, monkeypatch):
-    import repsr.io as rio
+    import repsr.image.io as rio
 
     monkeypatch.setattr(rio, "_PNG16_ROWS", 7)
     arr = np.random.default_rng(0).integers(0, 65536, (30, 11, 3), dtype=np.uint16)
@@ -154,7 +154,7 @@ def test_upscaler_runs_the_merged_network_of_a_training_checkpoint(tmp_path):
     model = randomize(build_model("repsr", scale=2, num_blocks=2, channels=8), 1).eval()
     upscaler = Upscaler(model, device="cpu", tile=None, backend="eager")
     assert isinstance(upscaler.module, PlainSR)
-    lr = torch.rand(1, 3, 12, 13)
+    lr = torch.rand(1, 3, 12, 13, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert (upscaler(lr) - model(lr)).abs().max() <= 1e-5
     default = Upscaler(model, device="cpu", tile=None)

@@ -8,13 +8,17 @@ import pytest
 import torch
 
 from repsr import build_model, reparameterize_model
-from repsr.errors import ConfigError
-from repsr.inference import Upscaler
-from repsr.kernels import FusedPlainSR, KernelUnavailable, availability, runnable_variants, select
+from repsr.inference import Upscaler, backends
+from repsr.inference.backends import Candidate, Probe
+from repsr.inference.forms import Bf16PlainSR
+from repsr.kernels import FusedPlainSR, KernelUnavailable, availability, runnable_variants
 from repsr.kernels import build as kbuild
-from repsr.precision import Bf16PlainSR
-from repsr.pretrained import resolve_model
-from repsr.serialization import load_model
+from repsr.models.files import load_model
+from repsr.models.pretrained import resolve_model
+from repsr.util.errors import ConfigError
+from repsr.util.precision import Precision
+
+FP32, BF16, INT8 = Precision.FP32, Precision.BF16, Precision.INT8
 
 # Largest |fused - torch fp32| on outputs of [0, 1] images, per precision. fp32: the same products summed
 # in another order. bf16: activations and weights rounded to 8 significant bits, as torch's bf16 path.
@@ -29,7 +33,14 @@ INT8_TOLERANCE_RANDOM = 0.1
 # Held-out quality cost against fp32 the issue allows (Y-PSNR, dB).
 MAX_PSNR_COST_DB = {"bf16": 0.01, "int8": 0.05}
 
-pytestmark = pytest.mark.skipif(availability() is not None, reason=f"fused kernel: {availability()}")
+
+
+@pytest.fixture(autouse=True)
+def _kernel_builds():
+    """Every test here needs the kernel: built on first use (never at collection), skipped with the reason."""
+    problem = availability()
+    if problem is not None:
+        pytest.skip(f"fused kernel: {problem}")
 
 PATHS = [(v.name, p) for v in runnable_variants() for p in v.precisions]
 
@@ -107,8 +118,8 @@ def test_pixels_are_the_rounded_float_output(variant, precision, scale, in_chann
 @pytest.mark.parametrize("scale", [2, 3, 4])
 def test_shipped_models_match_torch(variant, precision, scale):
     plain = shipped(scale)
-    from repsr.data import sample_images
-    from repsr.io import read_image
+    from repsr.data.samples import sample_images
+    from repsr.image.io import read_image
 
     image = read_image(sample_images()["val"][0]).rgb[:, :61, :75][None].contiguous()
     with torch.no_grad():
@@ -125,16 +136,25 @@ def test_shipped_models_match_torch(variant, precision, scale):
         assert error.mean().item() <= INT8_MEAN_TOLERANCE_SHIPPED
 
 
-LOW_PRECISIONS = sorted({p for v in runnable_variants() for p in v.precisions} - {"fp32"})
+LOW_PRECISIONS = ("bf16", "int8")
+NEEDS = {"bf16": "AVX512-BF16", "int8": "an int8 kernel path (AVX512-VNNI, AVX-VNNI or AVX2)"}
+
+
+def need_path(precision: str) -> None:
+    """Skip, saying what the CPU lacks, unless some kernel variant here runs `precision`."""
+    if not any(precision in v.precisions for v in runnable_variants()):
+        pytest.skip(f"no {precision} path in this CPU's kernel variants ({NEEDS[precision]} needed)")
 
 
 @pytest.mark.parametrize("precision", LOW_PRECISIONS)
 @pytest.mark.parametrize("scale", [2, 3, 4])
 def test_low_precision_quality_cost_on_held_out_photos(precision, scale):
     """Y-PSNR against HR on the held-out sample photographs (not the int8 calibration photographs)."""
-    from repsr.data import make_lr, sample_images
-    from repsr.io import read_pixels
-    from repsr.metrics import psnr
+    need_path(precision)
+    from repsr.data.datasets import make_lr
+    from repsr.data.samples import sample_images
+    from repsr.image.io import read_pixels
+    from repsr.image.metrics import psnr
 
     plain = shipped(scale)
     fp32, low = FusedPlainSR(plain, "fp32"), FusedPlainSR(plain, precision)
@@ -159,26 +179,27 @@ def test_upscaler_fused_backend_tiles_exactly_and_auto_follows_the_probe(monkeyp
     tiled = Upscaler(plain, backend="fused", tile=32)
     assert torch.equal(tiled(x), fused(x))  # Upscaler tiles (exact windows) on top of the kernel's
 
-    def probe(seconds):
-        return lambda model, **_: select.FusedProbe(seconds, 32, "test")
+    cl, ff = Candidate("channels-last", FP32), Candidate("fused", FP32)
 
-    monkeypatch.setattr(select, "probe_fused", probe({"torch fp32": 2.0, "fused fp32": 1.0}))
+    def fake(seconds):
+        return lambda plain, device, pairs, **_: Probe(seconds, 32, 1)
+
+    monkeypatch.setattr(backends, "probe", fake({cl: 2.0, ff: 1.0}))
     chosen = Upscaler(plain, precision="auto")
     assert chosen.backend == "fused" and str(chosen.precision) == "fp32"
-    assert "fastest" in chosen.precision_reason
-    monkeypatch.setattr(select, "probe_fused", probe({"torch fp32": 1.0, "fused fp32": 1.5}))
+    assert "fastest" in chosen.precision_reason and "fused fp32 1000.0 ms" in chosen.precision_reason
+    monkeypatch.setattr(backends, "probe", fake({cl: 1.0, ff: 1.5}))
     assert Upscaler(plain, precision="auto").backend == "channels-last"
-    # bf16 only where it beats the best fp32 by BF16_MIN_SPEEDUP
-    seconds = {"torch fp32": 2.0, "fused fp32": 1.0, "fused bf16": 0.95}
-    assert select.FusedProbe(seconds, 32, "t").best(1.15) == "fused fp32"
-    seconds["fused bf16"] = 0.5
-    assert select.FusedProbe(seconds, 32, "t").best(1.15) == "fused bf16"
-    seconds["fused int8"] = 0.8  # int8 must beat the best fp32 by INT8_MIN_SPEEDUP
-    assert select.FusedProbe(seconds, 32, "t").best(1.15) == "fused bf16"
-    seconds["fused int8"] = 0.3
-    assert select.FusedProbe(seconds, 32, "t").best(1.15) == "fused int8"
-    seconds = {"torch fp32": 0.5, "fused fp32": 1.0}
-    assert select.FusedProbe(seconds, 32, "t").best(1.15, fused_only=True) == "fused fp32"
+    # a reduced precision only where it beats the best fp32 by its MIN_SPEEDUP
+    fb, fi = Candidate("fused", BF16), Candidate("fused", INT8)
+    seconds = {cl: 2.0, ff: 1.0, fb: 0.95}
+    assert Probe(seconds, 32, 1).fastest() == ff
+    seconds[fb] = 0.5
+    assert Probe(seconds, 32, 1).fastest() == fb
+    seconds[fi] = 0.8  # int8 must beat the best fp32 by 1.5x
+    assert Probe(seconds, 32, 1).fastest() == fb
+    seconds[fi] = 0.3
+    assert Probe(seconds, 32, 1).fastest() == fi
     # an explicit fp32 never depends on a timing, nor does the default
     assert Upscaler(plain, precision="fp32").backend == "channels-last"
     assert Upscaler(plain).backend == "channels-last"
@@ -193,10 +214,9 @@ def test_fused_backend_refuses_what_it_cannot_run():
 
 
 def test_int8_of_a_torch_model_runs_in_the_kernel_where_it_has_int8_units():
-    if "int8" not in runnable_variants()[0].precisions:
-        pytest.skip("this CPU has no AVX512-VNNI")
-    from repsr.data import sample_images
-    from repsr.io import read_image
+    need_path("int8")
+    from repsr.data.samples import sample_images
+    from repsr.image.io import read_image
 
     plain = shipped(2)
     x = read_image(sample_images()["val"][1]).rgb[:, :40, :50]  # a photograph: inside the calibration
@@ -212,7 +232,7 @@ def test_without_a_compiler_the_torch_path_runs_and_the_cli_says_so(monkeypatch,
     monkeypatch.setenv("REPSR_KERNEL_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
     kbuild.load.cache_clear()
-    monkeypatch.setattr(select, "_PROBES", {})
+    monkeypatch.setattr(backends, "_PROBES", {})
     try:
         assert "no C compiler" in availability()
         with pytest.raises(KernelUnavailable):

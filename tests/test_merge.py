@@ -3,7 +3,7 @@
 import torch
 import torch.nn.functional as F
 
-from repsr import merge
+from repsr.arch import merge
 
 
 def _rand(*shape):

@@ -10,10 +10,10 @@ import pytest
 import torch
 from numpy.lib.stride_tricks import sliding_window_view
 
-from repsr.color import rgb_to_y, rgb_to_ycbcr, ycbcr_to_rgb
-from repsr.io import quantize, read_image
-from repsr.metrics import gaussian_window, psnr, ssim, to_uint8_levels
-from repsr.resize import imresize
+from repsr.image.color import rgb_to_y, rgb_to_ycbcr, ycbcr_to_rgb
+from repsr.image.io import quantize, read_image
+from repsr.image.metrics import gaussian_window, psnr, ssim, to_uint8_levels
+from repsr.image.resize import imresize
 
 SKIMAGE_DATA = Path(__import__("skimage.data").data.__file__).parent
 
@@ -154,7 +154,7 @@ def test_input_errors():
 def test_signal_psnr_is_unrounded_all_channels():
     import math
 
-    from repsr.metrics import signal_psnr
+    from repsr.image.metrics import signal_psnr
 
     a = np.zeros((3, 4, 4))
     b = np.full((3, 4, 4), 0.001)  # 0.255 of a level: rounding would make it identical

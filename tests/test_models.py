@@ -6,14 +6,14 @@ import pytest
 import torch
 
 import repsr
+from repsr.arch.network import ModelDescriptor, build_model, describe, reparameterize_model
 from repsr.cli import main
-from repsr.errors import ModelFileError
-from repsr.export import export_onnx
+from repsr.deploy.onnx import export_onnx
 from repsr.inference import Upscaler, receptive_radius
 from repsr.inference.backends import prepare_model
-from repsr.network import ModelDescriptor, build_model, describe, reparameterize_model
-from repsr.precision import bf16_module
-from repsr.quantize import OnnxInt8Runner
+from repsr.inference.forms import bf16_module
+from repsr.models.onnx import OnnxRunner
+from repsr.util.errors import ModelFileError
 
 from .helpers import randomize
 
@@ -57,7 +57,7 @@ def test_load_model_dispatches_by_what_the_reference_names(tmp_path):
     export_onnx(plain, tmp_path / "m.onnx", dynamic=True, size=(24, 24))
     torch_model = repsr.load_model(tmp_path / "m.safetensors")
     onnx_model = repsr.load_model(tmp_path / "m.onnx")
-    assert isinstance(onnx_model, OnnxInt8Runner) and describe(onnx_model).form == "onnx"
+    assert isinstance(onnx_model, OnnxRunner) and describe(onnx_model).form == "onnx"
     assert describe(onnx_model).precisions == ("fp32",) and describe(onnx_model).spec == plain.spec
     x = torch.rand(1, 3, 20, 18, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():

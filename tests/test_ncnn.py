@@ -9,9 +9,8 @@ import pytest
 import torch
 
 from repsr import build_model, reparameterize_model, save_model
-from repsr.errors import ConfigError, DependencyError, ModelFileError
-from repsr.export import verification_image
-from repsr.ncnn import (
+from repsr.data.samples import verification_image
+from repsr.deploy.ncnn import (
     INPUT_BLOB,
     OUTPUT_BLOB,
     export_ncnn,
@@ -20,6 +19,7 @@ from repsr.ncnn import (
     require_ncnn,
     run_ncnn,
 )
+from repsr.util.errors import ConfigError, DependencyError, ModelFileError
 from tests.helpers import randomize
 
 pytest.importorskip("ncnn", reason="ncnn tests need the ncnn runtime: pip install 'repsr[ncnn]'")
@@ -80,7 +80,7 @@ def test_fp16_storage_reference_rounds_activations():
 
 
 def test_a_mismatch_keeps_nothing(tmp_path, monkeypatch):
-    import repsr.ncnn as module
+    import repsr.deploy.ncnn as module
 
     real = module.run_ncnn
     monkeypatch.setattr(module, "run_ncnn", lambda *a, **k: real(*a, **k) + 0.01)
@@ -90,7 +90,7 @@ def test_a_mismatch_keeps_nothing(tmp_path, monkeypatch):
 
 
 def test_converter_failures_and_corrupt_files_are_one_line_errors(tmp_path, monkeypatch):
-    import repsr.ncnn as module
+    import repsr.deploy.ncnn as module
 
     fake = tmp_path / "fake-pnnx"
     fake.write_text("#!/bin/sh\necho 'pnnx: unsupported operator aten::foo' >&2\nexit 1\n")

@@ -11,20 +11,14 @@ import torch
 import torch.nn.functional as F
 
 from repsr import build_model, save_model
-from repsr.errors import ConfigError, ModelFileError
-from repsr.network import PlainSR, reparameterize_model
-from repsr.precision import (
-    Bf16PlainSR,
-    Capabilities,
-    Precision,
-    ProbeResult,
-    choose_precision,
-    cpu_capabilities,
-    detect_cpu,
-    device_capabilities,
-    probe_bf16,
-)
-from tests.helpers import randomize
+from repsr.arch.network import PlainSR, reparameterize_model
+from repsr.inference import backends
+from repsr.inference.backends import Candidate, Probe, candidates, decide, probe
+from repsr.inference.forms import Bf16PlainSR
+from repsr.util.errors import ConfigError, ModelFileError
+from repsr.util.hardware import Capabilities, cpu_capabilities, detect_cpu, device_capabilities
+from repsr.util.precision import Precision
+from tests.helpers import BF16_RESOLUTION, randomize
 
 
 def plain_model(num_blocks: int = 2, channels: int = 8, scale: int = 2, in_channels: int = 3) -> PlainSR:
@@ -68,11 +62,11 @@ def test_cpu_detection_from_torch_flags_and_from_proc_cpuinfo(tmp_path):
     cpuinfo.write_text(
         "processor\t: 0\nmodel name\t: Some Xeon\nflags\t\t: fpu avx2 avx512f amx_bf16 amx_tile\n\n"
     )
-    from repsr.precision import _proc_cpuinfo
+    from repsr.util.hardware import proc_cpuinfo
 
-    proc = detect_cpu(None, _proc_cpuinfo(cpuinfo))
+    proc = detect_cpu(None, proc_cpuinfo(cpuinfo))
     assert (proc.bf16_units, proc.name, proc.source) == ("AMX-BF16", "Some Xeon", "/proc/cpuinfo")
-    assert not detect_cpu(None, _proc_cpuinfo(tmp_path / "missing")).bf16_native
+    assert not detect_cpu(None, proc_cpuinfo(tmp_path / "missing")).bf16_native
 
 
 # ------------------------------------------------------------------------------------------- choice
@@ -84,38 +78,50 @@ def test_precision_names_are_parsed_and_checked():
         Precision.parse("fp8")
 
 
-def test_auto_is_fp32_where_bf16_is_not_native():
-    def probe(model, device):
-        raise AssertionError("no probe where bf16 is emulated")
-
-    choice, reason = choose_precision(plain_model(), "cpu", "auto", capabilities=caps(""), probe=probe)
-    assert choice is Precision.FP32 and "no native bf16" in reason and "\n" not in reason
+CPU = torch.device("cpu")
+CL32, CL16 = Candidate("channels-last", Precision.FP32), Candidate("channels-last", Precision.BF16)
 
 
-def test_auto_follows_the_measurement_where_bf16_is_native():
-    fast = lambda model, device: ProbeResult(fp32_s=0.02, bf16_s=0.01, side=32)  # noqa: E731
-    slow = lambda model, device: ProbeResult(fp32_s=0.01, bf16_s=0.0105, side=32)  # noqa: E731
+def test_auto_weighs_bf16_only_where_it_is_native(monkeypatch):
+    monkeypatch.setattr(backends, "device_capabilities", lambda device: caps(""))
+    assert CL32 in candidates(CPU) and all(c.precision is not Precision.BF16 for c in candidates(CPU))
+    monkeypatch.setattr(backends, "device_capabilities", lambda device: caps("AMX-BF16"))
+    assert CL16 in candidates(CPU)
+    assert candidates(CPU, "channels-last") == [CL32, CL16]  # one backend's own candidates
+    assert all(c.backend != "eager" for c in candidates(CPU))  # the reference is never weighed
+
+
+def test_auto_follows_the_measurement(monkeypatch):
+    monkeypatch.setattr(backends, "device_capabilities", lambda device: caps("AMX-BF16"))
     model = plain_model()
-    choice, reason = choose_precision(model, "cpu", capabilities=caps("AMX-BF16"), probe=fast)
-    assert choice is Precision.BF16 and "2.0x faster" in reason and "AMX-BF16" in reason
-    choice, reason = choose_precision(model, "cpu", capabilities=caps("AMX-BF16"), probe=slow)
-    assert choice is Precision.FP32 and "gains too little" in reason
+    fast = {CL32: 0.02, CL16: 0.01}
+    monkeypatch.setattr(backends, "probe", lambda plain, device, pairs, **_: Probe(fast, 32, 1))
+    chosen = decide(model, CPU, "auto", "channels-last")
+    assert chosen.precision is Precision.BF16 and "fastest" in chosen.reason and "10.0 ms" in chosen.reason
+    slow = {CL32: 0.01, CL16: 0.0095}  # 1.05x: inside the noise, below MIN_SPEEDUP
+    monkeypatch.setattr(backends, "probe", lambda plain, device, pairs, **_: Probe(slow, 32, 1))
+    assert decide(model, CPU, "auto", "channels-last").precision is Precision.FP32
+    assert "\n" not in chosen.reason
 
 
-def test_auto_with_the_real_probe_is_fast_and_cached():
+def test_auto_with_the_real_probe_is_cached_and_runs_what_it_measured_fastest():
     model = plain_model(num_blocks=1, channels=4)
-    first = probe_bf16(model, torch.device("cpu"), budget_s=0.05)
-    assert first.fp32_s > 0 and first.bf16_s > 0
-    assert probe_bf16(model, torch.device("cpu")) is first  # same spec, device, threads: cached
-    choice, reason = choose_precision(model, "cpu")
-    assert choice in (Precision.FP32, Precision.BF16) and reason.startswith(choice.value)
+    pairs = candidates(CPU)
+    first = probe(model, CPU, pairs, budget_s=0.05)
+    assert set(first.seconds) <= set(pairs) and all(s > 0 for s in first.seconds.values())
+    assert probe(model, CPU, pairs) is first  # same spec, device, threads and candidates: cached
+    chosen = decide(model, CPU, "auto")
+    assert Candidate(chosen.backend, chosen.precision) == first.fastest()
+    assert first.summary() in chosen.reason
 
 
-def test_fp16_on_cpu_and_int8_on_cuda_are_clear_errors():
+def test_fp16_on_cpu_is_a_clear_error_and_explicit_bf16_says_emulated(monkeypatch):
     with pytest.raises(ConfigError, match="fp16 needs a CUDA device"):
-        choose_precision(plain_model(), "cpu", "fp16", capabilities=caps(""))
-    explicit, reason = choose_precision(plain_model(), "cpu", "bf16", capabilities=caps(""))
-    assert explicit is Precision.BF16 and "emulated" in reason
+        decide(plain_model(), CPU, "fp16")
+    monkeypatch.setattr(backends, "device_capabilities", lambda device: caps(""))
+    explicit = decide(plain_model(), CPU, "bf16")
+    assert explicit.precision is Precision.BF16 and "emulated" in explicit.reason
+    assert explicit.backend == "channels-last"  # an explicit precision never depends on a timing
 
 
 # ------------------------------------------------------------------------------------------- bf16 net
@@ -186,14 +192,15 @@ def int8_file(tmp_path_factory):
 
 
 def test_int8_export_verifies_and_runs(int8_file):
-    from repsr.quantize import MIN_INT8_PSNR, OnnxInt8Runner
+    from repsr.deploy.int8 import MIN_INT8_PSNR
+    from repsr.models.onnx import OnnxRunner
 
     path, printed = int8_file
     plain = int8_plain()
     psnr = float(re.search(r"PSNR ([0-9.]+) dB", printed).group(1))
     assert path.is_file() and psnr >= MIN_INT8_PSNR and "on 2 held-out photos" in printed
     assert printed.count("node_") == 3  # kept in float32: last body conv, its PReLU, the tail conv
-    runner = OnnxInt8Runner(path, threads=1)
+    runner = OnnxRunner(path, threads=1)
     assert runner.quantized and runner.spec == plain.spec
     x = torch.rand(2, 3, 17, 23, generator=torch.Generator().manual_seed(3))  # dynamic size and batch
     with torch.no_grad():
@@ -205,7 +212,7 @@ def test_int8_export_verifies_and_runs(int8_file):
 def test_int8_export_refuses_below_the_threshold(tmp_path):
     pytest.importorskip("onnxruntime.quantization", reason="needs onnxruntime's quantization tools")
     pytest.importorskip("onnxscript", reason="needs onnxscript (the ONNX exporter)")
-    from repsr.quantize import export_int8_onnx
+    from repsr.deploy.int8 import export_int8_onnx
 
     refused = tmp_path / "refused.onnx"
     with pytest.raises(ModelFileError, match="dB from fp32"):
@@ -227,7 +234,7 @@ def test_upscaler_bf16_tiled_equals_untiled_and_stays_close_to_fp32():
     tiled = Upscaler(model, device="cpu", precision="bf16", tile=16)
     assert whole.precision is Precision.BF16 and whole.precision_reason.startswith("bf16")
     out = tiled(lr)
-    assert out.dtype == torch.float32 and (out - whole(lr)).abs().max() <= 1e-6
+    assert out.dtype == torch.float32 and (out - whole(lr)).abs().max() <= BF16_RESOLUTION
     reference = Upscaler(model, device="cpu", precision="fp32", tile=None)(lr)
     assert 0 < float((out - reference).abs().max()) < 0.05
 
@@ -246,9 +253,8 @@ def test_upscaler_auto_says_what_it_chose():
 
     model = plain_model(num_blocks=1, channels=4)
     exact = Upscaler(model, device="cpu", tile=None)  # default: fp32, no timing decides
-    assert exact.precision is Precision.FP32 and exact.precision_reason == "fp32 as requested on " + (
-        f"{cpu_capabilities().name} (cpu)"
-    )
+    assert exact.precision is Precision.FP32 and exact.backend == "channels-last"
+    assert exact.precision_reason == f"fp32 as requested on {cpu_capabilities().name} (cpu) (torch channels-last fp32)"
     upscaler = Upscaler(model, device="cpu", tile=None, precision="auto")
     # int8 only through the fused kernel, where the CPU has VNNI and the kernel's probe finds it faster
     assert upscaler.precision in (Precision.FP32, Precision.BF16, Precision.INT8)
@@ -260,12 +266,12 @@ def test_upscaler_auto_says_what_it_chose():
 
 def test_upscaler_int8_tiles_exactly_and_the_cli_runs_onnx_files(int8_file, tmp_path, capsys):
     from repsr.cli import main
+    from repsr.image.io import write_image
     from repsr.inference import Upscaler
-    from repsr.io import write_image
-    from repsr.quantize import OnnxInt8Runner
+    from repsr.models.onnx import OnnxRunner
 
     path, _ = int8_file
-    runner = OnnxInt8Runner(path, threads=1)
+    runner = OnnxRunner(path, threads=1)
     lr = torch.rand(1, 3, 40, 70, generator=torch.Generator().manual_seed(2))
     whole = Upscaler(runner, device="cpu", tile=None)
     assert whole.precision is Precision.INT8 and "ONNX Runtime" in whole.precision_reason
@@ -280,7 +286,7 @@ def test_upscaler_int8_tiles_exactly_and_the_cli_runs_onnx_files(int8_file, tmp_
     assert main(["upscale", str(tmp_path / "in.png"), "-o", str(out), "-m", str(path), "--tile", "16"]) == 0
     printed = capsys.readouterr().out
     assert "precision int8: int8: ONNX file run by ONNX Runtime" in printed
-    from repsr.io import read_image
+    from repsr.image.io import read_image
 
     image = read_image(out / "in.png")
     assert image.alpha is not None and image.rgb.shape == (3, 40, 60)
@@ -288,7 +294,7 @@ def test_upscaler_int8_tiles_exactly_and_the_cli_runs_onnx_files(int8_file, tmp_
 
 def test_cli_upscale_prints_the_precision_and_rejects_fp16_on_cpu(tmp_path, capsys):
     from repsr.cli import main
-    from repsr.io import write_image
+    from repsr.image.io import write_image
 
     save_model(plain_model(num_blocks=1, channels=4), tmp_path / "m.safetensors")
     write_image(tmp_path / "in.png", torch.rand(3, 12, 14))

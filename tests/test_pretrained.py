@@ -6,14 +6,14 @@ import pytest
 import torch
 
 import repsr
+from repsr.arch.network import PlainSR, RepNet
 from repsr.cli import main
-from repsr.conditions import CONDITIONS, degrade_lr
-from repsr.data import sample_images
-from repsr.errors import ConfigError, ModelFileError
-from repsr.io import quantize, read_image, write_image
-from repsr.metrics import psnr
-from repsr.network import PlainSR, RepNet
-from repsr.pretrained import DEFAULT_MODEL, PRETRAINED, resolve_model, shipped
+from repsr.data.samples import sample_images
+from repsr.image.io import quantize, read_image, write_image
+from repsr.image.metrics import psnr
+from repsr.models.pretrained import DEFAULT_MODEL, PRETRAINED, resolve_model, shipped
+from repsr.quality.degraded import CONDITIONS, degrade_lr
+from repsr.util.errors import ConfigError, ModelFileError
 
 NAMES = sorted(PRETRAINED)
 

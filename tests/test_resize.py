@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from repsr.resize import cubic, imresize, output_size, resize_weights
+from repsr.image.resize import cubic, imresize, output_size, resize_weights
 
 
 def _matlab_cubic(x: float) -> float:

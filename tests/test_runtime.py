@@ -29,7 +29,7 @@ def test_import_repsr_sets_nothing_and_loads_no_torch():
 
 def test_the_cli_entry_point_sets_passive_before_torch_is_imported():
     code = (
-        "import os, sys, repsr.runtime as r\n"
+        "import os, sys, repsr.util.runtime as r\n"
         "import repsr.cli\n"
         "seen = []\n"
         "real = r.use_passive_omp_wait\n"
@@ -53,7 +53,7 @@ def test_the_cli_entry_point_sets_passive_before_torch_is_imported():
 
 def test_an_explicit_policy_in_the_environment_wins():
     code = (
-        "from repsr.runtime import use_passive_omp_wait as u; import os; "
+        "from repsr.util.runtime import use_passive_omp_wait as u; import os; "
         "print(u(), os.environ['OMP_WAIT_POLICY'])"
     )
     assert _python(code, OMP_WAIT_POLICY="ACTIVE") == "True ACTIVE"
@@ -63,7 +63,7 @@ def test_public_names_still_load_from_the_package():
     import repsr
 
     assert callable(repsr.build_model) and callable(repsr.load_model)
-    assert repsr.metrics.__name__ == "repsr.metrics"
+    assert repsr.image.metrics.__name__ == "repsr.image.metrics"
     from repsr import PlainSR, imresize
 
     assert PlainSR.__name__ == "PlainSR" and callable(imresize)

@@ -10,7 +10,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import repsr
-from repsr.errors import ModelFileError
+from repsr.util.errors import ModelFileError
 
 from .helpers import randomize
 
@@ -157,7 +157,7 @@ def test_save_is_atomic_and_leaves_no_temp_files(tmp_path):
 
 
 def test_pickle_or_text_as_pth_does_not_quote_torchs_unsafe_advice(tmp_path):
-    from repsr.serialization import load_model
+    from repsr.models.files import load_model
 
     torch.save({"x": Path("not a tensor")}, tmp_path / "pickle.pth")
     (tmp_path / "text.pth").write_text("hello, this is not a model\n")

@@ -12,10 +12,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from repsr.blocks import RepBlock, RepBN
-from repsr.data import EvalPair, sample_images
-from repsr.io import read_image, write_image
-from repsr.phase import Phase
+from repsr.arch.blocks import RepBlock, RepBN
+from repsr.arch.phase import Phase
+from repsr.data.datasets import EvalPair
+from repsr.data.samples import sample_images
+from repsr.image.io import read_image, write_image
 from repsr.training import Trainer, TrainingError, load_config
 from repsr.training import checkpoint as ckpt
 from repsr.training.bn_switch import precise_statistics
@@ -119,11 +120,12 @@ def test_amp_runs_the_forward_in_bf16_and_keeps_the_state_in_float32(tmp_path):
 
 @pytest.mark.parametrize("native", [True, False])
 def test_amp_auto_follows_the_device_and_is_recorded(tmp_path, monkeypatch, native):
-    from repsr import precision
+    from repsr.training import trainer as trainer_module
+    from repsr.util.hardware import Capabilities
 
     units = "AVX512-BF16" if native else ""
-    found = precision.Capabilities("cpu", "Test CPU", units, fp16=False, int8_units="", source="test")
-    monkeypatch.setattr(precision, "device_capabilities", lambda device: found)
+    found = Capabilities("cpu", "Test CPU", units, fp16=False, int8_units="", source="test")
+    monkeypatch.setattr(trainer_module, "device_capabilities", lambda device: found)
     config = tiny_config(**{"train.amp": "auto"})
     assert config.train.amp is None  # "auto" in YAML or --set
     trainer = make_trainer(tmp_path, config)
@@ -328,8 +330,8 @@ def _write_images(folder, count: int, size: int, seed: int) -> None:
 def test_cli_end_to_end_with_real_images_and_sample_validation(tmp_path, capsys):
     """`repsr train` on a folder of PNGs: artifacts, formats, the deployed model equal to the trained one."""
     import repsr
+    from repsr.arch.network import PlainSR, RepNet
     from repsr.cli import main
-    from repsr.network import PlainSR, RepNet
 
     _write_images(tmp_path / "hr", 3, 40, seed=0)
     config = tmp_path / "tiny.yaml"

@@ -8,11 +8,11 @@ import pytest
 import yaml
 
 from repsr.cli import main
-from repsr.errors import ConfigError
 from repsr.training import TrainConfig, load_config
 from repsr.training.builders import build_network
 from repsr.training.config import save_config
 from repsr.training.schedule import lr_factor
+from repsr.util.errors import ConfigError
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from repsr.blocks import RepBN
+from repsr.arch.blocks import RepBN
 from repsr.training import Trainer, TrainingInterrupted, train
 from repsr.training.config import TrainConfig
 from repsr.training.distributed import Distributed, SyncRepBN, combine_moments, enable_sync_bn

@@ -7,11 +7,11 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from repsr.errors import ConfigError
 from repsr.training.builders import build_loss, build_optimizer
 from repsr.training.config import BNSchedule, TrainConfig
 from repsr.training.losses import LOSSES, CharbonnierLoss
 from repsr.training.optim import OPTIMIZERS
+from repsr.util.errors import ConfigError
 
 from .test_train import make_trainer, tiny_config
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from repsr.blocks import RepBN
-from repsr.phase import Phase, model_phase
+from repsr.arch.blocks import RepBN
+from repsr.arch.phase import Phase, model_phase
 from repsr.training import checkpoint as ckpt
 from repsr.training.artifacts import checkpoint_state, verify_deployed
 from repsr.training.builders import build_network
@@ -88,7 +88,7 @@ def test_final_and_periodic_checkpoints_share_one_format(tmp_path):
     path = tmp_path / "final.pt"
     torch.save(final, path)
     assert ckpt.read_checkpoint(path)["weights"] == "ema"
-    from repsr.network import reparameterize_model
+    from repsr.arch.network import reparameterize_model
 
     assert verify_deployed(model, reparameterize_model(model)) < 1e-4
 

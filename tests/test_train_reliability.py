@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from repsr.errors import ConfigError, DataError, RepsrError
-from repsr.io import write_image
+from repsr.image.io import write_image
 from repsr.training import Trainer, TrainingError
 from repsr.training import checkpoint as ckpt
+from repsr.util.errors import ConfigError, DataError, RepsrError
 from tests.test_train import SyntheticPatches, make_trainer, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -226,7 +226,7 @@ def test_ctrl_c_in_repsr_train_saves_and_prints_the_resume_command(tmp_path):
 
 
 def test_disk_full_during_a_checkpoint_names_the_file(tmp_path, monkeypatch):
-    import repsr.atomic as atomic
+    import repsr.util.atomic as atomic
 
     trainer = make_trainer(tmp_path, tiny_config(**{"checkpoint.every": 2}))
 

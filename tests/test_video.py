@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from repsr import build_model, reparameterize_model, save_model
-from repsr.errors import ConfigError, DependencyError
 from repsr.inference import Upscaler
-from repsr.video import VideoError, is_video_path, require_av, upscale_video, video_jobs
+from repsr.inference.video import VideoError, is_video_path, require_av, upscale_video, video_jobs
+from repsr.util.errors import ConfigError, DependencyError
 from tests.helpers import randomize
 
 av = pytest.importorskip("av", reason="video tests need PyAV: pip install 'repsr[video]'")
@@ -104,7 +104,7 @@ def expected_frame(upscaler: Upscaler, pixels: np.ndarray, peak: float) -> np.nd
 
 def luma_error(a: np.ndarray, b: np.ndarray) -> float:
     """Mean absolute difference of the Y channels (0-255) of two RGB frames."""
-    from repsr.color import rgb_to_y
+    from repsr.image.color import rgb_to_y
 
     ya, yb = (rgb_to_y(torch.from_numpy(x.astype(np.float32)).permute(2, 0, 1)) for x in (a, b))
     return float((ya - yb).abs().mean())

@@ -11,25 +11,25 @@ plain = repsr.load_model("model.safetensors")
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from repsr.errors import RepsrError
+from repsr.util.errors import RepsrError
 
 if TYPE_CHECKING:  # what type checkers and editors see; at run time these load on first use
-    from repsr.models import load_model
-    from repsr.network import ModelSpec, PlainSR, RepNet, build_model, reparameterize_model
-    from repsr.resize import imresize
-    from repsr.serialization import save_model
+    from repsr.arch.network import ModelSpec, PlainSR, RepNet, build_model, reparameterize_model
+    from repsr.image.resize import imresize
+    from repsr.models.files import save_model
+    from repsr.models.loader import load_model
 
 # The public names below load on first use: `import repsr` alone imports no torch and changes nothing
-# in the process (entry points choose thread settings, see `repsr.runtime`).
+# in the process (entry points choose thread settings, see `repsr.util.runtime`).
 _EXPORTS = {
-    "ModelSpec": "repsr.network",
-    "PlainSR": "repsr.network",
-    "RepNet": "repsr.network",
-    "build_model": "repsr.network",
-    "reparameterize_model": "repsr.network",
-    "imresize": "repsr.resize",
-    "load_model": "repsr.models",  # every form: torch files, shipped names, .onnx
-    "save_model": "repsr.serialization",
+    "ModelSpec": "repsr.arch.network",
+    "PlainSR": "repsr.arch.network",
+    "RepNet": "repsr.arch.network",
+    "build_model": "repsr.arch.network",
+    "reparameterize_model": "repsr.arch.network",
+    "imresize": "repsr.image.resize",
+    "load_model": "repsr.models.loader",  # every form: torch files, shipped names, .onnx
+    "save_model": "repsr.models.files",
 }
 
 
@@ -37,7 +37,7 @@ def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
         value = getattr(importlib.import_module(_EXPORTS[name]), name)
     else:
-        try:  # submodules (`repsr.metrics`, `repsr.data`, ...) without importing them first
+        try:  # submodules (`repsr.image.metrics`, `repsr.data.datasets`, ...) without importing them first
             value = importlib.import_module(f"repsr.{name}")
         except ModuleNotFoundError as error:
             if error.name != f"repsr.{name}":

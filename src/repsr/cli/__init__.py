@@ -3,7 +3,7 @@
 Each sub-command lives in its own module with `add_parser(subparsers)` and `run(args) -> int`.
 Errors the user can fix (`RepsrError`) are printed as one line, never as a traceback.
 
-Process settings: `main` calls `repsr.runtime.use_passive_omp_wait()` before any command module (and so
+Process settings: `main` calls `repsr.util.runtime.use_passive_omp_wait()` before any command module (and so
 torch) is imported. That works for the console script and `python -m repsr` because neither `repsr`
 nor `repsr.cli` imports torch at import time (the package's names load lazily); when a program imports
 torch before calling `main`, OpenMP keeps the policy it started with.
@@ -16,8 +16,8 @@ import importlib
 import importlib.util
 import sys
 
-from repsr.errors import RepsrError
-from repsr.runtime import use_passive_omp_wait
+from repsr.util.errors import RepsrError
+from repsr.util.runtime import use_passive_omp_wait
 
 # name -> module; each module defines add_parser() and run().
 COMMANDS: dict[str, str] = {

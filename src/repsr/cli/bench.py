@@ -33,7 +33,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from repsr.benchmark import benchmark, format_report, load_target, standard_models
+    from repsr.apps.benchmark import benchmark, format_report, load_target, standard_models
     from repsr.inference import BENCH_BACKENDS
 
     models = [load_target(target) for target in args.targets] if args.targets else standard_models()

@@ -19,7 +19,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from repsr.corpus import build_corpus
+    from repsr.data.corpus import build_corpus
 
     written = build_corpus(args.output)
     train, holdout = len(written["train"]), len(written["holdout"])

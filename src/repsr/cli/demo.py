@@ -22,8 +22,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from repsr.demo import run_demo
-    from repsr.errors import ConfigError
+    from repsr.apps.demo import run_demo
+    from repsr.util.errors import ConfigError
 
     if args.minutes <= 0:
         raise ConfigError(f"--minutes must be positive, got {args.minutes}")

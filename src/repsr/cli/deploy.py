@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from repsr.cli.args import add_device, add_overwrite
-from repsr.export import DEPLOY_TOLERANCE, WEIGHTS_CHOICES
+from repsr.deploy.checkpoint import DEPLOY_TOLERANCE, WEIGHTS_CHOICES
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -36,7 +36,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from repsr.export import deploy
+    from repsr.deploy.checkpoint import deploy
     from repsr.inference import resolve_device
 
     report = deploy(

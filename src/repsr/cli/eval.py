@@ -25,7 +25,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="CONDITION",
         help="the degraded benchmark: score each dataset under fixed, seeded degradations (JPEG, noise, "
         "blur, another downscaler) against bicubic of the same LR; all conditions when none is named "
-        "(see repsr.conditions.CONDITIONS)",
+        "(see repsr.quality.degraded.CONDITIONS)",
     )
     parser.add_argument("--json", type=Path, help="also write means and per-image values here")
     add_device(parser)
@@ -36,12 +36,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from repsr.atomic import check_target
-    from repsr.conditions import degraded_sets, format_gains, select_conditions
-    from repsr.evaluation import evaluate, format_table, open_datasets
+    from repsr.arch.network import describe
     from repsr.inference import resolve_device
-    from repsr.models import load_model
-    from repsr.network import describe
+    from repsr.models.loader import load_model
+    from repsr.quality.degraded import degraded_sets, format_gains, select_conditions
+    from repsr.quality.evaluation import evaluate, format_table, open_datasets
+    from repsr.util.atomic import check_target
 
     resolve_device(args.device)  # a device this machine lacks: one line before any work
     if args.json is not None:

@@ -7,12 +7,12 @@ import argparse
 from pathlib import Path
 
 from repsr.cli.args import add_overwrite, add_size
-from repsr.errors import ConfigError
+from repsr.util.errors import ConfigError
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from repsr.export import ONNX_OPSET, ONNX_TOLERANCE
-    from repsr.quantize import CALIBRATION_METHODS, MIN_INT8_PSNR
+    from repsr.deploy.int8 import CALIBRATION_METHODS, MIN_INT8_PSNR
+    from repsr.deploy.onnx import ONNX_OPSET, ONNX_TOLERANCE
 
     parser = subparsers.add_parser(
         "export",
@@ -65,8 +65,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from repsr.export import export_onnx
-    from repsr.serialization import load_model
+    from repsr.deploy.onnx import export_onnx
+    from repsr.models.files import load_model
 
     if args.opset < 17:
         raise ConfigError(f"--opset must be 17 or newer, got {args.opset}")
@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--calibration applies to --int8 only")
     model = load_model(args.model)
     if args.ncnn is not None:
-        from repsr.ncnn import export_ncnn
+        from repsr.deploy.ncnn import export_ncnn
 
         ncnn = export_ncnn(model, args.ncnn, name=args.ncnn_name, fp16_weights=args.ncnn_fp16)
         check = "x".join(str(d) for d in ncnn.check_shape)
@@ -113,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_int8(model, args: argparse.Namespace) -> int:
-    from repsr.quantize import export_int8_onnx
+    from repsr.deploy.int8 import export_int8_onnx
 
     report = export_int8_onnx(
         model, args.onnx, args.calibration, method=args.calibration_method, overwrite=args.overwrite

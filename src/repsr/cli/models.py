@@ -16,8 +16,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from repsr.pretrained import DEFAULT_MODEL, shipped
-    from repsr.serialization import load_model
+    from repsr.models.files import load_model
+    from repsr.models.pretrained import DEFAULT_MODEL, shipped
 
     rows = [("name", "scale", "params", "file", "held-out Y-PSNR / SSIM", "bicubic")]
     for entry in shipped():

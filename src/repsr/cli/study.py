@@ -1,4 +1,4 @@
-"""`repsr study NAME`: the paper's experiments at laptop scale (see `repsr.studies`)."""
+"""`repsr study NAME`: the paper's experiments at laptop scale (see `repsr.apps.studies`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from repsr.cli.args import add_named_folders, add_overrides, add_progress, show_
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from repsr.studies import STUDIES
+    from repsr.apps.studies import STUDIES
 
     parser = subparsers.add_parser(
         "study",
@@ -34,8 +34,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from repsr.errors import ConfigError
-    from repsr.studies import run_study
+    from repsr.apps.studies import run_study
+    from repsr.util.errors import ConfigError
 
     for flag in ("iterations", "seeds"):
         value = getattr(args, flag)

@@ -40,9 +40,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from repsr.atomic import check_folder
-    from repsr.evaluation import parse_named_folders
+    from repsr.quality.evaluation import parse_named_folders
     from repsr.training import TrainingInterrupted, load_config, train
+    from repsr.util.atomic import check_folder
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     overrides = [*args.overrides, *([f"train.init={args.init}"] if args.init else [])]

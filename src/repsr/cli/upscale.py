@@ -11,8 +11,8 @@ from repsr.cli.args import add_device, add_overwrite, add_progress, show_progres
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     from repsr.inference import BACKENDS, OUTPUT_FORMATS
-    from repsr.precision import PRECISIONS
-    from repsr.pretrained import DEFAULT_MODEL
+    from repsr.models.pretrained import DEFAULT_MODEL
+    from repsr.util.precision import PRECISIONS
 
     parser = subparsers.add_parser(
         "upscale",
@@ -89,9 +89,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def load_upscale_model(model: str, denoise: float | None = None, denoise_from: str | None = None):
     """A torch model (`load_model`: a shipped model's name or a file; a general model blended at its
-    denoise strength), or for an .onnx file an ONNX Runtime runner (`OnnxInt8Runner`)."""
-    from repsr.blend import default_strength
-    from repsr.models import load_model
+    denoise strength), or for an .onnx file an ONNX Runtime runner (`OnnxRunner`)."""
+    from repsr.models.blend import default_strength
+    from repsr.models.loader import load_model
 
     strength = denoise if denoise is not None else default_strength(model)
     if strength is not None:
@@ -120,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from repsr.inference import Upscaler, plan_outputs, resolve_device, upscale_files
-    from repsr.video import check_container, check_encoding, describe
+    from repsr.inference.video import check_container, check_encoding, describe
 
     # Every output path and encoder setting is checked before the model loads and any work starts.
     resolve_device(args.device)

@@ -2,27 +2,30 @@
 
 One module per job:
 - `devices`: device choice (`resolve_device`) and free-memory probing;
-- `backends`: the one registry of backends (`eager`, `channels-last`, `compile` run by `Upscaler`;
-  `onnxruntime` timed by `repsr bench` too) and preparing a model and its input for one;
+- `backends`: every backend (torch eager / channels-last / compile, the fused kernel, ONNX Runtime) in one
+  registry, and `decide`, the one place that picks what runs (`precision="auto"` by one timing);
+- `forms`: `Bf16PlainSR`, the bf16 form a backend builds;
 - `tiling`: exact tiles (`tile_windows`, `receptive_radius`) and the automatic tile size;
 - `upscaler`: the tiled `Upscaler`, `upscale_tensor`, and RGB/alpha/Y-channel image handling;
-- `files`: collecting inputs (files, folders, globs), output naming and the batch loop `upscale_files`.
+- `files`: collecting inputs (files, folders, globs), output naming and the batch loop `upscale_files`;
+- `video`: streaming video upscaling (decoder thread, model, encoder thread).
 
 Everything public is importable from `repsr.inference` itself.
 """
 
 from repsr.inference.backends import (
-    AUTO_BACKEND,
     BACKENDS,
     BENCH_BACKENDS,
     REGISTRY,
     UPSCALE_BACKENDS,
     Backend,
-    FusedTailPlainSR,
+    Candidate,
+    PreparedNet,
+    candidates,
+    check_backend,
+    decide,
     prepare_input,
     prepare_model,
-    resolve_backend,
-    shuffle_add_skip,
 )
 from repsr.inference.devices import free_memory_bytes, resolve_device
 from repsr.inference.files import (
@@ -48,7 +51,6 @@ from repsr.inference.tiling import (
 from repsr.inference.upscaler import UpscaledImage, Upscaler, upscale_image, upscale_rgb, upscale_tensor
 
 __all__ = [
-    "AUTO_BACKEND",
     "BACKENDS",
     "BENCH_BACKENDS",
     "CPU_MAX_TILE",
@@ -59,7 +61,11 @@ __all__ = [
     "REGISTRY",
     "UPSCALE_BACKENDS",
     "Backend",
-    "FusedTailPlainSR",
+    "Candidate",
+    "PreparedNet",
+    "candidates",
+    "check_backend",
+    "decide",
     "UpscaleReport",
     "UpscaledImage",
     "Upscaler",
@@ -73,9 +79,7 @@ __all__ = [
     "prepare_input",
     "prepare_model",
     "receptive_radius",
-    "resolve_backend",
     "resolve_device",
-    "shuffle_add_skip",
     "tile_windows",
     "upscale_file",
     "upscale_files",

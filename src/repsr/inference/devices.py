@@ -6,7 +6,7 @@ import os
 
 import torch
 
-from repsr.errors import ConfigError
+from repsr.util.errors import ConfigError
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:

@@ -7,8 +7,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from repsr.errors import ConfigError, DataError, ImageError, RepsrError
 from repsr.inference.upscaler import Upscaler, output_bytes, upscale_pixels
+from repsr.util.errors import ConfigError, DataError, ImageError, RepsrError
 
 OUTPUT_FORMATS = ("png", "jpg", "webp")
 
@@ -33,7 +33,7 @@ def upscale_file(upscaler: Upscaler, source: Path, target: Path) -> Path:
     Memory: the decoded input, the output in its final 8/16-bit form and one tile (`upscale_pixels`).
     An output too large for memory raises `ImageError` naming `source` and the size it needs.
     """
-    from repsr.io import check_output_size, read_pixels, write_pixels
+    from repsr.image.io import check_output_size, read_pixels, write_pixels
 
     pixels = read_pixels(source)
     bit_depth = pixels.bit_depth if target.suffix.lower() == ".png" else 8
@@ -87,8 +87,8 @@ def collect_inputs(
     `videos`: folders also yield their videos. Returns (found, missing): `found` without duplicates,
     `missing` the inputs that matched nothing, with the reason.
     """
-    from repsr.io import list_images
-    from repsr.video import VIDEO_EXTENSIONS
+    from repsr.image.io import list_images
+    from repsr.inference.video import VIDEO_EXTENSIONS
 
     skip = Path(exclude).resolve() if exclude is not None else None
     extra = VIDEO_EXTENSIONS if videos else ()
@@ -121,7 +121,7 @@ def collect_inputs(
 
 @dataclass
 class Job:
-    """One planned output: `source` is upscaled into `target` (`video`: through `repsr.video`)."""
+    """One planned output: `source` is upscaled into `target` (`video`: through `repsr.inference.video`)."""
 
     source: Path
     target: Path
@@ -143,7 +143,7 @@ def plan_outputs(
     `output` is an existing file that is not a video target, or an output exists and `overwrite` is
     False (a run never replaces a file it was not told it may replace); `DataError` when nothing is found.
     """
-    from repsr.video import is_video_path
+    from repsr.inference.video import is_video_path
 
     if fmt is not None and fmt not in OUTPUT_FORMATS:
         raise ConfigError(f"format must be one of {', '.join(OUTPUT_FORMATS)}, got {fmt!r}")
@@ -200,7 +200,7 @@ def plan_outputs(
 @dataclass
 class UpscaleReport:
     """Outcome of a batch: what was written and which inputs failed, with the one-line reason.
-    `videos`: the `repsr.video.VideoReport` of each video written."""
+    `videos`: the `repsr.inference.video.VideoReport` of each video written."""
 
     written: list[Path] = field(default_factory=list)
     failed: list[tuple[Path, str]] = field(default_factory=list)
@@ -225,20 +225,20 @@ def upscale_files(
     or, without `overwrite`, existing files are refused before any work). Problems with a single file
     (unreadable, not an image, a damaged video, an output that fails its check) are collected in the
     report instead of raised, and leave no file behind. `video`: encoder options for videos (`codec`,
-    `crf`, `preset`; see `repsr.video.upscale_video`), checked before any work.
+    `crf`, `preset`; see `repsr.inference.video.upscale_video`), checked before any work.
     """
     jobs, missing = plan_outputs(inputs, out_dir, fmt=fmt, overwrite=overwrite)
     report = UpscaleReport(failed=[(path, reason) for path, reason in missing])
     video = dict(video or {})
     if any(job.video for job in jobs):
-        from repsr.video import check_container, check_encoding
+        from repsr.inference.video import check_container, check_encoding
 
         check_encoding(video.get("codec", "libx264"), video.get("crf", 18), video.get("preset"))
         for target in {job.target.suffix.lower(): job.target for job in jobs if job.video}.values():
             check_container(target, video.get("codec", "libx264"))
     images = [job for job in jobs if not job.video]
     for job in (job for job in jobs if job.video):
-        from repsr.video import upscale_video
+        from repsr.inference.video import upscale_video
 
         try:
             result = upscale_video(

@@ -1,65 +1,61 @@
-"""The runnable form of a model for one precision: `repsr.precision` decides, this module builds.
-
-`prepare_for_precision(model, device, precision, backend)` returns a `precision.PreparedNet`: the module
-to call (a backend's form from `backends.prepare_model`, `precision.Bf16PlainSR`, or an ONNX Runtime
-runner), the dtype and layout its input wants, and the one-line reason for the choice.
-"""
+"""Runnable forms a backend builds that are not the network itself: `Bf16PlainSR`, a deployed network in
+bf16 with its input, skip and output in float32 (`FusedTailPlainSR`, the channels-last fp32 form, lives
+with the network in `repsr.arch.network`)."""
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
+import copy
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
-from repsr.errors import ConfigError
-from repsr.inference.backends import prepare_model
-from repsr.network import describe
-from repsr.precision import Precision, PreparedNet, bf16_module, choose_precision, cpu_capabilities
-
-__all__ = ["prepare_for_precision"]
+from repsr.arch.network import ModelDescriptor, PlainSR, reparameterize_model, shuffle_add_skip
 
 
-def prepare_for_precision(
-    model: nn.Module,
-    device: torch.device,
-    precision: str | Precision = Precision.AUTO,
-    backend: str = "channels-last",
-) -> PreparedNet:
-    """`model` (a repsr torch model, or an `OnnxInt8Runner`) ready to run on `device` in `precision`.
+class Bf16PlainSR(nn.Module):
+    """A `PlainSR` whose convs and PReLUs run in bf16 (channels-last); input, skip and output float32.
 
-    The precision is `repsr.precision.choose_precision`'s decision; this builds the form that runs it.
-    fp32/fp16 go through `backends.prepare_model` with `backend`; bf16 runs `Bf16PlainSR`
-    (channels-last, compiled when `backend` is `compile`; float32 in and out); int8 runs an ONNX file
-    in ONNX Runtime (a torch model is quantized first, calibrated on the sample photographs: slow,
-    `repsr export --int8` does it once). An ONNX runner always runs in ONNX Runtime.
+    Takes float32 (N, C, H, W) and returns float32. The residual network sees the input rounded to
+    bf16, but the global nearest-upsampled skip adds the exact float32 input to the float32-converted
+    residual, so bf16 rounding only touches the residual (a small correction on top of the skip) and
+    never the bulk of each pixel value. `float_layers` keeps the first `head` and last `tail` convs
+    (with their PReLUs) in float32 for networks where those dominate the error (see
+    `benchmarks/bench_precision.py --quality`); by default everything but the skip runs in bf16.
     """
-    if describe(model).form == "onnx":  # an OnnxInt8Runner: ONNX Runtime decides the arithmetic
-        requested = Precision.parse(precision)
-        actual = Precision(describe(model).precisions[0])
-        if requested not in (Precision.AUTO, actual):
-            name = getattr(model, "path", "this ONNX file")
-            raise ConfigError(f"{name} is {actual} (ONNX Runtime); it cannot run in {requested}")
-        if device.type != "cpu":
-            raise ConfigError("ONNX files run in ONNX Runtime on the CPU here; use --device cpu")
-        reason = f"{actual}: ONNX file run by ONNX Runtime on {cpu_capabilities().name} (cpu)"
-        return PreparedNet(model, actual, reason, torch.float32, False, "onnxruntime")
-    chosen, reason = choose_precision(model, device, precision)
-    if chosen is Precision.INT8:
-        from repsr.quantize import OnnxInt8Runner, export_int8_onnx  # onnx, onnxruntime: only now
 
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "model-int8.onnx"
-            report = export_int8_onnx(model, path)
-            runner = OnnxInt8Runner(path)
-        reason += f"; quantized now ({report.psnr:.1f} dB from fp32; repsr export --int8 saves this step)"
-        return PreparedNet(runner, chosen, reason, torch.float32, False, "onnxruntime")
-    if chosen is Precision.BF16:
-        module: nn.Module = bf16_module(model, device)
-        if backend == "compile":
-            module = torch.compile(module, dynamic=None)
-        return PreparedNet(module, chosen, reason, torch.float32, True, backend)
-    dtype = torch.float16 if chosen is Precision.FP16 else torch.float32
-    module = prepare_model(model, backend, device, dtype)
-    return PreparedNet(module, chosen, reason, dtype, backend != "eager", backend)
+    def __init__(self, plain: nn.Module, *, float_head: int = 0, float_tail: int = 0) -> None:
+        super().__init__()
+        if not isinstance(plain, PlainSR):
+            raise TypeError(f"expected a PlainSR, got {type(plain).__name__}")
+        self.spec = plain.spec
+        self.scale = plain.spec.scale
+        body = copy.deepcopy(plain.body).eval()
+        convs = [i for i, layer in enumerate(body) if isinstance(layer, nn.Conv2d)]
+        first_bf16 = convs[float_head] if float_head < len(convs) else len(body)
+        last_bf16 = convs[len(convs) - float_tail] if float_tail > 0 else len(body)
+        self.dtypes: list[torch.dtype] = []
+        for index, layer in enumerate(body):
+            dtype = torch.bfloat16 if first_bf16 <= index < last_bf16 else torch.float32
+            layer.to(dtype=dtype)
+            for parameter in layer.parameters():
+                parameter.requires_grad_(False)
+            self.dtypes.append(dtype)
+        self.body = body.to(memory_format=torch.channels_last)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = x.contiguous(memory_format=torch.channels_last)
+        for layer, dtype in zip(self.body, self.dtypes, strict=True):
+            y = layer(y.to(dtype))
+        return shuffle_add_skip(y, x.float(), self.scale, dtype=torch.float32)  # bf16 + fp32 -> fp32
+
+    def descriptor(self) -> ModelDescriptor:
+        return ModelDescriptor.of_spec(self.spec, "bf16", ("bf16",))
+
+
+def bf16_module(model: nn.Module, device: str | torch.device = "cpu", **options: int) -> Bf16PlainSR:
+    """`model` (plain, or training form re-parameterized first) made ready for bf16 inference on
+    `device`; the argument itself is left untouched."""
+    plain = reparameterize_model(model).float()
+    return Bf16PlainSR(plain, **options).to(device).eval()
+
+__all__ = ["Bf16PlainSR", "bf16_module"]

@@ -13,8 +13,8 @@ import math
 import torch
 from torch import nn
 
+from repsr.arch.network import describe
 from repsr.inference import devices
-from repsr.network import describe
 
 MIN_TILE = 16
 MAX_TILE = 2048

@@ -20,16 +20,15 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from repsr.color import rgb_to_ycbcr, ycbcr_to_rgb
-from repsr.errors import ConfigError
-from repsr.inference.backends import prepare_input, prepare_model, resolve_backend
+from repsr.arch.network import RepNet, describe, reparameterize_model
+from repsr.image.color import rgb_to_ycbcr, ycbcr_to_rgb
+from repsr.image.io import to_pixels
+from repsr.image.resize import imresize
+from repsr.inference.backends import decide, prepare_input, prepare_model
 from repsr.inference.devices import resolve_device
-from repsr.inference.forms import prepare_for_precision
 from repsr.inference.tiling import MIN_TILE, auto_tile_size, model_scale, receptive_radius, tile_windows
-from repsr.io import to_pixels
-from repsr.network import RepNet, describe, reparameterize_model
-from repsr.precision import Precision
-from repsr.resize import imresize
+from repsr.util.errors import ConfigError
+from repsr.util.precision import Precision
 
 
 def check_tile(tile: object) -> None:
@@ -83,12 +82,12 @@ class Upscaler:
     `upscaler(lr)` takes (C, H, W) or (N, C, H, W) float in [0, 1] on any device and returns the output
     on the same device, in float32 and not clamped (the tiled result equals the untiled one).
     `tile`: core tile side in LR pixels, `None` for no tiling, `"auto"` to size tiles from free memory.
-    `precision` (see `repsr.precision`): `None` (default) is fp32 for a torch model and the file's own
+    `precision` (see `repsr.inference.precision`): `None` (default) is fp32 for a torch model and the file's own
     precision for an ONNX runner, so results never depend on a timing; `auto` (what `repsr upscale`
     uses) is bf16 where the device has native bf16 units and a short timing of this model finds it
     faster, else fp32; `fp32`; `bf16` (input, global skip and output stay float32); `fp16` (CUDA only; a
     tile whose fp16 output overflows is recomputed in float32); `int8` (ONNX Runtime on the CPU: pass a
-    `repsr.quantize.OnnxInt8Runner` of a file `repsr export --int8` wrote, or a model, quantized on the
+    `repsr.deploy.int8.OnnxRunner` of a file `repsr export --int8` wrote, or a model, quantized on the
     spot). On a CPU, `auto` with `backend="auto"` also times the fused C kernel (`repsr.kernels`) and
     runs it where it is the fastest; `backend="fused"` asks for it. `precision_reason` says in one line
     what ran and why. `half=True` is the deprecated spelling
@@ -115,12 +114,7 @@ class Upscaler:
             precision = "auto" if describe(model).form == "onnx" else "fp32"  # an ONNX file's own
         check_tile(tile)
         model = _inference_form(model)  # a training form runs as its merged plain network
-        from repsr.kernels.select import prepare_fused
-
-        resolve_backend(backend)  # checks the name
-        prepared = prepare_fused(model, self.device, precision, backend) or prepare_for_precision(
-            model, self.device, precision, resolve_backend(backend)
-        )
+        prepared = decide(model, self.device, precision, backend)
         self.precision, self.precision_reason = prepared.precision, prepared.reason
         self.backend = prepared.backend
         self.dtype = prepared.input_dtype  # what tiles are cast to before the network
@@ -226,7 +220,7 @@ def upscale_rgb(upscaler: Upscaler, rgb: Tensor, *, tiled: bool = True) -> Tenso
 
 
 def upscale_image(upscaler: Upscaler, image) -> UpscaledImage:
-    """Upscale a `repsr.io.LoadedImage`; alpha is resized by bicubic and re-attached, kind is kept."""
+    """Upscale a `repsr.image.io.LoadedImage`; alpha is resized by bicubic and re-attached, kind is kept."""
     rgb = upscale_rgb(upscaler, image.rgb).clamp_(0.0, 1.0)
     alpha = None
     if image.alpha is not None:
@@ -245,10 +239,10 @@ def output_bytes(height: int, width: int, channels: int, scale: int, bit_depth: 
 
 
 def upscale_pixels(upscaler: Upscaler, pixels, *, bit_depth: int | None = None) -> np.ndarray:
-    """Upscale decoded integer pixels (`repsr.io.Pixels`, (H, W, C) with C = 1, 2, 3 or 4) into an
+    """Upscale decoded integer pixels (`repsr.image.io.Pixels`, (H, W, C) with C = 1, 2, 3 or 4) into an
     integer array (H*s, W*s, C) of `bit_depth` (default: the source's), tile by tile.
 
-    Same result as `upscale_image` followed by `repsr.io.to_pixels` (colour clamped, gray kept gray,
+    Same result as `upscale_image` followed by `repsr.image.io.to_pixels` (colour clamped, gray kept gray,
     alpha by bicubic, rounded half up), but each tile is rounded and written into the output array as
     it is computed: memory is the input, the integer output and one tile. Raises `MemoryError` when the
     output array cannot be allocated.

@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from repsr.errors import RepsrError
+from repsr.util.errors import RepsrError
+from repsr.util.hardware import cpu_flags
 
 SOURCE = Path(__file__).with_name("fused.c")
 
@@ -60,21 +61,6 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("avx2", (("avx2",), ("fma", "fma3")), ("-mavx2", "-mfma"), ("fp32",)),
 )
 CFLAGS = ("-O3", "-shared", "-fPIC", "-pthread", "-std=gnu11")
-
-
-def cpu_flags() -> set[str]:
-    """This CPU's feature flags: torch's detection and /proc/cpuinfo together (either may be absent)."""
-    flags: set[str] = set()
-    try:
-        import torch
-
-        flags |= {key for key, value in torch.cpu.get_capabilities().items() if value is True}
-    except Exception:  # detection must never fail a run
-        pass
-    from repsr.precision import _proc_cpuinfo
-
-    flags |= _proc_cpuinfo()[0]
-    return flags
 
 
 def runnable_variants(flags: set[str] | None = None) -> list[Variant]:

@@ -8,7 +8,7 @@ int8: the same roundings).
 
 int8: weights symmetric per output channel (max |w| -> 127), activations unsigned 8-bit with a zero point
 per layer, their ranges calibrated (min/max) on the photographs `repsr export --int8` calibrates on
-(`repsr.quantize`); the input image is quantized to 8 bits (exact for 8-bit sources) for the residual
+(`repsr.deploy.int8`); the input image is quantized to 8 bits (exact for 8-bit sources) for the residual
 network only: the nearest skip adds the float32 input, and bias, PReLU and the output stay float32.
 """
 
@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from repsr.data.samples import calibration_crops
 from repsr.kernels.build import KernelUnavailable, load
 
 PRECISIONS = ("fp32", "bf16", "int8")
@@ -89,21 +90,6 @@ def activation_ranges(
     return ranges
 
 
-def calibration_crops(in_channels: int, seed: int = 0) -> list[Tensor]:
-    """LR crops of the photographs `repsr export --int8` calibrates on (`repsr.quantize`'s defaults)."""
-    from repsr.quantize import (
-        CALIBRATION_CROP,
-        CALIBRATION_CROPS_PER_IMAGE,
-        _photo_crops,
-        calibration_images,
-    )
-
-    crops = _photo_crops(
-        calibration_images(None), in_channels, CALIBRATION_CROP, CALIBRATION_CROPS_PER_IMAGE, seed
-    )
-    return [torch.from_numpy(crop) for crop in crops]
-
-
 _CALIBRATIONS: dict[tuple[str, str], np.ndarray] = {}
 
 
@@ -141,7 +127,7 @@ def pack_layers(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(dims int32, weights, per-layer float32 scalars) in the layout `repsr_fused_run` reads (fused.c);
     int8 needs `quant` (`_quant_params`)."""
-    from repsr.network import PlainSR
+    from repsr.arch.network import PlainSR
 
     if not isinstance(plain, PlainSR):
         raise TypeError(f"expected a PlainSR, got {type(plain).__name__}")
@@ -240,7 +226,7 @@ class FusedPlainSR(nn.Module):
 
     def pixels(self, x: Tensor) -> Tensor:
         """The network on `x` (N, C, H, W) as 8-bit pixels (N, H*s, W*s, C), uint8: what
-        `repsr.video.to_pixels(self(x), 8)` gives (x 255, clamped, rounded half to even), written by the
+        `repsr.inference.video.to_pixels(self(x), 8)` gives (x 255, clamped, rounded half to even), written by the
         kernel's last layer itself, so no float output is ever stored (the video path's frames)."""
         n, c, h, w = self._check(x).shape
         s = self.spec.scale
@@ -282,7 +268,7 @@ class FusedPlainSR(nn.Module):
 def fused_module(model: nn.Module, device: torch.device, dtype: torch.dtype) -> FusedPlainSR:
     """`model` (plain, or a training form re-parameterized first) in the fused kernel: fp32 for float32,
     bf16 for bfloat16, on the CPU; `KernelUnavailable` otherwise (what `prepare_model("fused")` calls)."""
-    from repsr.network import reparameterize_model
+    from repsr.arch.network import reparameterize_model
 
     if torch.device(device).type != "cpu":
         raise KernelUnavailable("the fused kernel runs on the CPU only")

@@ -16,13 +16,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from repsr.atomic import atomic_write
-from repsr.equivalence import verify_equivalence
-from repsr.errors import EquivalenceError, TrainingError
-from repsr.network import PlainSR, RepNet, reparameterize_model
-from repsr.phase import set_merged_training
-from repsr.serialization import load_model, save_model
+from repsr.arch.equivalence import verify_equivalence
+from repsr.arch.network import PlainSR, RepNet, reparameterize_model
+from repsr.arch.phase import set_merged_training
+from repsr.models.files import load_model, save_model
 from repsr.training.checkpoint import CHECKPOINT_FORMAT, NonFiniteState, non_finite
+from repsr.util.atomic import atomic_write
+from repsr.util.errors import EquivalenceError, TrainingError
 
 __all__ = ["BEST_MODEL", "DEPLOYED_MODEL", "FINAL_CHECKPOINT", "Delivered", "TrainingError", "deliver"]
 
@@ -65,7 +65,7 @@ def checkpoint_state(
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "ema": ema.state_dict() if ema is not None else None,
         "iteration": iteration,
-        "phase": str(phase),  # a `repsr.phase.Phase` value
+        "phase": str(phase),  # a `repsr.arch.phase.Phase` value
         "rng": rng,
         "config": config,
         "history": history,

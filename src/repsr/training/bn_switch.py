@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from repsr.blocks import RepBN
-from repsr.phase import Phase, set_phase
+from repsr.arch.blocks import RepBN
+from repsr.arch.phase import Phase, set_phase
 from repsr.training.distributed import Distributed, combine_moments
 
 

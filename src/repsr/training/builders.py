@@ -1,6 +1,6 @@
 """What a training config builds: the network, the training patches and fine-tuning's starting weights.
 
-The model layer (`repsr.network`, `repsr.data`) knows nothing of `TrainConfig`; this module reads the
+The model layer (`repsr.arch.network`, `repsr.data.datasets`) knows nothing of `TrainConfig`; this module reads the
 config and calls their plain constructors.
 """
 
@@ -14,17 +14,18 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from repsr.blocks import BLOCKS
-from repsr.data import EvalPair, TrainPatches, sample_images
-from repsr.errors import ConfigError
-from repsr.network import ModelSpec, RepNet, build_model
-from repsr.pretrained import resolve_model
-from repsr.serialization import load_model
+from repsr.arch.blocks import BLOCKS
+from repsr.arch.network import ModelSpec, RepNet, build_model
+from repsr.data.datasets import EvalPair, TrainPatches
+from repsr.data.samples import sample_images
+from repsr.models.files import load_model
+from repsr.models.pretrained import resolve_model
 from repsr.training.config import TrainConfig
 from repsr.training.losses import LOSSES
 from repsr.training.optim import OPTIMIZERS
 from repsr.training.schedule import config_has_bn, lr_factor
 from repsr.training.validation import build_eval_sets
+from repsr.util.errors import ConfigError
 
 __all__ = [
     "build_loss",

@@ -22,8 +22,8 @@ from typing import Any
 
 import torch
 
-from repsr.errors import TrainingError, first_line
-from repsr.serialization import atomic_write
+from repsr.models.files import atomic_write
+from repsr.util.errors import TrainingError, first_line
 
 CHECKPOINT_FORMAT = "repsr-train-checkpoint-1"
 REQUIRED_KEYS = ("format", "spec", "model", "optimizer", "scheduler", "iteration", "phase", "config")
@@ -102,7 +102,7 @@ def non_finite(state: Any, prefix: str = "") -> str | None:
     return None
 
 
-# The run's own atomic writers leave `.NAME.XXXX.tmp` when killed mid-write (see `repsr.atomic`).
+# The run's own atomic writers leave `.NAME.XXXX.tmp` when killed mid-write (see `repsr.util.atomic`).
 RUN_FILES = ("best.safetensors", "model.safetensors", "final.pt", "config.yaml", "metrics.csv")
 
 

@@ -10,7 +10,7 @@ Adam lr 5e-4 with betas (0.9, 0.99), batch 32, HR patch 128 at x2, i.e. LR patch
 as in BasicSR's later recipes; configs/README.md gives the source of each choice.
 
 `bn.mode` is held parsed, as a `BNSchedule`; `model.*` block options are checked by the block's own
-`Options` (`repsr.blocks`), so a new block's options need no change here. Losses and optimizers are the
+`Options` (`repsr.arch.blocks`), so a new block's options need no change here. Losses and optimizers are the
 names of `training.losses.LOSSES` and `training.optim.OPTIMIZERS`.
 """
 
@@ -26,12 +26,12 @@ from typing import Any
 
 import yaml
 
-from repsr.blocks import BLOCKS
-from repsr.degradations import Degradation
-from repsr.errors import ConfigError, first_line
-from repsr.network import IN_CHANNELS, SCALES
+from repsr.arch.blocks import BLOCKS
+from repsr.arch.network import IN_CHANNELS, SCALES
+from repsr.data.degradations import Degradation
 from repsr.training.losses import LOSSES
 from repsr.training.optim import OPTIMIZERS
+from repsr.util.errors import ConfigError, first_line
 
 
 class BNSchedule(str, Enum):

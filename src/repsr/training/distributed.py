@@ -21,8 +21,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from repsr.blocks import RepBN
-from repsr.errors import ConfigError
+from repsr.arch.blocks import RepBN
+from repsr.util.errors import ConfigError
 
 
 @dataclass

@@ -18,7 +18,7 @@ import socket
 import time
 from pathlib import Path
 
-from repsr.errors import ConfigError
+from repsr.util.errors import ConfigError
 
 LOCK_NAME = ".lock"
 

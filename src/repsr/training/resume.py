@@ -10,11 +10,11 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from repsr.errors import ConfigError
-from repsr.network import ModelSpec
+from repsr.arch.network import ModelSpec
 from repsr.training import checkpoint as ckpt
 from repsr.training.config import TrainConfig
 from repsr.training.distributed import Distributed
+from repsr.util.errors import ConfigError
 
 __all__ = ["changed_keys", "find_resume_state", "refuse_fresh_start"]
 

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 
 from torch import nn
 
-from repsr.blocks import BLOCKS
-from repsr.phase import Phase, set_phase
+from repsr.arch.blocks import BLOCKS
+from repsr.arch.phase import Phase, set_phase
 from repsr.training.distributed import disable_sync_bn, enable_sync_bn
 
 if TYPE_CHECKING:

@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-from repsr.network import RepNet
-from repsr.phase import Phase
+from repsr.arch.network import RepNet
+from repsr.arch.phase import Phase
 from repsr.training import checkpoint as ckpt
 from repsr.training.artifacts import checkpoint_state
 from repsr.training.builders import build_network, build_optimizer, build_scheduler

@@ -13,8 +13,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from repsr.blocks import RepBlock
-from repsr.phase import Phase
+from repsr.arch.blocks import RepBlock
+from repsr.arch.phase import Phase
 from repsr.training.bn_switch import SwitchReport, switch_to_population_statistics
 from repsr.training.builders import build_loss
 from repsr.training.config import TrainConfig

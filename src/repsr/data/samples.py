@@ -1,0 +1,152 @@
+"""The photographs repsr ships or finds: scikit-image's sample photographs (the quickstart's training
+and validation split, verification crops of every export, int8 calibration), standard benchmark folders,
+and seeded random crops of photographs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from repsr.util.errors import DataError, RepsrError
+
+CALIBRATION_CROP = 96  # side of the LR crops int8 calibrates on (ONNX and the fused kernel)
+CALIBRATION_CROPS_PER_IMAGE = 4
+VERIFY_SIZE = (128, 128)  # (height, width) of the photograph crop exports are checked on
+
+# scikit-image's shipped colour photographs. Validation: two different kinds of content (fur, outdoor scene).
+SAMPLE_TRAIN: tuple[str, ...] = (
+    "astronaut.png",
+    "coffee.png",
+    "motorcycle_left.png",
+    "motorcycle_right.png",
+    "hubble_deep_field.jpg",
+    "ihc.png",
+    "retina.jpg",
+)
+SAMPLE_VAL: tuple[str, ...] = ("chelsea.png", "rocket.jpg")
+
+# Folder names (and common aliases) looked for by standard_sets().
+STANDARD_SETS: dict[str, tuple[str, ...]] = {
+    "Set5": ("Set5",),
+    "Set14": ("Set14",),
+    "B100": ("B100", "BSD100", "BSDS100"),
+    "Urban100": ("Urban100",),
+    "Manga109": ("Manga109",),
+    "DIV2K_valid": ("DIV2K_valid", "DIV2K_valid_HR", "DIV2K"),
+}
+
+
+
+def sample_images() -> dict[str, list[Path]]:
+    """Paths of scikit-image's shipped photographs: ``{"train": [...], "val": [...]}`` (fixed split).
+
+    Real colour photographs only (astronaut, coffee, motorcycles, Hubble, IHC, retina / chelsea, rocket);
+    nothing is downloaded. Raises DataError when scikit-image or its data files are missing.
+    """
+    try:
+        import skimage.data
+    except ImportError as exc:
+        raise DataError("sample images: scikit-image is not installed (pip install scikit-image)") from exc
+    folder = Path(skimage.data.__file__).parent
+    split = {
+        "train": [folder / n for n in SAMPLE_TRAIN if (folder / n).is_file()],
+        "val": [folder / n for n in SAMPLE_VAL if (folder / n).is_file()],
+    }
+    if not split["train"] or not split["val"]:
+        raise DataError(f"{folder}: scikit-image's sample photographs are missing from this installation")
+    return split
+
+
+def standard_sets(root: str | Path) -> dict[str, Path]:
+    """Standard benchmark folders found directly under ``root`` (e.g. ``root/Set5``), by canonical name."""
+    root = Path(root)
+    found: dict[str, Path] = {}
+    for name, aliases in STANDARD_SETS.items():
+        for alias in aliases:
+            if (root / alias).is_dir():
+                found[name] = root / alias
+                break
+    return found
+
+
+def sample_photo(index: int = 0) -> Tensor:
+    """The `index`-th built-in validation photograph (then training ones) as (3, H, W) in [0, 1]."""
+    from repsr.image.io import read_image
+
+    images = sample_images()
+    pool = [*images["val"], *images["train"]]
+    return read_image(pool[index % len(pool)]).rgb
+
+
+def photo_crops(
+    paths: list[Path], in_channels: int, side: int, per_image: int, seed: int
+) -> list[np.ndarray]:
+    """Random (1, C, side, side) float32 crops of photographs (a Y-channel model gets Y)."""
+    from repsr.image.io import read_image
+
+    generator = torch.Generator().manual_seed(seed)
+    crops = []
+    for path in paths:
+        try:
+            rgb = read_image(path).rgb
+        except RepsrError:
+            continue
+        if in_channels == 1:
+            from repsr.image.color import rgb_to_y
+
+            rgb = rgb_to_y(rgb)
+        height, width = rgb.shape[-2:]
+        size = min(side, height, width)
+        for _ in range(per_image):
+            top = int(torch.randint(0, height - size + 1, (1,), generator=generator))
+            left = int(torch.randint(0, width - size + 1, (1,), generator=generator))
+            crops.append(rgb[None, :, top : top + size, left : left + size].contiguous().numpy())
+    return crops
+
+
+def calibration_images(calibration: str | Path | None) -> list[Path]:
+    """The photographs to calibrate on: a folder's images, or the built-in training sample photographs."""
+    if calibration is None:
+
+        return list(sample_images()["train"])
+    from repsr.image.io import list_images
+
+    folder = Path(calibration)
+    if not folder.exists():
+        raise DataError(f"{folder}: calibration folder does not exist")
+    images = list_images(folder, recursive=True)
+    if not images:
+        raise DataError(f"{folder}: no images to calibrate on")
+    return images
+
+
+def verification_image(
+    in_channels: int, size: tuple[int, int] = VERIFY_SIZE, *, batch: int = 1, index: int = 0
+) -> Tensor:
+    """(batch, in_channels, H, W) centre crop(s) of sample photographs; Y channel for a 1-channel model."""
+    crops = []
+    for offset in range(batch):
+        photo = sample_photo(index + offset)
+        height, width = size
+        if photo.shape[-2] < height or photo.shape[-1] < width:
+            from repsr.image.resize import imresize
+
+            factor = max(height / photo.shape[-2], width / photo.shape[-1])
+            photo = imresize(photo, factor).clamp(0, 1)
+        top, left = (photo.shape[-2] - height) // 2, (photo.shape[-1] - width) // 2
+        crops.append(photo[:, top : top + height, left : left + width])
+    rgb = torch.stack(crops)
+    if in_channels == 1:
+        from repsr.image.color import rgb_to_y
+
+        return rgb_to_y(rgb).contiguous()
+    return rgb.contiguous()
+
+
+def calibration_crops(in_channels: int, seed: int = 0, folder: str | Path | None = None) -> list[Tensor]:
+    """Seeded LR crops (1, C, side, side) of the photographs int8 calibrates on (`calibration_images`)."""
+    crops = photo_crops(calibration_images(folder), in_channels, CALIBRATION_CROP, CALIBRATION_CROPS_PER_IMAGE, seed)
+    return [torch.from_numpy(crop) for crop in crops]
