@@ -17,8 +17,9 @@ import repsr.image.io as rio
 from repsr.data.datasets import EvalSet, TrainPatches, default_cache_dir, make_lr, modcrop
 from repsr.data.samples import sample_images, standard_sets
 from repsr.image.color import rgb_to_y
-from repsr.image.io import quantize, read_image, write_image
+from repsr.image.io import read_image, write_image
 from repsr.image.metrics import psnr
+from repsr.image.pixels import quantize
 from repsr.image.resize import imresize
 from repsr.util.errors import DataError, ImageError
 

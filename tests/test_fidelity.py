@@ -12,19 +12,16 @@ import pytest
 import torch
 from PIL import Image
 
-from repsr import build_model, reparameterize_model, save_model
+from repsr import build_model, save_model
 from repsr.cli import main
 from repsr.image.io import read_pixels, write_pixels
-from repsr.inference import Upscaler, plan_outputs, upscale_files
+from repsr.inference import plan_outputs, upscale_files
 from repsr.util.errors import ConfigError, ImageError
-from tests.helpers import randomize
+from tests.helpers.files import noise, save, tiny_plain, upscaler
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def tiny_plain(scale: int = 2):
-    model = build_model("repsr", scale=scale, num_blocks=1, channels=4)
-    return reparameterize_model(randomize(model, seed=1).eval())
 
 
 @pytest.fixture
@@ -34,18 +31,10 @@ def model_file(tmp_path) -> str:
     return str(path)
 
 
-def upscaler(scale: int = 2) -> Upscaler:
-    return Upscaler(tiny_plain(scale), device="cpu", tile=None)
 
 
-def noise(h: int, w: int, c: int = 3, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (h, w, c), dtype=np.uint8)
 
 
-def save(path: Path, array: np.ndarray, **options) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path, **options)
-    return path
 
 
 # ----------------------------------------------------------------------------- 1, 2, 10, 19: planning
@@ -281,7 +270,7 @@ def test_upscale_leaves_no_file_it_did_not_report(tmp_path, model_file, capsys):
 
 def test_case7_second_training_on_the_same_folder_is_refused_before_writing(tmp_path):
     from repsr.training.lock import RunLock
-    from tests.test_train import make_trainer, tiny_config
+    from tests.helpers.train import make_trainer, tiny_config
 
     holder = RunLock(tmp_path / "run")
     assert holder.acquire() is None
@@ -453,7 +442,7 @@ def test_resume_with_a_changed_learning_rate_keeps_the_checkpoint_schedule_and_s
     import dataclasses
     import logging
 
-    from tests.test_train import make_trainer, tiny_config
+    from tests.helpers.train import make_trainer, tiny_config
 
     trainer = make_trainer(tmp_path, tiny_config())
     trainer.run(until=4)

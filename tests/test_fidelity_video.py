@@ -10,7 +10,7 @@ import pytest
 
 from repsr import save_model
 from repsr.cli import main
-from tests.test_fidelity import noise, save, tiny_plain, upscaler
+from tests.helpers.files import noise, save, tiny_plain, upscaler
 
 av = pytest.importorskip("av", reason="video tests need PyAV: pip install 'repsr[video]'")
 
@@ -29,7 +29,7 @@ def model_file(tmp_path) -> str:
 
 
 def clip(path: Path, frames: int = 4, **options) -> Path:
-    from tests.test_video import make_clip
+    from tests.helpers.video import make_clip
 
     options.setdefault("audio", None)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -134,7 +134,7 @@ def test_fuzzed_model_files_fail_only_with_repsr_errors(tmp_path):
 def test_fuzzed_videos_fail_only_with_repsr_errors(tmp_path):
     pytest.importorskip("av", reason="video fuzzing needs PyAV")
     from repsr.inference.video import upscale_video
-    from tests.test_video import make_clip
+    from tests.helpers.video import make_clip
 
     make_clip(tmp_path / "a.mp4", frames=3, size=(16, 16))
     make_clip(tmp_path / "b.mkv", frames=3, size=(16, 16), codec="ffv1", pix_fmt="bgr0", audio=None)

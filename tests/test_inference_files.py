@@ -135,7 +135,10 @@ def test_file_pipeline_equals_the_float_pipeline(tmp_path):
     report = upscale_files(upscaler, [tmp_path / "x.png"], tmp_path / "out", progress=False)
     result = upscale_image(upscaler, read_image(tmp_path / "x.png"))
     expected = to_pixels(result.rgb, result.alpha, 8, result.gray)
-    assert np.array_equal(read_pixels(report.written[0]).array, expected)
+    # the two paths cut other windows (margins of 4 vs the receptive radius), so oneDNN may sum in another
+    # order: float32 outputs agree to ACROSS_PATHS, and a value that close to a rounding boundary moves 1 level
+    difference = np.abs(read_pixels(report.written[0]).array.astype(int) - expected)
+    assert difference.max() <= 1 and (difference > 0).mean() < 1e-3
 
 
 def test_sixteen_bit_png_streams_in_bands_and_reads_back(tmp_path, monkeypatch):

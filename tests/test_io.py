@@ -12,7 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from repsr.image.io import IMAGE_SUFFIXES, list_images, quantize, read_image, read_pixels, write_image
+from repsr.image.io import IMAGE_SUFFIXES, list_images, read_image, read_pixels, write_image
+from repsr.image.pixels import quantize
 from repsr.util.errors import DataError, ImageError, RepsrError
 
 SKIMAGE_DATA = Path(__import__("skimage.data").data.__file__).parent

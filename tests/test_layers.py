@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.test_imports import import_graph
+from tests.helpers.graph import import_graph
 
 SRC = Path(__file__).resolve().parent.parent / "src"
 

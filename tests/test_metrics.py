@@ -11,8 +11,9 @@ import torch
 from numpy.lib.stride_tricks import sliding_window_view
 
 from repsr.image.color import rgb_to_y, rgb_to_ycbcr, ycbcr_to_rgb
-from repsr.image.io import quantize, read_image
+from repsr.image.io import read_image
 from repsr.image.metrics import gaussian_window, psnr, ssim, to_uint8_levels
+from repsr.image.pixels import quantize, to_integers
 from repsr.image.resize import imresize
 
 SKIMAGE_DATA = Path(__import__("skimage.data").data.__file__).parent
@@ -30,7 +31,7 @@ def _bicubic(hr: torch.Tensor, scale: int) -> torch.Tensor:
 
 
 def _as_uint8_hwc(img: torch.Tensor) -> np.ndarray:
-    return np.floor(img.double().clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8).transpose(1, 2, 0)
+    return to_integers(img.permute(1, 2, 0))  # the one pixel rule (tests/test_pixels.py)
 
 
 def _reference_psnr_y(sr: np.ndarray, hr: np.ndarray, border: int) -> float:

@@ -9,8 +9,9 @@ import repsr
 from repsr.arch.network import PlainSR, RepNet
 from repsr.cli import main
 from repsr.data.samples import sample_images
-from repsr.image.io import quantize, read_image, write_image
+from repsr.image.io import read_image, write_image
 from repsr.image.metrics import psnr
+from repsr.image.pixels import quantize
 from repsr.models.pretrained import DEFAULT_MODEL, PRETRAINED, resolve_model, shipped
 from repsr.quality.degraded import CONDITIONS, degrade_lr
 from repsr.util.errors import ConfigError, ModelFileError
@@ -91,7 +92,7 @@ def test_models_command_lists_scores(capsys) -> None:
 
 
 def test_init_starts_training_from_the_shipped_training_form(tmp_path) -> None:
-    from tests.test_train import SyntheticPatches, make_trainer, tiny_config
+    from tests.helpers.train import SyntheticPatches, make_trainer, tiny_config
 
     config = tiny_config(
         **{"model.scale": 4, "model.num_blocks": 4, "model.channels": 16, "train.init": DEFAULT_MODEL}
@@ -106,7 +107,7 @@ def test_init_starts_training_from_the_shipped_training_form(tmp_path) -> None:
 
 
 def test_init_refuses_another_spec_or_a_deployed_network(tmp_path) -> None:
-    from tests.test_train import make_trainer, tiny_config
+    from tests.helpers.train import make_trainer, tiny_config
 
     with pytest.raises(ConfigError, match="train.init .*config describes"):
         make_trainer(tmp_path, tiny_config(**{"model.scale": 4, "train.init": DEFAULT_MODEL}))

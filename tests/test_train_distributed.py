@@ -17,8 +17,7 @@ from repsr.arch.blocks import RepBN
 from repsr.training import Trainer, TrainingInterrupted, train
 from repsr.training.config import TrainConfig
 from repsr.training.distributed import Distributed, SyncRepBN, combine_moments, enable_sync_bn
-
-from .test_train import SyntheticPatches, synthetic_val, tiny_config
+from tests.helpers.train import SyntheticPatches, synthetic_val, tiny_config
 
 WORLD = 2
 

@@ -12,8 +12,7 @@ from repsr.training.config import BNSchedule, TrainConfig
 from repsr.training.losses import LOSSES, CharbonnierLoss
 from repsr.training.optim import OPTIMIZERS
 from repsr.util.errors import ConfigError
-
-from .test_train import make_trainer, tiny_config
+from tests.helpers.train import make_trainer, tiny_config
 
 
 def _pair(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

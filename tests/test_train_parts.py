@@ -13,8 +13,7 @@ from repsr.training.builders import build_network
 from repsr.training.distributed import Distributed
 from repsr.training.loop import LossMeter, run_steps
 from repsr.training.schedule import PhaseSchedule, lr_factor
-
-from .test_train import make_trainer, tiny_config
+from tests.helpers.train import make_trainer, tiny_config
 
 
 def test_schedule_switch_iteration_and_phases():

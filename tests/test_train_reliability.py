@@ -22,7 +22,7 @@ from repsr.image.io import write_image
 from repsr.training import Trainer, TrainingError
 from repsr.training import checkpoint as ckpt
 from repsr.util.errors import ConfigError, DataError, RepsrError
-from tests.test_train import SyntheticPatches, make_trainer, tiny_config
+from tests.helpers.train import SyntheticPatches, make_trainer, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

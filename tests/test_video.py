@@ -10,15 +10,15 @@ import pytest
 import torch
 
 from repsr import build_model, reparameterize_model, save_model
+from repsr.image.pixels import to_integers
 from repsr.inference import Upscaler
 from repsr.inference.video import VideoError, is_video_path, require_av, upscale_video, video_jobs
 from repsr.util.errors import ConfigError, DependencyError
 from tests.helpers import randomize
+from tests.helpers.video import RATE, SAMPLE_RATE, audio_payloads, decoded_frames, make_clip
 
 av = pytest.importorskip("av", reason="video tests need PyAV: pip install 'repsr[video]'")
 
-RATE = 12
-SAMPLE_RATE = 16000
 
 
 @pytest.fixture(autouse=True)
@@ -37,69 +37,18 @@ def tiny_upscaler(scale: int = 2, in_channels: int = 3, tile: int | None = None)
     return Upscaler(plain, device="cpu", tile=tile)
 
 
-def frame_pixels(index: int, width: int, height: int, depth: int = 8) -> np.ndarray:
-    """A moving gradient with texture: neighbouring frames differ, every channel varies."""
-    yy, xx = np.mgrid[0:height, 0:width]
-    rgb = np.stack([(xx * 10 + index * 20) % 256, (yy * 12) % 256, ((xx + yy) * 7 + index * 5) % 256], -1)
-    if depth == 8:
-        return rgb.astype(np.uint8)
-    return (rgb * 257 + (xx * 3)[..., None]).astype(np.uint16)
 
 
-def make_clip(
-    path,
-    *,
-    frames: int = 5,
-    size: tuple[int, int] = (24, 16),
-    codec: str = "libx264",
-    pix_fmt: str = "yuv420p",
-    audio: str | None = "aac",
-    depth: int = 8,
-) -> None:
-    """Write `frames` frames at RATE fps and (optionally) a 440 Hz sine tone as long as the video."""
-    width, height = size
-    container = av.open(str(path), "w")
-    video = container.add_stream(codec, rate=RATE)
-    video.width, video.height, video.pix_fmt = width, height, pix_fmt
-    sound = None
-    if audio is not None:
-        sound = container.add_stream(audio, rate=SAMPLE_RATE)
-        sound.layout = "mono"
-    for index in range(frames):
-        pixels = frame_pixels(index, width, height, depth)
-        frame = av.VideoFrame.from_ndarray(pixels, format="rgb24" if depth == 8 else "rgb48le")
-        frame.pts = index
-        container.mux(video.encode(frame))
-    container.mux(video.encode(None))
-    if sound is not None:
-        t = np.arange(SAMPLE_RATE * frames // RATE) / SAMPLE_RATE
-        tone = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None]
-        chunk = av.AudioFrame.from_ndarray(tone, format="flt", layout="mono")
-        chunk.sample_rate, chunk.pts = SAMPLE_RATE, 0
-        container.mux(sound.encode(chunk))
-        container.mux(sound.encode(None))
-    container.close()
 
 
-def decoded_frames(path, fmt: str = "rgb24") -> tuple[list[np.ndarray], list[float]]:
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        frames = [(f.to_ndarray(format=fmt), float(f.pts * f.time_base)) for f in container.decode(stream)]
-    return [f for f, _ in frames], [t for _, t in frames]
 
 
-def audio_payloads(path) -> list[bytes]:
-    with av.open(str(path)) as container:
-        if not container.streams.audio:
-            return []
-        return [bytes(p) for p in container.demux(container.streams.audio[0]) if p.dts is not None]
 
 
 def expected_frame(upscaler: Upscaler, pixels: np.ndarray, peak: float) -> np.ndarray:
     """The frame upscaled as an image through the same Upscaler, quantized like an image file."""
     x = torch.from_numpy(pixels.astype(np.float32) / peak).permute(2, 0, 1)
-    out = upscaler(x).clamp(0, 1).mul(peak).round().permute(1, 2, 0).numpy()
-    return out.astype(np.uint8 if peak == 255 else np.uint16)
+    return to_integers(upscaler(x).permute(1, 2, 0), 8 if peak == 255 else 16)
 
 
 def luma_error(a: np.ndarray, b: np.ndarray) -> float:

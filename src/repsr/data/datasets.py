@@ -31,6 +31,7 @@ import torch
 from repsr.data.degradations import Degradation, degrade
 from repsr.image import io as rio
 from repsr.image.color import rgb_to_y
+from repsr.image.pixels import quantize, round_levels
 from repsr.image.resize import imresize
 from repsr.util.atomic import atomic_write_stream
 from repsr.util.errors import DataError, ImageError, RepsrError
@@ -79,7 +80,7 @@ def make_lr(hr: np.ndarray, scale: int) -> np.ndarray:
     top = float(np.iinfo(hr.dtype).max)
     x = torch.from_numpy(np.array(modcrop(hr, scale), dtype=np.float64)).permute(2, 0, 1)
     small = imresize(x, 1.0 / scale)
-    small = torch.floor(small.clamp(0.0, top) + 0.5)
+    small = round_levels(small, top)
     return small.permute(1, 2, 0).numpy().astype(hr.dtype)
 
 
@@ -490,7 +491,7 @@ class EvalSet:
         if self.lr_files is None:
             if hr.shape[-1] == 0 or hr.shape[-2] == 0:
                 raise TooSmallError(f"{source}: smaller than the scale x{s}")
-            lr = rio.quantize(imresize(hr.double(), 1.0 / s), loaded.bit_depth).float()
+            lr = quantize(imresize(hr.double(), 1.0 / s), loaded.bit_depth).float()
         else:
             lr = rio.read_image(self.lr_files[i]).rgb
             lh, lw = lr.shape[-2:]

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from PIL import Image
 from scipy import signal, special
 
+from repsr.image.pixels import to_integers
 from repsr.util.errors import ConfigError
 
 __all__ = [
@@ -335,7 +336,7 @@ def add_poisson_noise(img: np.ndarray, scale: float, rng: np.random.Generator, *
 
 def jpeg(img: np.ndarray, quality: int) -> np.ndarray:
     """Round to 8-bit, encode as JPEG at `quality` (Pillow, 4:2:0 chroma as most encoders) and decode."""
-    pixels = np.clip(np.floor(img * 255.0 + 0.5), 0, 255).astype(np.uint8)
+    pixels = to_integers(img, 8)
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="JPEG", quality=int(quality))
     buffer.seek(0)
@@ -445,4 +446,4 @@ def degrade(hr: np.ndarray, scale: int, recipe: Degradation, rng: np.random.Gene
         img = to_target(img)
         if use_jpeg:
             img = jpeg(img.clip(0.0, 1.0), quality)
-    return np.clip(np.floor(img * 255.0 + 0.5), 0, 255).astype(np.uint8)
+    return to_integers(img, 8)

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from repsr.image.pixels import levels_of, to_integers
 from repsr.util.atomic import atomic_write
 from repsr.util.errors import DataError, ImageError, WriteError, describe_os_error, first_line
 
@@ -30,7 +31,6 @@ __all__ = [
     "Pixels",
     "check_output_size",
     "list_images",
-    "quantize",
     "read_image",
     "read_pixels",
     "to_pixels",
@@ -139,7 +139,7 @@ def _float_to_uint16(arr: np.ndarray, path: Path) -> np.ndarray:
             f"{path}: float image with values {low:g}..{high:g}; repsr reads float images as 0..1 and "
             f"would clip the rest{hint}; convert it to 8/16-bit or rescale to 0..1 first"
         )
-    return np.floor(np.clip(arr, 0.0, 1.0) * 65535 + 0.5).astype(np.uint16)
+    return to_integers(arr, 16)
 
 
 def _read_float_tiff(path: Path) -> np.ndarray:
@@ -337,23 +337,18 @@ def read_image(path: str | Path) -> LoadedImage:
 # ----------------------------------------------------------------------------------------------- writing
 
 
-def quantize(img: torch.Tensor, bit_depth: int = 8) -> torch.Tensor:
-    """Round a float image in [0, 1] to the nearest of 2**bit_depth levels (half up, like MATLAB's
-    ``im2uint8``), clamped, still as float in [0, 1]: what saving and reloading it would give."""
-    levels = float(2**bit_depth - 1)
-    return torch.floor(img.clamp(0.0, 1.0) * levels + 0.5) / levels
-
-
 def to_pixels(
     rgb: torch.Tensor | np.ndarray,
     alpha: torch.Tensor | np.ndarray | None = None,
     bit_depth: int = 8,
     gray: bool = False,
 ) -> np.ndarray:
-    """Float (C, H, W) in [0, 1] (+ alpha (1, H, W)) -> integer (H, W, C) array, rounded half up, clamped."""
-    if bit_depth not in (8, 16):
-        raise ValueError(f"bit_depth must be 8 or 16, got {bit_depth}")
-    color = torch.as_tensor(rgb).detach().to("cpu", torch.float64)
+    """Float (C, H, W) in [0, 1] (+ alpha (1, H, W)) -> integer (H, W, C) array by the one pixel rule
+    (`repsr.image.pixels`: clamped, rounded half up, in the input's float type)."""
+    levels_of(bit_depth)  # checks the depth
+    color = torch.as_tensor(rgb).detach().cpu()
+    if color.dtype not in (torch.float32, torch.float64):
+        color = color.float()
     if color.ndim == 4 and color.shape[0] == 1:
         color = color[0]
     if color.ndim == 2:
@@ -364,14 +359,11 @@ def to_pixels(
         color = (_LUMA[0] * color[0] + _LUMA[1] * color[1] + _LUMA[2] * color[2])[None]
     planes = [color]
     if alpha is not None:
-        a = torch.as_tensor(alpha).detach().to("cpu", torch.float64).reshape(-1, *color.shape[-2:])
+        a = torch.as_tensor(alpha).detach().to("cpu", color.dtype).reshape(-1, *color.shape[-2:])
         if a.shape[0] != 1:
             raise ValueError(f"alpha must be (1, H, W) matching the image, got shape {tuple(a.shape)}")
         planes.append(a)
-    chw = torch.cat(planes, dim=0)
-    levels = 2**bit_depth - 1
-    ints = torch.floor(chw.nan_to_num(0.0).clamp(0.0, 1.0) * levels + 0.5)
-    return ints.permute(1, 2, 0).numpy().astype(np.uint8 if bit_depth == 8 else np.uint16)
+    return to_integers(torch.cat(planes, dim=0).permute(1, 2, 0), bit_depth)
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:

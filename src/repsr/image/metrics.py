@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from repsr.image.color import rgb_to_y
+from repsr.image.pixels import round_levels, to_levels
 
 __all__ = ["gaussian_window", "psnr", "signal_psnr", "ssim", "to_uint8_levels"]
 
@@ -58,8 +59,7 @@ def to_uint8_levels(img: ArrayLike) -> np.ndarray:
         img = img[None]
     if img.ndim != 3 or img.shape[0] not in (1, 3):
         raise ValueError(f"a float image must be (C, H, W) with C = 1 or 3, got shape {img.shape}")
-    x = np.nan_to_num(img.astype(np.float64), nan=0.0)
-    return np.floor(np.clip(x, 0.0, 1.0) * 255.0 + 0.5)
+    return to_levels(img, 8).astype(np.float64)  # the pixels a file of this image holds
 
 
 def _prepare(sr: ArrayLike, hr: ArrayLike, crop_border: int, y_channel: bool, round_y: bool) -> tuple:
@@ -76,7 +76,7 @@ def _prepare(sr: ArrayLike, hr: ArrayLike, crop_border: int, y_channel: bool, ro
     if y_channel and a.shape[0] == 3:
         a, b = rgb_to_y(a / 255.0) * 255.0, rgb_to_y(b / 255.0) * 255.0
         if round_y:
-            a, b = np.floor(a + 0.5), np.floor(b + 0.5)
+            a, b = round_levels(a), round_levels(b)
     return a, b
 
 

@@ -160,7 +160,7 @@ class Upscaler:
     @torch.no_grad()
     def pixels(self, lr: Tensor) -> Tensor:
         """`lr` (N, 3, H, W) upscaled straight to 8-bit pixels (N, H*s, W*s, 3), uint8, equal to rounding
-        `self(lr)` (x 255, clamped, half to even) but with no float output in between: what the video
+        `self(lr)` by `repsr.image.pixels`' rule (x 255, clamped, half up) but with no float output in between: what the video
         path hands its encoder. Only where `writes_pixels`; `RuntimeError` elsewhere."""
         if not self.writes_pixels:
             raise RuntimeError(f"{self.backend}, tile {self.tile}: no 8-bit output; call the Upscaler")

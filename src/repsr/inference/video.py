@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from repsr.image.pixels import to_levels
 from repsr.inference.upscaler import upscale_rgb
 from repsr.util.errors import ConfigError, DependencyError, RepsrError, describe_os_error, first_line
 
@@ -181,12 +182,12 @@ def _encoder(av: Any, name: str) -> Any:
 # ------------------------------------------------------------------------------------------- stages
 
 
-def to_pixels(rgb: Tensor, depth: int) -> np.ndarray:
-    """(N, 3, H, W) float -> (N, H, W, 3) uint8 (depth 8) or uint16, clamped and rounded."""
-    peak = 255.0 if depth == 8 else 65535.0
-    # permute first: the one elementwise pass then writes NHWC directly (a 1080p frame in 5 ms, where
-    # rounding in NCHW and transposing afterwards took 14-27 ms on 2 cores)
-    values = rgb.permute(0, 2, 3, 1).mul(peak).clamp_(0.0, peak).round_()
+def frame_pixels(rgb: Tensor, depth: int) -> np.ndarray:
+    """(N, 3, H, W) float -> (N, H, W, 3) uint8 (depth 8) or uint16 by the one pixel rule
+    (`repsr.image.pixels`), so a frame equals the same image written as a file."""
+    # permute first: the elementwise passes then write NHWC directly (rounding in NCHW and transposing
+    # afterwards took 14-27 ms for a 1080p frame on 2 cores)
+    values = to_levels(rgb.permute(0, 2, 3, 1), depth)
     array = values.to(torch.uint8 if depth == 8 else torch.int32).numpy()
     return array if depth == 8 else array.astype(np.uint16)
 
@@ -648,7 +649,7 @@ def _run_pipeline(
                     report.copied_packets += 1
                 if result is None:
                     continue
-                frames = result if isinstance(result, np.ndarray) else to_pixels(result, depth)
+                frames = result if isinstance(result, np.ndarray) else frame_pixels(result, depth)
                 for pixels, pts in zip(frames, stamps, strict=True):
                     frame = av.VideoFrame.from_ndarray(pixels, format=fmt)
                     frame.pts = pts

@@ -88,7 +88,7 @@ typedef struct {
     Layer L[MAXL];
     const float *in;
     float *out;     /* float (n, in_ch, H*s, W*s), or NULL when writing out8 */
-    uint8_t *out8;  /* 8-bit pixels (n, H*s, W*s, in_ch), round(clamp(255 x)) half to even, or NULL */
+    uint8_t *out8;  /* 8-bit pixels (n, H*s, W*s, in_ch), floor(clamp(255 x) + 0.5), or NULL */
     int next;
     int failed;
     size_t rstride; /* elements per buffer row */
@@ -260,7 +260,7 @@ static inline __attribute__((always_inline)) void epilogue(const int NB, const i
 #if defined(__AVX512F__)
         if (co0 == 0 && co1 == ly->cout && s <= 4 && C <= 3) {
             const int E = C * s * valid;
-            const __m512 peak = _mm512_set1_ps(255.0f), zero = _mm512_setzero_ps();
+            const __m512 peak = _mm512_set1_ps(255.0f), zero = _mm512_setzero_ps(), half = _mm512_set1_ps(0.5f);
             for (int i = 0; i < s; i++) {
                 const __m512i base = _mm512_set1_epi32(i * s);
                 uint8_t *dst = out8 + (size_t)i * OW * C;
@@ -269,8 +269,10 @@ static inline __attribute__((always_inline)) void epilogue(const int NB, const i
                     __m512 v = _mm512_mask_i32gather_ps(zero, m, _mm512_add_epi32(job->tidx8[q], base),
                                                         &tmp[0][0], 4);
                     v = _mm512_add_ps(v, _mm512_mask_i32gather_ps(zero, m, job->sidx8[q], in, 4));
+                    /* repsr.image.pixels' rule: clamp(255 v), + 0.5, floor (truncation: v >= 0), NaN -> 0 */
                     v = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(v, peak), zero), peak);
-                    _mm_mask_storeu_epi8(dst + k0, m, _mm512_cvtusepi32_epi8(_mm512_cvtps_epi32(v)));
+                    v = _mm512_add_ps(v, half);
+                    _mm_mask_storeu_epi8(dst + k0, m, _mm512_cvtusepi32_epi8(_mm512_cvttps_epi32(v)));
                 }
             }
             return;
@@ -282,8 +284,8 @@ static inline __attribute__((always_inline)) void epilogue(const int NB, const i
             uint8_t *dst = out8 + ((size_t)i * OW + j) * C + ch;
             for (int p = 0; p < valid; p++) {
                 float v = (tmp[p][co - co0] + skip[p]) * 255.0f;
-                v = v < 0.0f ? 0.0f : v > 255.0f ? 255.0f : v;
-                dst[(size_t)p * s * C] = (uint8_t)__builtin_lrintf(v);
+                v = v > 0.0f ? (v < 255.0f ? v : 255.0f) : 0.0f; /* NaN -> 0 */
+                dst[(size_t)p * s * C] = (uint8_t)(int)(v + 0.5f);   /* half up, as repsr.image.pixels */
             }
         }
         return;

@@ -226,7 +226,7 @@ class FusedPlainSR(nn.Module):
 
     def pixels(self, x: Tensor) -> Tensor:
         """The network on `x` (N, C, H, W) as 8-bit pixels (N, H*s, W*s, C), uint8: what
-        `repsr.inference.video.to_pixels(self(x), 8)` gives (x 255, clamped, rounded half to even), written by the
+        `repsr.image.pixels.to_integers(self(x))` gives (x 255, clamped, rounded half up), written by the
         kernel's last layer itself, so no float output is ever stored (the video path's frames)."""
         n, c, h, w = self._check(x).shape
         s = self.spec.scale

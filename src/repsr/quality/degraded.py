@@ -21,6 +21,7 @@ from torch import Tensor
 
 from repsr.data import degradations as dg
 from repsr.data.datasets import EvalPair
+from repsr.image.pixels import quantize
 from repsr.image.resize import imresize
 from repsr.quality.evaluation import EvalResults, table_lines
 from repsr.util.errors import ConfigError
@@ -91,7 +92,7 @@ def degrade_lr(hr: Tensor, scale: int, condition: Condition, seed: Sequence[int]
         img = small.permute(1, 2, 0).numpy().astype(np.float32)
     else:
         img = dg.resize(img, height, width, condition.downscaler)
-    img = np.floor(np.clip(img, 0, 1) * 255 + 0.5) / 255  # the 8-bit file the noise is added to
+    img = quantize(img, 8)  # the 8-bit file the noise is added to
     if condition.noise > 0:
         img = dg.add_gaussian_noise(
             img.astype(np.float32), condition.noise, np.random.default_rng(seed), gray=condition.gray
@@ -99,7 +100,7 @@ def degrade_lr(hr: Tensor, scale: int, condition: Condition, seed: Sequence[int]
     img = np.clip(img, 0, 1)
     if condition.jpeg is not None:
         img = dg.jpeg(img, condition.jpeg)
-    lr = torch.from_numpy(np.floor(np.asarray(img, dtype=np.float64) * 255 + 0.5) / 255).float()
+    lr = torch.from_numpy(quantize(np.asarray(img, dtype=np.float64), 8)).float()
     lr = lr.permute(2, 0, 1).contiguous()
     return lr[:1] if hr.shape[0] == 1 else lr
 

@@ -33,6 +33,7 @@ from repsr.data.samples import sample_images
 from repsr.image import io as rio
 from repsr.image.color import rgb_to_y
 from repsr.image.metrics import psnr
+from repsr.image.pixels import quantize, round_levels
 from repsr.image.resize import imresize
 
 __all__ = [
@@ -179,7 +180,7 @@ def ramp_checks(model: nn.Module) -> list[Check]:
     scale = model.spec.scale
     checks: list[Check] = []
     for name, ramp in _ramps(model.spec.in_channels).items():
-        lr = torch.from_numpy(np.round(ramp) / 255.0)[None]
+        lr = torch.from_numpy(round_levels(ramp) / 255.0)[None]
         out = _run(model, lr.float())[0]
         bicubic = imresize(lr, scale).clamp(0, 1)[0] * 255.0
         inner = _margin(model) * scale
@@ -206,7 +207,7 @@ def _photo_pairs(scale: int) -> list[tuple[str, Tensor, Tensor]]:
         h, w = rgb.shape[-2:]
         top, left = (h - _PHOTO_SIDE) // 2, (w - _PHOTO_SIDE) // 2
         hr = rgb[:, top : top + _PHOTO_SIDE, left : left + _PHOTO_SIDE]
-        lr = rio.quantize(imresize(hr, 1.0 / scale), 8)
+        lr = quantize(imresize(hr, 1.0 / scale), 8)
         pairs.append((Path(file).stem, lr.float(), hr.float()))
     return pairs
 
