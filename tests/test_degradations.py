@@ -131,7 +131,7 @@ def test_jpeg_honours_the_quality():
 def test_degrade_is_a_pure_function_of_its_generator(preset, scale):
     recipe = dg.Degradation(preset=preset).resolved()
     hr = _photo(size=24 * scale)
-    outs = [dg.degrade(hr, scale, recipe, np.random.default_rng(seed)) for seed in (7, 7, 8)]
+    outs = [dg.degrade(hr, scale, recipe, (seed,)) for seed in (7, 7, 8)]
     assert all(o.shape == (24, 24, 3) and o.dtype == np.uint8 for o in outs)
     np.testing.assert_array_equal(outs[0], outs[1])
     assert not np.array_equal(outs[0], outs[2])
@@ -142,7 +142,7 @@ def test_degraded_lr_still_shows_the_picture():
     clean = dg.resize(hr.astype(np.float32) / 255, 32, 32, "area")
     recipe = dg.Degradation(preset="general").resolved()
     for seed in range(8):
-        lr = dg.degrade(hr, 4, recipe, np.random.default_rng(seed)).astype(np.float32) / 255
+        lr = dg.degrade(hr, 4, recipe, (seed,)).astype(np.float32) / 255
         assert np.corrcoef(lr.ravel(), clean.ravel())[0, 1] > 0.8
 
 
@@ -225,3 +225,46 @@ def test_unknown_condition_is_one_line():
     with pytest.raises(ConfigError, match="unknown condition 'jpeg5'"):
         select_conditions(["jpeg5"])
     assert len(select_conditions(None)) >= 7
+
+
+def test_a_new_draw_in_one_stage_leaves_every_other_stages_choices_alone(monkeypatch):
+    """Each stage has its own generator (`stage_rng`): one more draw in the blur stage (as a new kernel
+    parameter would add) must not move the resize, noise and JPEG choices of any patch."""
+    recipe = dg.Degradation(preset="realesrgan", blur_prob=1.0, blur2_prob=1.0, noise_prob=1.0).resolved()
+    hr = _photo(size=64)
+    real_kernel, real_resize, real_jpeg = dg.random_kernel, dg.resize, dg.jpeg
+    real_gauss, real_poisson = dg.add_gaussian_noise, dg.add_poisson_noise
+
+    def choices(extra_draw: bool) -> list:
+        seen: list = []
+
+        def kernel(rng, *args):
+            if extra_draw:
+                rng.random()
+            return real_kernel(rng, *args)
+
+        monkeypatch.setattr(dg, "random_kernel", kernel)
+        monkeypatch.setattr(
+            dg,
+            "resize",
+            lambda img, h, w, mode: seen.append(("resize", h, w, mode)) or real_resize(img, h, w, mode),
+        )
+        monkeypatch.setattr(dg, "jpeg", lambda img, q: seen.append(("jpeg", q)) or real_jpeg(img, q))
+        monkeypatch.setattr(
+            dg,
+            "add_gaussian_noise",
+            lambda img, s, rng, gray: seen.append(("gauss", s, gray)) or real_gauss(img, s, rng, gray=gray),
+        )
+        monkeypatch.setattr(
+            dg,
+            "add_poisson_noise",
+            lambda img, s, rng, gray: (
+                seen.append(("poisson", s, gray)) or real_poisson(img, s, rng, gray=gray)
+            ),
+        )
+        for seed in range(6):
+            dg.degrade(hr, 4, recipe, (seed, 1))
+        return seen
+
+    before, after = choices(False), choices(True)
+    assert len(before) > 12 and before == after

@@ -28,7 +28,7 @@ from typing import NamedTuple, TypeVar
 import numpy as np
 import torch
 
-from repsr.data.degradations import Degradation, degrade
+from repsr.data.degradations import Degradation, degrade, stage_rng
 from repsr.image import io as rio
 from repsr.image.color import rgb_to_y
 from repsr.image.pixels import quantize, round_levels
@@ -394,9 +394,9 @@ class TrainPatches(torch.utils.data.Dataset):
             order = rng.permutation(3)
             lr_patch, hr_patch = lr_patch[:, :, order], hr_patch[:, :, order]
         if self.degradation is not None:
-            degradation_rng = np.random.default_rng([key, 1])
-            if degradation_rng.random() >= self.degradation.clean_prob:
-                lr_patch = degrade(np.ascontiguousarray(hr_patch), s, self.degradation, degradation_rng)
+            seed = (key, 1)  # every stage of the degradation draws from its own generator of this seed
+            if stage_rng(seed, "clean").random() >= self.degradation.clean_prob:
+                lr_patch = degrade(np.ascontiguousarray(hr_patch), s, self.degradation, seed)
         lr_t, hr_t = _to_tensor(lr_patch), _to_tensor(hr_patch)
         if self.y_channel:
             lr_t, hr_t = rgb_to_y(lr_t), rgb_to_y(hr_t)

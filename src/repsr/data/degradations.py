@@ -7,8 +7,10 @@ two passes of blur -> random resize -> noise -> JPEG, then a resize to the LR si
 a last JPEG in random order, the result rounded to 8-bit as a real file would be.
 
 Everything is plain numpy/torch on one (H, W, 3) float32 image in [0, 1] on the CPU: per-sample work for
-DataLoader workers. Each op takes its random choices from a `numpy.random.Generator`, so a sample is a
-pure function of its key (what keeps `--resume` exact). Ops: `blur_kernel` / `sinc_kernel` (kernels that
+DataLoader workers. Each op takes its random choices from a `numpy.random.Generator`, and `degrade` gives
+every stage its own generator seeded from the sample's key and the stage's name (`stage_rng`), so a
+sample is a pure function of its key (what keeps `--resume` exact) and a new draw in one stage leaves
+every other stage's choices as they were. Ops: `blur_kernel` / `sinc_kernel` (kernels that
 sum to 1), `blur`, `resize`, `add_gaussian_noise`, `add_poisson_noise`, `jpeg`. The recipe is a
 `Degradation`: named presets (`PRESETS`: `none` is today's MATLAB bicubic, `general` the shipped general
 models' recipe, `realesrgan` the reference ranges) and any field overridden from the training config's
@@ -24,6 +26,8 @@ from __future__ import annotations
 import dataclasses
 import io
 import math
+import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -386,6 +390,12 @@ def _passes(recipe: Degradation) -> tuple[_Pass, _Pass]:
     return first, second
 
 
+def stage_rng(seed: Sequence[int], stage: str) -> np.random.Generator:
+    """The generator of one stage of one sample: seeded from the sample's `seed` and the stage's name, so
+    a draw added to or removed from one stage changes that stage's choices only, never the others'."""
+    return np.random.default_rng([*(int(s) for s in seed), zlib.crc32(stage.encode())])
+
+
 def _noise(img: np.ndarray, rng: np.random.Generator, recipe: Degradation, stage: _Pass) -> np.ndarray:
     gaussian = rng.random() < recipe.gaussian_noise_prob
     gray = bool(rng.random() < recipe.gray_noise_prob)
@@ -395,10 +405,12 @@ def _noise(img: np.ndarray, rng: np.random.Generator, recipe: Degradation, stage
 
 
 def _apply_pass(
-    img: np.ndarray, rng: np.random.Generator, recipe: Degradation, stage: _Pass, target: tuple[int, int]
+    img: np.ndarray, seed: Sequence[int], name: str, recipe: Degradation, stage: _Pass, target: tuple[int, int]
 ) -> np.ndarray:
+    rng = stage_rng(seed, f"{name}.blur")
     if rng.random() < stage.blur_prob:
         img = blur(img, random_kernel(rng, recipe, stage.blur_sigma))
+    rng = stage_rng(seed, f"{name}.resize")
     direction = int(rng.choice(3, p=stage.resize_probs))  # up, down, keep
     low, high = stage.resize_range
     factor = (rng.uniform(1.0, max(1.0, high)), rng.uniform(min(1.0, low), 1.0), 1.0)[direction]
@@ -408,33 +420,40 @@ def _apply_pass(
         height = max(target[0] // 4, round(img.shape[0] * factor))
         width = max(target[1] // 4, round(img.shape[1] * factor))
         img = resize(img, height, width, mode)
+    rng = stage_rng(seed, f"{name}.noise")
     if rng.random() < stage.noise_prob:
         img = _noise(img, rng, recipe, stage)
     img = img.clip(0.0, 1.0)
+    rng = stage_rng(seed, f"{name}.jpeg")
     if rng.random() < stage.jpeg_prob:
         img = jpeg(img, int(round(_uniform(rng, stage.jpeg_quality))))
     return img
 
 
-def degrade(hr: np.ndarray, scale: int, recipe: Degradation, rng: np.random.Generator) -> np.ndarray:
-    """The degraded LR (H/scale, W/scale, 3) uint8 of an HR (H, W, 3) uint8/uint16 patch, every choice
-    from `rng`.
+def degrade(hr: np.ndarray, scale: int, recipe: Degradation, seed: Sequence[int]) -> np.ndarray:
+    """The degraded LR (H/scale, W/scale, 3) uint8 of an HR (H, W, 3) uint8/uint16 patch: a pure function
+    of the patch, the recipe and `seed` (the patch's key).
 
-    H and W must be multiples of `scale`. `recipe` must be resolved; its `clean_prob` is the caller's
-    business (the clean LR is the cached MATLAB bicubic one, see `repsr.data.datasets.TrainPatches`).
+    Each stage (`first.blur`, `first.resize`, `first.noise`, `first.jpeg`, `second`, the same four of
+    the second pass, `final.resize`, `final.sinc`, `final.jpeg`, `final.order`) draws from its own
+    generator (`stage_rng`). H and W must be multiples of `scale`. `recipe` must be resolved; its
+    `clean_prob` is the caller's business (the clean LR is the cached MATLAB bicubic one, see
+    `repsr.data.datasets.TrainPatches`).
     """
     target = (hr.shape[0] // scale, hr.shape[1] // scale)
     img = hr.astype(np.float32) / np.float32(np.iinfo(hr.dtype).max)
     first, second = _passes(recipe)
-    img = _apply_pass(img, rng, recipe, first, target)
-    if rng.random() < recipe.second_prob:
-        img = _apply_pass(img, rng, recipe, second, target)
-    mode = RESIZE_MODES[int(rng.integers(len(RESIZE_MODES)))]
+    img = _apply_pass(img, seed, "first", recipe, first, target)
+    if stage_rng(seed, "second").random() < recipe.second_prob:
+        img = _apply_pass(img, seed, "second", recipe, second, target)
+    mode = RESIZE_MODES[int(stage_rng(seed, "final.resize").integers(len(RESIZE_MODES)))]
+    rng = stage_rng(seed, "final.sinc")
     sinc = sinc_kernel(int(rng.choice([7, 9, 11, 13])), float(rng.uniform(np.pi / 3, np.pi)))
     use_sinc = rng.random() < recipe.final_sinc_prob
+    rng = stage_rng(seed, "final.jpeg")
     use_jpeg = rng.random() < recipe.final_jpeg_prob
     quality = int(round(_uniform(rng, recipe.final_jpeg_quality)))
-    jpeg_first = rng.random() < 0.5
+    jpeg_first = stage_rng(seed, "final.order").random() < 0.5
 
     def to_target(x: np.ndarray) -> np.ndarray:
         x = resize(x, target[0], target[1], mode) if x.shape[:2] != target else x
