@@ -1,4 +1,10 @@
-"""The test run is an entry point: it chooses the process settings a `repsr` command would."""
+"""The test run is an entry point: it chooses the process settings a `repsr` command would, and keeps
+its fused-kernel builds in a folder of its own (no test reads or writes the user's kernel cache, and
+every run tests the kernel built from the source it tests)."""
+
+import os
+import shutil
+import tempfile
 
 from repsr.util.runtime import use_passive_omp_wait
 
@@ -11,6 +17,16 @@ import torch  # noqa: E402
 
 from repsr.models.files import save_model  # noqa: E402
 from tests.helpers import tiny_plain  # noqa: E402
+
+_KERNEL_CACHE = tempfile.mkdtemp(prefix="repsr-test-kernels-")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    os.environ["REPSR_KERNEL_CACHE"] = _KERNEL_CACHE  # subprocesses of the tests inherit it
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(_KERNEL_CACHE, ignore_errors=True)
 
 
 @pytest.fixture

@@ -69,3 +69,37 @@ def test_the_layer_check_sees_an_import_hidden_in_a_function(tmp_path):
     graph = import_graph(tmp_path, "repsr")
     assert violations(graph, ("low", "high")) == ["repsr.low.a (line 2) -> repsr.high.b: low is below high"]
     assert violations(graph, ("high", "low")) == ["repsr.high.b (line 1) -> repsr.low.a: high is below low"]
+
+
+# Import name -> distribution (pyproject.toml); pnnx is installed by `make install` with --no-deps (its
+# unpinned torch dependency would pull a CUDA build), so it is declared in the Makefile, not here.
+DISTRIBUTIONS = {"PIL": "pillow", "yaml": "pyyaml", "skimage": "scikit-image", "ncnn": "ncnn", "av": "av"}
+NOT_IN_PYPROJECT = {"pnnx"}
+
+
+def test_every_third_party_import_is_a_declared_dependency():
+    import ast
+    import re
+    import sys
+
+    import tomllib
+
+    project = tomllib.loads((SRC.parent / "pyproject.toml").read_text())["project"]
+    declared = {re.split(r"[<>=\[ ;]", entry)[0].lower() for entry in project["dependencies"]}
+    for extra in project["optional-dependencies"].values():
+        declared |= {re.split(r"[<>=\[ ;]", entry)[0].lower() for entry in extra}
+    missing = []
+    for path in sorted((SRC / "repsr").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            for name in names:
+                top = name.split(".")[0]
+                if top in sys.stdlib_module_names or top == "repsr" or top in NOT_IN_PYPROJECT:
+                    continue
+                if DISTRIBUTIONS.get(top, top).lower() not in declared:
+                    missing.append(f"{path.relative_to(SRC)}:{node.lineno} imports {top}")
+    assert not missing, "imported but not declared in pyproject.toml:\n" + "\n".join(sorted(set(missing)))

@@ -20,7 +20,6 @@ Needs PyAV (`pip install 'repsr[video]'`), which bundles FFmpeg with libx264; no
 
 from __future__ import annotations
 
-import os
 import queue
 import tempfile
 import threading
@@ -36,7 +35,8 @@ from torch import Tensor
 
 from repsr.image.pixels import to_levels
 from repsr.inference.upscaler import upscale_rgb
-from repsr.util.errors import ConfigError, DependencyError, RepsrError, describe_os_error, first_line
+from repsr.util.atomic import atomic_write
+from repsr.util.errors import ConfigError, DependencyError, RepsrError, first_line
 
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mkv", ".mov", ".webm", ".avi", ".ts", ".mts", ".flv", ".wmv", ".mpg")
 DEFAULT_CODEC = "libx264"
@@ -224,16 +224,6 @@ def _get(channel: queue.Queue, stop: threading.Event) -> Any:
             continue
 
 
-def _temporary_target(target: Path) -> Path:
-    """An unused name next to `target` with the same extension (the muxer picks the format by it)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(
-        prefix=f".{target.stem}.", suffix=f".partial{target.suffix}", dir=target.parent
-    )
-    os.close(fd)
-    return Path(tmp)
-
-
 def check_encoding(codec: str, crf: int | None = DEFAULT_CRF, preset: str | None = None) -> tuple[Any, dict]:
     """The encoder named `codec` and its FFmpeg options: the quality option from `crf` (where the encoder
     has one) and `preset`. Raises a one-line `VideoError`/`ConfigError` for an unknown encoder, a crf out
@@ -307,20 +297,15 @@ def upscale_video(
                 f"{source}: no video stream in this file ({found}; not a video, or a truncated or "
                 "damaged file)"
             )
-        try:
-            tmp = _temporary_target(target)
-        except OSError as error:
-            raise VideoError(f"{target}: cannot write ({describe_os_error(error)})") from None
-        try:
-            report = _transcode(av, upscaler, container, source, tmp, encoder, options, batch, progress)
-            _verify_video(av, tmp, target, report)
-            umask = os.umask(0o22)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)  # mkstemp made it 0600; give what a plain open() would
-            os.replace(tmp, target)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        done: list[VideoReport] = []
+
+        def write(tmp: str) -> None:  # into a temporary file with the target's extension, checked, then renamed
+            report = _transcode(av, upscaler, container, source, Path(tmp), encoder, options, batch, progress)
+            _verify_video(av, Path(tmp), target, report)
+            done.append(report)
+
+        atomic_write(target, write, keep_suffix=True)
+        report = done[0]
     finally:
         container.close()
     report.target = target

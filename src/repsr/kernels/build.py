@@ -10,7 +10,7 @@ seconds per build.
 
 The library is built once per instruction-set variant (`VARIANTS`) and kept under
 `$REPSR_KERNEL_CACHE`, else `$XDG_CACHE_HOME/repsr/kernels`, else `~/.cache/repsr/kernels`, named by a
-hash of the source, the flags and the compiler, written atomically (temp file + rename), so concurrent
+hash of the source, the flags and the compiler, written by `repsr.util.atomic.atomic_write`, so concurrent
 processes and upgrades never load a half-written or stale library.
 """
 
@@ -21,12 +21,12 @@ import hashlib
 import os
 import shutil
 import subprocess
-import tempfile
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from repsr.util.errors import RepsrError
+from repsr.util.atomic import atomic_write
+from repsr.util.errors import RepsrError, WriteError
 from repsr.util.hardware import cpu_flags
 
 SOURCE = Path(__file__).with_name("fused.c")
@@ -107,26 +107,21 @@ def build(variant: Variant, *, force: bool = False) -> Path:
     target = folder / f"repsr-fused-{variant.name}-{digest}.so"
     if target.exists() and not force:
         return target
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        handle, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
-        os.close(handle)
-    except OSError as error:
-        raise KernelUnavailable(f"cannot write the fused kernel to {folder}: {error.strerror}") from None
-    try:
-        result = subprocess.run(
-            [cc, *flags, "-o", temp, str(SOURCE)], capture_output=True, text=True, timeout=300
-        )
+    def compile_into(temp: str) -> None:
+        try:
+            result = subprocess.run(
+                [cc, *flags, "-o", temp, str(SOURCE)], capture_output=True, text=True, timeout=300
+            )
+        except (OSError, subprocess.SubprocessError) as error:
+            raise KernelUnavailable(f"building the fused kernel ({variant.name}) failed: {error}") from None
         if result.returncode != 0:
             first = (result.stderr.strip().splitlines() or ["no message"])[0]
             raise KernelUnavailable(f"building the fused kernel ({variant.name}) failed: {first}")
-        os.chmod(temp, 0o755)
-        os.replace(temp, target)
-    except (OSError, subprocess.SubprocessError) as error:
-        raise KernelUnavailable(f"building the fused kernel ({variant.name}) failed: {error}") from None
-    finally:
-        if os.path.exists(temp):
-            os.unlink(temp)
+
+    try:
+        atomic_write(target, compile_into)  # concurrent builds each rename a complete library
+    except WriteError as error:
+        raise KernelUnavailable(f"cannot write the fused kernel to {folder}: {error}") from None
     return target
 
 

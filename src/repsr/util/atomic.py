@@ -4,7 +4,7 @@
 (fsync), gives it the permissions a plain `open()` would (not mkstemp's 0600), and renames it over
 `path`. A crash or kill leaves either the old file or the new one, plus at worst a hidden `.NAME.*.tmp`
 file; two processes writing the same path at once each rename a complete file. Used for models,
-checkpoints, exports, result files and the data cache.
+checkpoints, exports, result files, the data cache, videos and the fused kernel's builds.
 
 Failures raise `repsr.util.errors.WriteError` (a `RepsrError` and an `OSError`) naming the path and the cause,
 "disk full" for a full disk, including torch's C++ writer that reports it as a `RuntimeError`.
@@ -46,17 +46,19 @@ def _current_umask() -> int:
 _UMASK = _current_umask()
 
 
-def atomic_write(path: str | Path, write: Callable[[str], object]) -> None:
+def atomic_write(path: str | Path, write: Callable[[str], object], *, keep_suffix: bool = False) -> None:
     """Call `write(tmp_path)`, fsync, then rename over `path`: a crash never leaves a half-written file.
 
     `write` receives the temporary file's path as a string (open it, or pass it to a library's save);
-    the parent folder is created if missing. On any error the temporary file is removed and the error
-    propagates; `path` is then unchanged.
+    the parent folder is created if missing. `keep_suffix` ends the temporary name in `path`'s own
+    extension (`.NAME.*.partial.mp4`) for writers that pick the format by it (video muxers). On any error
+    the temporary file is removed and the error propagates; `path` is then unchanged.
     """
     path = Path(path)
+    suffix = f".partial{path.suffix}" if keep_suffix else ".tmp"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
         os.close(fd)
     except OSError as error:
         raise _write_error(path, error) from None
