@@ -103,6 +103,10 @@ def test_shipped_configs_load_and_build(path):
         assert model.spec.name == path.stem.replace("general-", "repsr-")
         assert config.train.init == model.spec.name.lower() and not config.degradation.is_clean
         assert config.data.channel_shuffle and config.data.workers >= 1
+    elif path.stem.startswith("clean-"):  # CPU recipes of runs that span sessions (training-runs/)
+        assert model.spec.name == path.stem.replace("clean-", "repsr-")
+        assert config.degradation.is_clean and config.data.channel_shuffle
+        assert config.checkpoint.keep == 1  # the folder keeps one checkpoint in the repository
     elif path.stem != "quick":
         assert model.spec.name == path.stem  # e.g. repsr-M4C16-x2
         assert config.train.iterations >= 100_000 and config.device == "auto"
