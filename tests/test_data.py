@@ -151,7 +151,7 @@ def test_cache_second_run_decodes_nothing_and_source_change_rebuilds(hr_folder, 
 
     with monkeypatch.context() as m:
         m.setattr(rio, "read_pixels", no_decoding)
-        m.setattr(data_mod, "imresize", no_resize)
+        m.setattr(data_mod, "bicubic_lr", no_resize)
         second = TrainPatches(hr_folder, 2, 12, cache_dir=cache)
         for k in range(6):
             torch.testing.assert_close(second[k], patches[k], atol=0, rtol=0)

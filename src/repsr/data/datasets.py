@@ -31,8 +31,8 @@ import torch
 from repsr.data.degradations import Degradation, degrade, stage_rng
 from repsr.image import io as rio
 from repsr.image.color import rgb_to_y
-from repsr.image.pixels import quantize, round_levels
-from repsr.image.resize import imresize
+from repsr.image.pixels import to_integers
+from repsr.image.resize import bicubic_lr
 from repsr.util.atomic import atomic_write_stream
 from repsr.util.errors import DataError, ImageError, RepsrError
 
@@ -49,7 +49,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 RESIZE_METHOD = "matlab-bicubic"
-_CACHE_VERSION = "v1"
+_CACHE_VERSION = "v2"  # v2: LR by image.resize.bicubic_lr (one rule for every LR)
 _MAX_LISTED = 20
 _OPEN_IMAGES = 64  # memory-mapped images kept open per process (each map holds a file descriptor)
 
@@ -75,13 +75,11 @@ def modcrop(img: Img, scale: int) -> Img:
 
 
 def make_lr(hr: np.ndarray, scale: int) -> np.ndarray:
-    """LR from integer HR pixels (H, W, C) uint8/uint16: modcrop, MATLAB bicubic 1/scale in float64,
-    rounded half up and clamped to the same integer type (as MATLAB's imresize on uint8 images)."""
-    top = float(np.iinfo(hr.dtype).max)
-    x = torch.from_numpy(np.array(modcrop(hr, scale), dtype=np.float64)).permute(2, 0, 1)
-    small = imresize(x, 1.0 / scale)
-    small = round_levels(small, top)
-    return small.permute(1, 2, 0).numpy().astype(hr.dtype)
+    """LR from integer HR pixels (H, W, C) uint8/uint16 by `repsr.image.resize.bicubic_lr`, as the
+    same integer type (what MATLAB's imresize gives on uint8 images)."""
+    depth = 8 if hr.dtype == np.uint8 else 16
+    x = torch.from_numpy(np.array(hr, dtype=np.float64) / np.iinfo(hr.dtype).max).permute(2, 0, 1)
+    return to_integers(bicubic_lr(x, scale, depth).permute(1, 2, 0), depth)
 
 
 def _to_rgb3(arr: np.ndarray) -> np.ndarray:
@@ -491,7 +489,7 @@ class EvalSet:
         if self.lr_files is None:
             if hr.shape[-1] == 0 or hr.shape[-2] == 0:
                 raise TooSmallError(f"{source}: smaller than the scale x{s}")
-            lr = quantize(imresize(hr.double(), 1.0 / s), loaded.bit_depth).float()
+            lr = bicubic_lr(hr, s, loaded.bit_depth).float()
         else:
             lr = rio.read_image(self.lr_files[i]).rgb
             lh, lw = lr.shape[-2:]

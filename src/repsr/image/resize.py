@@ -27,7 +27,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-__all__ = ["imresize", "output_size", "resize_weights", "cubic"]
+__all__ = ["bicubic_lr", "imresize", "output_size", "resize_weights", "cubic"]
 
 _KERNEL_WIDTH = 4.0  # support of the cubic kernel, [-2, 2]
 _CACHE_SIZE = 64
@@ -139,3 +139,18 @@ def imresize(img: torch.Tensor, scale: float | Sequence[float], *, antialiasing:
     else:
         out = torch.matmul(mh, torch.matmul(x, mw.T))
     return out.to(img.dtype)
+
+
+def bicubic_lr(hr: torch.Tensor, scale: int, bit_depth: int | None = 8) -> torch.Tensor:
+    """The SR literature's LR of `hr` ((C, H, W) or (N, C, H, W) in [0, 1]), the one way repsr makes it:
+    cropped to a multiple of `scale` (MATLAB's `modcrop`), MATLAB bicubic 1/`scale` in float64, rounded
+    to `bit_depth` levels by `repsr.image.pixels` like the LR file it stands for (`None`: unrounded).
+    Returns float64 in [0, 1]; training patches, evaluation sets, the degraded benchmark's clean
+    condition and the gate all take their LR from here."""
+    from repsr.image.pixels import quantize
+
+    if scale < 1:
+        raise ValueError(f"scale must be >= 1, got {scale}")
+    h, w = hr.shape[-2], hr.shape[-1]
+    small = imresize(hr[..., : h - h % scale, : w - w % scale].double(), 1.0 / scale)
+    return small if bit_depth is None else quantize(small, bit_depth)

@@ -22,7 +22,7 @@ from torch import Tensor
 from repsr.data import degradations as dg
 from repsr.data.datasets import EvalPair
 from repsr.image.pixels import quantize
-from repsr.image.resize import imresize
+from repsr.image.resize import bicubic_lr
 from repsr.quality.evaluation import EvalResults, table_lines
 from repsr.util.errors import ConfigError
 
@@ -87,12 +87,10 @@ def degrade_lr(hr: Tensor, scale: int, condition: Condition, seed: Sequence[int]
         sigma = condition.blur * scale
         size = 2 * int(np.ceil(3 * sigma)) + 1
         img = dg.blur(img, dg.blur_kernel(size, sigma, sigma))
-    if condition.downscaler == "matlab-bicubic":
-        small = imresize(torch.from_numpy(img).permute(2, 0, 1).double(), 1.0 / scale)
-        img = small.permute(1, 2, 0).numpy().astype(np.float32)
+    if condition.downscaler == "matlab-bicubic":  # the 8-bit LR file the noise is added to
+        img = bicubic_lr(torch.from_numpy(img).permute(2, 0, 1), scale, 8).permute(1, 2, 0).numpy()
     else:
-        img = dg.resize(img, height, width, condition.downscaler)
-    img = quantize(img, 8)  # the 8-bit file the noise is added to
+        img = quantize(dg.resize(img, height, width, condition.downscaler), 8)
     if condition.noise > 0:
         img = dg.add_gaussian_noise(
             img.astype(np.float32), condition.noise, np.random.default_rng(seed), gray=condition.gray

@@ -33,8 +33,8 @@ from repsr.data.samples import sample_images
 from repsr.image import io as rio
 from repsr.image.color import rgb_to_y
 from repsr.image.metrics import psnr
-from repsr.image.pixels import quantize, round_levels
-from repsr.image.resize import imresize
+from repsr.image.pixels import round_levels
+from repsr.image.resize import bicubic_lr, imresize
 
 __all__ = [
     "FLAT_MAX_LEVELS",
@@ -207,7 +207,7 @@ def _photo_pairs(scale: int) -> list[tuple[str, Tensor, Tensor]]:
         h, w = rgb.shape[-2:]
         top, left = (h - _PHOTO_SIDE) // 2, (w - _PHOTO_SIDE) // 2
         hr = rgb[:, top : top + _PHOTO_SIDE, left : left + _PHOTO_SIDE]
-        lr = quantize(imresize(hr, 1.0 / scale), 8)
+        lr = bicubic_lr(hr, scale, 8)
         pairs.append((Path(file).stem, lr.float(), hr.float()))
     return pairs
 
