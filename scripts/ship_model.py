@@ -1,9 +1,9 @@
-"""Turn a finished `repsr train` run into a shipped model of `repsr.models.pretrained` (a maintainer's tool).
+"""Turn a finished `repsr train` run into a shipped model of `repsr.models.loader.pretrained` (a maintainer's tool).
 
     python scripts/ship_model.py RUN_DIR NAME --holdout CORPUS/holdout [--reference RUN_DIR] [--note FILE]
 
 Nothing is written unless the model passes the artifact gate (`repsr.quality.gate`: flat colours, ramps,
-saturated photographs). Then writes into src/repsr/pretrained/: NAME.safetensors (deployed, verified
+saturated photographs). Then writes into src/repsr/models/pretrained/: NAME.safetensors (deployed, verified
 against the training form), NAME.train.safetensors (training form, no optimizer state), NAME.md (model
 card: recipe, gate figures, held-out scores, the degraded benchmark) and NAME's entry in scores.json
 (held-out Y-PSNR/SSIM per image, model and bicubic, and the degraded benchmark's means). `--reference`
@@ -24,10 +24,10 @@ import torch
 import yaml
 
 import repsr
-from repsr.data.datasets import EvalSet
-from repsr.models.blend import blend_weights
-from repsr.models.files import load_model as load_torch_model
-from repsr.models.pretrained import FOLDER, resolve_model
+from repsr.data.datasets.datasets import EvalSet
+from repsr.models.loader.blend import blend_weights
+from repsr.models.loader.files import load_model as load_torch_model
+from repsr.models.loader.pretrained import FOLDER, resolve_model
 from repsr.quality.degraded import degraded_sets, format_gains, select_conditions
 from repsr.quality.evaluation import evaluate
 from repsr.quality.gate import run_gate
@@ -68,7 +68,7 @@ def lr_making(config: dict) -> str:
     if preset == "none":
         return "made by MATLAB bicubic"
     return (
-        f"made on the fly by the `{preset}` real-world degradation preset (`repsr.data.degradations`: blur, "
+        f"made on the fly by the `{preset}` real-world degradation preset (`repsr.data.datasets.degradations`: blur, "
         "resize, noise and JPEG in two passes; a share of patches keeps the MATLAB-bicubic LR)"
     )
 
