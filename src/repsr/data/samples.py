@@ -150,3 +150,51 @@ def calibration_crops(in_channels: int, seed: int = 0, folder: str | Path | None
     """Seeded LR crops (1, C, side, side) of the photographs int8 calibrates on (`calibration_images`)."""
     crops = photo_crops(calibration_images(folder), in_channels, CALIBRATION_CROP, CALIBRATION_CROPS_PER_IMAGE, seed)
     return [torch.from_numpy(crop) for crop in crops]
+
+
+# Photographs of the gate (fur, faces, saturated colours, fine texture, a night sky).
+HARSH_PHOTOS: tuple[str, ...] = ("coffee.png", "astronaut.png", "chelsea.png", "motorcycle_left.png", "rocket.jpg")
+
+
+def _channels(images: dict[str, Tensor], in_channels: int) -> dict[str, Tensor]:
+    from repsr.image.color import rgb_to_y
+
+    if in_channels == 1:
+        return {name: rgb_to_y(image)[None].contiguous() for name, image in images.items()}
+    return {name: image[None].contiguous() for name, image in images.items()}
+
+
+def harsh_photos(in_channels: int = 3, side: int = 128) -> dict[str, Tensor]:
+    """Photographs (1, C, side, side) in [0, 1], as 8-bit files, where reduced precision shows first:
+    centre crops of `HARSH_PHOTOS`, each also as a dark scene (x 0.15) and with more saturated colours
+    (chroma x 1.5, clamped). Y for a 1-channel model."""
+    from repsr.image.color import rgb_to_ycbcr, ycbcr_to_rgb
+    from repsr.image.io import read_image
+    from repsr.image.pixels import quantize
+
+    folder = sample_images()["val"][0].parent  # scikit-image's data folder: all its photographs
+    images: dict[str, Tensor] = {}
+    for name in HARSH_PHOTOS:
+        rgb = read_image(folder / name).rgb
+        top, left = (rgb.shape[-2] - side) // 2, (rgb.shape[-1] - side) // 2
+        crop = rgb[:, top : top + side, left : left + side]
+        stem = Path(name).stem
+        images[stem] = crop
+        images[f"{stem} dark"] = quantize(crop * 0.15)
+        ycc = rgb_to_ycbcr(crop)
+        ycc[1:] = (ycc[1:] - 0.5) * 1.5 + 0.5
+        images[f"{stem} saturated"] = quantize(ycbcr_to_rgb(ycc))
+    return _channels(images, in_channels)
+
+
+def synthetic_patterns(in_channels: int = 3, side: int = 128) -> dict[str, Tensor]:
+    """Graphics no photograph holds: full-saturation colour bars and a black-and-white checkerboard of
+    6-pixel squares (1, C, side, side). Static int8 ranges calibrated on photographs clip on them."""
+    bars = torch.tensor([[1, 1, 1], [1, 1, 0], [0, 1, 1], [0, 1, 0], [1, 0, 1], [1, 0, 0], [0, 0, 1], [0, 0, 0]])
+    columns = torch.arange(side) * len(bars) // side
+    yy, xx = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
+    images = {
+        "colour bars": bars[columns].T.float()[:, None, :].expand(3, side, side).contiguous(),
+        "checkerboard": (((yy // 6) + (xx // 6)) % 2).float().expand(3, side, side).contiguous(),
+    }
+    return _channels(images, in_channels)
