@@ -11,6 +11,16 @@
  * -mavx512f -mavx512bw -mavx512vl (16 lanes), plus -mavx512bf16 for the bf16 path (vdpbf16ps: activations
  * and weights bf16, accumulation, bias, PReLU and the output float32).
  *
+ * int8 (u8 activations with a zero point, s8 weights, int32 sums; bias, PReLU and the output float32) in
+ * three forms, all exact integer sums, so tile- and thread-independent like the others:
+ *   -mavx512vnni: vpdpbusd on zmm (16 lanes);
+ *   -mavxvnni (AVX2 CPUs with VEX vpdpbusd): the same on ymm (8 lanes), the same weights;
+ *   plain AVX2: vpmaddubsw (u8 x s8 -> pairs summed in int16), two such steps (4 input channels each)
+ *   added in int16, then vpmaddwd with ones (-> int32) into the accumulators. int16 must hold every lane's
+ *   sum exactly, so fused.py limits each output channel's weight scale until 255 x (the sum of the
+ *   same-sign weights sharing a lane) <= 32767 (`repsr_fused_int8_lane_weights` tells it how many share
+ *   one: 4); the activations keep all 8 bits.
+ *
  * Image-border semantics equal the PyTorch network's zero padding: every layer's values at positions
  * outside the image are set to zero before the next layer reads them, so the tiled result equals the
  * untiled one (the same sums in the same order per output pixel).
@@ -66,10 +76,40 @@ static inline vec vprelu(vec x, vec a) {
 #define HAVE_BF16 0
 #endif
 
+/* INT8: 0 none, 1 AVX512-VNNI (zmm vpdpbusd), 2 AVX-VNNI (ymm vpdpbusd), 3 AVX2 (vpmaddubsw, int16 pairs) */
 #if defined(__AVX512VNNI__)
-#define HAVE_INT8 1
+#define INT8 1
+#elif defined(__AVX512F__)
+#define INT8 0
+#elif defined(__AVXVNNI__)
+#define INT8 2
 #else
-#define HAVE_INT8 0
+#define INT8 3
+#endif
+#define HAVE_INT8 (INT8 != 0)
+/* weights summed in one int16 lane before widening (0: none, vpdpbusd sums in int32) */
+#define INT8_LANE_WEIGHTS (INT8 == 3 ? 4 : 0)
+
+#if INT8 == 1
+typedef __m512i ivec;
+#define icvt(a) _mm512_cvtepi32_ps(a)
+#elif INT8 >= 2
+typedef __m256i ivec;
+#define icvt(a) _mm256_cvtepi32_ps(a)
+#endif
+
+/* int8 register tiles: as fp32 where vpdpbusd accumulates in place; the AVX2 form also needs ones, two
+ * broadcasts and two temporaries (its weights are read from L1 by the multiplies) */
+#if defined(__AVX512F__) || defined(__AVXVNNI__)
+#define PBI1 PB1
+#define PBI2 PB2
+#define PBI3 PB3
+#define PBI4 PB4
+#else
+#define PBI1 10
+#define PBI2 5
+#define PBI3 3
+#define PBI4 2
 #endif
 
 #define PB_MAX 14
@@ -164,30 +204,92 @@ static inline __attribute__((always_inline)) void conv_bf16(const int NB, const 
 }
 #endif
 
-#if HAVE_INT8
+#if INT8 == 1 || INT8 == 2
+#if INT8 == 1
+#define iload(p) _mm512_loadu_si512((const void *)(p))
+#define izero() _mm512_setzero_si512()
+#define ibcast(q) _mm512_set1_epi32(q)
+#define idot(acc, x, w) _mm512_dpbusd_epi32(acc, x, w)
+#else
+#define iload(p) _mm256_loadu_si256((const __m256i *)(p))
+#define izero() _mm256_setzero_si256()
+#define ibcast(q) _mm256_set1_epi32(q)
+#define idot(acc, x, w) _mm256_dpbusd_avx_epi32(acc, x, w)
+#endif
 static inline __attribute__((always_inline)) void conv_i8(const int NB, const int PB, const uint8_t *ip,
                                                           int istr, size_t rstride, int cin4, const int8_t *w,
-                                                          int wpad, __m512i acc[PB_MAX][MAXG]) {
+                                                          int wpad, ivec acc[PB_MAX][MAXG]) {
 #pragma GCC unroll 14
     for (int p = 0; p < PB; p++)
 #pragma GCC unroll 4
-        for (int b = 0; b < NB; b++) acc[p][b] = _mm512_setzero_si512();
+        for (int b = 0; b < NB; b++) acc[p][b] = izero();
     for (int dy = 0; dy < 3; dy++) {
         for (int dx = 0; dx < 3; dx++) {
             const uint8_t *src = ip + dy * rstride + dx * istr;
             const int8_t *wt = w + (size_t)(dy * 3 + dx) * cin4 * wpad * 4;
             for (int k = 0; k < cin4; k++) {
-                __m512i wv[MAXG];
+                ivec wv[MAXG];
 #pragma GCC unroll 4
-                for (int b = 0; b < NB; b++)
-                    wv[b] = _mm512_loadu_si512((const void *)(wt + ((size_t)k * wpad + b * VL) * 4));
+                for (int b = 0; b < NB; b++) wv[b] = iload(wt + ((size_t)k * wpad + b * VL) * 4);
 #pragma GCC unroll 14
                 for (int p = 0; p < PB; p++) {
                     int32_t quad;
                     memcpy(&quad, src + p * istr + 4 * k, 4);
-                    __m512i x = _mm512_set1_epi32(quad);
+                    ivec x = ibcast(quad);
 #pragma GCC unroll 4
-                    for (int b = 0; b < NB; b++) acc[p][b] = _mm512_dpbusd_epi32(acc[p][b], x, wv[b]);
+                    for (int b = 0; b < NB; b++) acc[p][b] = idot(acc[p][b], x, wv[b]);
+                }
+            }
+        }
+    }
+}
+#elif INT8 == 3
+/* vpmaddubsw: each int16 lane gets a0 w0 + a1 w1 of one channel pair; two quads' (input channels 4k..4k+7)
+ * results added in int16 (exact: fused.py bounds the four weights' same-sign sums), then vpmaddwd with ones
+ * sums the lane pairs into int32. An odd last quad goes alone. */
+static inline __attribute__((always_inline)) __m256i bcast_quad(const uint8_t *p) {
+    int32_t quad;
+    memcpy(&quad, p, 4);
+    return _mm256_set1_epi32(quad);
+}
+static inline __attribute__((always_inline)) void conv_i8(const int NB, const int PB, const uint8_t *ip,
+                                                          int istr, size_t rstride, int cin4, const int8_t *w,
+                                                          int wpad, ivec acc[PB_MAX][MAXG]) {
+    const __m256i ones = _mm256_set1_epi16(1);
+#pragma GCC unroll 14
+    for (int p = 0; p < PB; p++)
+#pragma GCC unroll 4
+        for (int b = 0; b < NB; b++) acc[p][b] = _mm256_setzero_si256();
+    for (int dy = 0; dy < 3; dy++) {
+        for (int dx = 0; dx < 3; dx++) {
+            const uint8_t *src = ip + dy * rstride + dx * istr;
+            const int8_t *wt = w + (size_t)(dy * 3 + dx) * cin4 * wpad * 4;
+            int k = 0;
+            for (; k + 2 <= cin4; k += 2) {
+                const int8_t *w0 = wt + (size_t)k * wpad * 4, *w1 = w0 + (size_t)wpad * 4;
+#pragma GCC unroll 14
+                for (int p = 0; p < PB; p++) {
+                    const __m256i x0 = bcast_quad(src + p * istr + 4 * k);
+                    const __m256i x1 = bcast_quad(src + p * istr + 4 * k + 4);
+#pragma GCC unroll 4
+                    for (int b = 0; b < NB; b++) {
+                        __m256i t = _mm256_add_epi16(
+                            _mm256_maddubs_epi16(x0, _mm256_loadu_si256((const __m256i *)(w0 + b * VL * 4))),
+                            _mm256_maddubs_epi16(x1, _mm256_loadu_si256((const __m256i *)(w1 + b * VL * 4))));
+                        acc[p][b] = _mm256_add_epi32(acc[p][b], _mm256_madd_epi16(t, ones));
+                    }
+                }
+            }
+            if (k < cin4) {
+                const int8_t *w0 = wt + (size_t)k * wpad * 4;
+#pragma GCC unroll 14
+                for (int p = 0; p < PB; p++) {
+                    const __m256i x0 = bcast_quad(src + p * istr + 4 * k);
+#pragma GCC unroll 4
+                    for (int b = 0; b < NB; b++) {
+                        __m256i t = _mm256_maddubs_epi16(x0, _mm256_loadu_si256((const __m256i *)(w0 + b * VL * 4)));
+                        acc[p][b] = _mm256_add_epi32(acc[p][b], _mm256_madd_epi16(t, ones));
+                    }
                 }
             }
         }
@@ -221,13 +323,25 @@ static inline __attribute__((always_inline)) void epilogue(const int NB, const i
 #pragma GCC unroll 4
             for (int b = 0; b < NB; b++) {
                 vec v = vprelu(acc[p][b], vload(ly->a + g * MAXG * VL + b * VL));
-#if HAVE_INT8
+#if INT8 == 1
                 if (job->mode == 2) {
                     __m512i q = _mm512_cvtps_epi32(
                         _mm512_fmadd_ps(v, _mm512_set1_ps(cx->next->qinv), _mm512_set1_ps(cx->next->qzero)));
                     q = _mm512_max_epi32(q, _mm512_setzero_si512());
                     _mm_storeu_si128((__m128i *)((uint8_t *)cx->obuf + base + p * ostr + b * VL),
                                      _mm512_cvtusepi32_epi8(q));
+                    continue;
+                }
+#elif INT8 >= 2
+                if (job->mode == 2) {
+                    /* round half to even, clamp to 0..255 (signed saturation to int16, then unsigned to u8:
+                     * what max(q, 0) and vpmovusdb give on AVX-512), the 8 bytes stored at once */
+                    __m256i q = _mm256_cvtps_epi32(
+                        _mm256_fmadd_ps(v, _mm256_set1_ps(cx->next->qinv), _mm256_set1_ps(cx->next->qzero)));
+                    q = _mm256_packs_epi32(q, q);
+                    q = _mm256_packus_epi16(q, q);
+                    __m128i lo = _mm_unpacklo_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
+                    _mm_storel_epi64((__m128i *)((uint8_t *)cx->obuf + base + p * ostr + b * VL), lo);
                     continue;
                 }
 #endif
@@ -382,7 +496,7 @@ DEFINE_ROW_BF16(4, PB4)
     static void row_i8_##NB(const RowCtx *cx, int r, int c0, int c1, int g) {                             \
         const Layer *ly = cx->ly;                                                                         \
         const Job *job = cx->job;                                                                         \
-        __m512i acci[PB_MAX][MAXG];                                                                       \
+        ivec acci[PB_MAX][MAXG];                                                                          \
         vec acc[PB_MAX][MAXG];                                                                            \
         for (int c = c0; c < c1; c += PB) {                                                               \
             const uint8_t *ip = (const uint8_t *)cx->ibuf + (size_t)(r - 1) * job->rstride +              \
@@ -402,17 +516,16 @@ DEFINE_ROW_BF16(4, PB4)
                 conv_i8(NB, PB, ip, ly->istr, job->rstride, cin4, wg, ly->cpad, acci);                    \
             for (int p = 0; p < PB; p++)                                                                  \
                 for (int b = 0; b < NB; b++)                                                              \
-                    acc[p][b] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acci[p][b]),                           \
-                                                vload(ly->mul + g * MAXG * VL + b * VL),                  \
-                                                vload(ly->b + g * MAXG * VL + b * VL));                   \
+                    acc[p][b] = vfma(icvt(acci[p][b]), vload(ly->mul + g * MAXG * VL + b * VL),           \
+                                     vload(ly->b + g * MAXG * VL + b * VL));                              \
             int valid = c1 - c < PB ? c1 - c : PB;                                                        \
             epilogue(NB, PB, cx, r, c, g, valid, acc);                                                    \
         }                                                                                                 \
     }
-DEFINE_ROW_INT8(1, PB1)
-DEFINE_ROW_INT8(2, PB2)
-DEFINE_ROW_INT8(3, PB3)
-DEFINE_ROW_INT8(4, PB4)
+DEFINE_ROW_INT8(1, PBI1)
+DEFINE_ROW_INT8(2, PBI2)
+DEFINE_ROW_INT8(3, PBI3)
+DEFINE_ROW_INT8(4, PBI4)
 #endif
 
 typedef void (*row_fn)(const RowCtx *, int, int, int, int);
@@ -485,7 +598,7 @@ static void run_tile(Job *job, int t, void *b0, void *b1) {
 
     /* layer-0 input, NCHW -> the buffer's NHWC (zero outside the image) */
     const int istr = job->L[0].istr;
-#if HAVE_INT8
+#if INT8 == 1
     if (job->mode == 2 && istr == 4) {
         /* int8, up to 4 input channels: 16 pixels at a time, one 32-bit lane per pixel (its channels'
          * bytes), the same rounding as the scalar loop below (round half to even of clamp(x qinv + qzero)) */
@@ -597,6 +710,8 @@ static void *worker(void *arg) {
 int repsr_fused_lanes(void) { return VL; }
 int repsr_fused_has_bf16(void) { return HAVE_BF16; }
 int repsr_fused_has_int8(void) { return HAVE_INT8; }
+/* int8: how many weights one int16 lane sums before widening (0: none); fused.py bounds their sums */
+int repsr_fused_int8_lane_weights(void) { return INT8_LANE_WEIGHTS; }
 
 /* dims: nl, in_ch, scale, then cin_l, cout_l per layer. weights: the layers' packed weights one after the
  * other (fp32 [9][cin][cpad], or bf16 [9][ceil(cin/2)][cpad][2]); ba: per layer bias[cpad], alpha[cpad].
