@@ -106,7 +106,7 @@ typedef __m256i ivec;
 #define PBI3 PB3
 #define PBI4 PB4
 #else
-#define PBI1 10
+#define PBI1 11
 #define PBI2 5
 #define PBI3 3
 #define PBI4 2
@@ -246,11 +246,70 @@ static inline __attribute__((always_inline)) void conv_i8(const int NB, const in
 #elif INT8 == 3
 /* vpmaddubsw: each int16 lane gets a0 w0 + a1 w1 of one channel pair; two quads' (input channels 4k..4k+7)
  * results added in int16 (exact: fused.py bounds the four weights' same-sign sums), then vpmaddwd with ones
- * sums the lane pairs into int32. An odd last quad goes alone. */
-static inline __attribute__((always_inline)) __m256i bcast_quad(const uint8_t *p) {
-    int32_t quad;
-    memcpy(&quad, p, 4);
-    return _mm256_set1_epi32(quad);
+ * sums the lane pairs into int32. An odd last quad goes alone.
+ *
+ * One asm statement per pixel and pair of blocks: as intrinsics gcc keeps every weight vector of the tile in
+ * a register (loop-invariant over the pixels), reassociates the int32 sums and spills accumulators; here
+ * the weights are the multiplies' memory operands (L1) and a pixel needs its accumulators, ones, one
+ * broadcast and three temporaries: PB NB + 5 <= 16 ymm. */
+#define Q(p) (*(const int32_t *)(const void *)(p))
+#define W(p) (*(const __m256i *)(const void *)(p))
+/* blocks b, b+1 of one pixel, quads k (weights w0) and k+1 (w1) */
+static inline __attribute__((always_inline)) void mac2x2(__m256i *a0, __m256i *a1, const uint8_t *x,
+                                                         const int8_t *w0, const int8_t *w1, __m256i ones) {
+    __m256i v, t0, t1, u;
+    __asm__("vpbroadcastd %[x0], %[v]\n\t"
+            "vpmaddubsw %[w00], %[v], %[t0]\n\t"
+            "vpmaddubsw %[w01], %[v], %[t1]\n\t"
+            "vpbroadcastd %[x1], %[v]\n\t"
+            "vpmaddubsw %[w10], %[v], %[u]\n\t"
+            "vpaddw %[u], %[t0], %[t0]\n\t"
+            "vpmaddubsw %[w11], %[v], %[u]\n\t"
+            "vpaddw %[u], %[t1], %[t1]\n\t"
+            "vpmaddwd %[ones], %[t0], %[t0]\n\t"
+            "vpmaddwd %[ones], %[t1], %[t1]\n\t"
+            "vpaddd %[t0], %[a0], %[a0]\n\t"
+            "vpaddd %[t1], %[a1], %[a1]"
+            : [a0] "+x"(*a0), [a1] "+x"(*a1), [v] "=&x"(v), [t0] "=&x"(t0), [t1] "=&x"(t1), [u] "=&x"(u)
+            : [x0] "m"(Q(x)), [x1] "m"(Q(x + 4)), [w00] "m"(W(w0)), [w01] "m"(W(w0 + 32)),
+              [w10] "m"(W(w1)), [w11] "m"(W(w1 + 32)), [ones] "x"(ones));
+}
+static inline __attribute__((always_inline)) void mac1x2(__m256i *a0, const uint8_t *x, const int8_t *w0,
+                                                         const int8_t *w1, __m256i ones) {
+    __m256i v, t0, u;
+    __asm__("vpbroadcastd %[x0], %[v]\n\t"
+            "vpmaddubsw %[w00], %[v], %[t0]\n\t"
+            "vpbroadcastd %[x1], %[v]\n\t"
+            "vpmaddubsw %[w10], %[v], %[u]\n\t"
+            "vpaddw %[u], %[t0], %[t0]\n\t"
+            "vpmaddwd %[ones], %[t0], %[t0]\n\t"
+            "vpaddd %[t0], %[a0], %[a0]"
+            : [a0] "+x"(*a0), [v] "=&x"(v), [t0] "=&x"(t0), [u] "=&x"(u)
+            : [x0] "m"(Q(x)), [x1] "m"(Q(x + 4)), [w00] "m"(W(w0)), [w10] "m"(W(w1)), [ones] "x"(ones));
+}
+/* a lone quad k (weights w0): blocks b, b+1 / block b */
+static inline __attribute__((always_inline)) void mac2x1(__m256i *a0, __m256i *a1, const uint8_t *x,
+                                                         const int8_t *w0, __m256i ones) {
+    __m256i v, t0, t1;
+    __asm__("vpbroadcastd %[x0], %[v]\n\t"
+            "vpmaddubsw %[w00], %[v], %[t0]\n\t"
+            "vpmaddubsw %[w01], %[v], %[t1]\n\t"
+            "vpmaddwd %[ones], %[t0], %[t0]\n\t"
+            "vpmaddwd %[ones], %[t1], %[t1]\n\t"
+            "vpaddd %[t0], %[a0], %[a0]\n\t"
+            "vpaddd %[t1], %[a1], %[a1]"
+            : [a0] "+x"(*a0), [a1] "+x"(*a1), [v] "=&x"(v), [t0] "=&x"(t0), [t1] "=&x"(t1)
+            : [x0] "m"(Q(x)), [w00] "m"(W(w0)), [w01] "m"(W(w0 + 32)), [ones] "x"(ones));
+}
+static inline __attribute__((always_inline)) void mac1x1(__m256i *a0, const uint8_t *x, const int8_t *w0,
+                                                         __m256i ones) {
+    __m256i v, t0;
+    __asm__("vpbroadcastd %[x0], %[v]\n\t"
+            "vpmaddubsw %[w00], %[v], %[t0]\n\t"
+            "vpmaddwd %[ones], %[t0], %[t0]\n\t"
+            "vpaddd %[t0], %[a0], %[a0]"
+            : [a0] "+x"(*a0), [v] "=&x"(v), [t0] "=&x"(t0)
+            : [x0] "m"(Q(x)), [w00] "m"(W(w0)), [ones] "x"(ones));
 }
 static inline __attribute__((always_inline)) void conv_i8(const int NB, const int PB, const uint8_t *ip,
                                                           int istr, size_t rstride, int cin4, const int8_t *w,
@@ -269,32 +328,30 @@ static inline __attribute__((always_inline)) void conv_i8(const int NB, const in
                 const int8_t *w0 = wt + (size_t)k * wpad * 4, *w1 = w0 + (size_t)wpad * 4;
 #pragma GCC unroll 14
                 for (int p = 0; p < PB; p++) {
-                    const __m256i x0 = bcast_quad(src + p * istr + 4 * k);
-                    const __m256i x1 = bcast_quad(src + p * istr + 4 * k + 4);
-#pragma GCC unroll 4
-                    for (int b = 0; b < NB; b++) {
-                        __m256i t = _mm256_add_epi16(
-                            _mm256_maddubs_epi16(x0, _mm256_loadu_si256((const __m256i *)(w0 + b * VL * 4))),
-                            _mm256_maddubs_epi16(x1, _mm256_loadu_si256((const __m256i *)(w1 + b * VL * 4))));
-                        acc[p][b] = _mm256_add_epi32(acc[p][b], _mm256_madd_epi16(t, ones));
-                    }
+                    const uint8_t *x = src + p * istr + 4 * k;
+                    int b = 0;
+#pragma GCC unroll 2
+                    for (; b + 2 <= NB; b += 2)
+                        mac2x2(&acc[p][b], &acc[p][b + 1], x, w0 + b * VL * 4, w1 + b * VL * 4, ones);
+                    if (b < NB) mac1x2(&acc[p][b], x, w0 + b * VL * 4, w1 + b * VL * 4, ones);
                 }
             }
             if (k < cin4) {
                 const int8_t *w0 = wt + (size_t)k * wpad * 4;
 #pragma GCC unroll 14
                 for (int p = 0; p < PB; p++) {
-                    const __m256i x0 = bcast_quad(src + p * istr + 4 * k);
-#pragma GCC unroll 4
-                    for (int b = 0; b < NB; b++) {
-                        __m256i t = _mm256_maddubs_epi16(x0, _mm256_loadu_si256((const __m256i *)(w0 + b * VL * 4)));
-                        acc[p][b] = _mm256_add_epi32(acc[p][b], _mm256_madd_epi16(t, ones));
-                    }
+                    const uint8_t *x = src + p * istr + 4 * k;
+                    int b = 0;
+#pragma GCC unroll 2
+                    for (; b + 2 <= NB; b += 2) mac2x1(&acc[p][b], &acc[p][b + 1], x, w0 + b * VL * 4, ones);
+                    if (b < NB) mac1x1(&acc[p][b], x, w0 + b * VL * 4, ones);
                 }
             }
         }
     }
 }
+#undef Q
+#undef W
 #endif
 
 /* One row segment of one layer: output pixels (r, c0..c1) of output-channel group g (NB blocks).
@@ -627,6 +684,41 @@ static void run_tile(Job *job, int t, void *b0, void *b1) {
                     px = _mm512_or_si512(px, _mm512_slli_epi32(v, 8 * k));
                 }
                 _mm512_mask_storeu_epi32(dst + c, store, px);
+            }
+        }
+    } else
+#elif INT8 >= 2
+    if (job->mode == 2 && istr == 4) {
+        /* the same 8 pixels at a time (AVX2: masked loads and stores by lane masks) */
+        const __m256 qi = _mm256_set1_ps(job->L[0].qinv), qz = _mm256_set1_ps(job->L[0].qzero);
+        const __m256 lo = _mm256_setzero_ps(), hi = _mm256_set1_ps(255.0f);
+        const __m256i outside = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(qz, lo), hi));
+        const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        uint32_t pad = 0;
+        for (int k = C; k < 4; k++) pad |= (uint32_t)(uint8_t)job->L[0].qzero << (8 * k);
+        const int cl = ox < 0 ? -ox : 0, cr = ox + FC > W ? W - ox : FC;
+        for (int r = 0; r < FR; r++) {
+            const int gy = oy + r, row_in = gy >= 0 && gy < H;
+            uint32_t *dst = (uint32_t *)((uint8_t *)b0 + (size_t)r * job->rstride);
+            for (int c = 0; c < FC; c += 8) {
+                const __m256i col = _mm256_add_epi32(_mm256_set1_epi32(c), lanes);
+                const __m256i store = _mm256_cmpgt_epi32(_mm256_set1_epi32(FC), col);
+                const __m256i live =
+                    row_in ? _mm256_and_si256(_mm256_and_si256(store, _mm256_cmpgt_epi32(_mm256_set1_epi32(cr), col)),
+                                              _mm256_cmpgt_epi32(col, _mm256_set1_epi32(cl - 1)))
+                           : _mm256_setzero_si256();
+                __m256i px = _mm256_set1_epi32((int)pad);
+                for (int k = 0; k < C; k++) {
+                    const float *src = in + (size_t)k * H * W + (size_t)(row_in ? gy : 0) * W + ox + c;
+                    __m256 q = _mm256_fmadd_ps(_mm256_maskload_ps(src, live), qi, qz);
+                    __m256i v = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(q, lo), hi));
+                    v = _mm256_blendv_epi8(outside, v, live);
+                    px = _mm256_or_si256(px, _mm256_slli_epi32(v, 8 * k));
+                }
+                if (c + 8 <= FC)
+                    _mm256_storeu_si256((__m256i *)(dst + c), px);
+                else
+                    _mm256_maskstore_epi32((int *)(dst + c), store, px);
             }
         }
     } else
