@@ -426,3 +426,54 @@ def test_int8_worst_pixel_on_harsh_photographs(variant):
         x = harsh(photo(image, (200, 300)))
         levels = lambda out: out.clamp(0, 1).mul(255).round()  # noqa: E731
         assert (levels(int8(x)) - levels(fp32(x))).abs().max().item() <= HARSH_MAX_LEVELS
+
+
+EMULATED_DPBUSD = """
+#include <immintrin.h>
+#include <stdint.h>
+#include <string.h>
+/* vpdpbusd on ymm in plain AVX2 C: acc + the four u8 x s8 products of each 32-bit lane, in int32 */
+static inline __m256i emulated_dpbusd(__m256i acc, __m256i a, __m256i b) {
+    uint8_t u[32]; int8_t s[32]; int32_t r[8];
+    memcpy(u, &a, 32); memcpy(s, &b, 32); memcpy(r, &acc, 32);
+    for (int i = 0; i < 32; i++) r[i / 4] += (int32_t)u[i] * (int32_t)s[i];
+    memcpy(&acc, r, 32);
+    return acc;
+}
+#define _mm256_dpbusd_avx_epi32 emulated_dpbusd
+"""
+
+
+@pytest.mark.parametrize("scale", [2, 4])
+def test_avx_vnni_code_with_vpdpbusd_emulated_is_the_exact_integer_computation(tmp_path, scale):
+    """The AVX-VNNI variant's C (its 8-lane accumulators, requantization, layer-0 input, unbounded weights)
+    runs on any AVX2 CPU when vpdpbusd is replaced by exact C: it must equal the integer emulation."""
+    import ctypes
+    import subprocess
+
+    from repsr.kernels.fused import pack_layers
+
+    cc = kbuild.compiler()
+    if (
+        cc is None
+        or not kbuild.runnable_variants()
+        or "avx2" not in [v.name for v in kbuild.runnable_variants()]
+    ):
+        pytest.skip("needs a C compiler and an AVX2+FMA CPU")
+    (tmp_path / "emulated.h").write_text(EMULATED_DPBUSD)
+    library_path = tmp_path / "emulated-avx-vnni.so"
+    flags = [*kbuild.CFLAGS, "-mavx2", "-mfma", "-D__AVXVNNI__=1", "-include", str(tmp_path / "emulated.h")]
+    subprocess.run([cc, *flags, "-o", str(library_path), str(kbuild.SOURCE)], check=True, capture_output=True)
+    library = ctypes.CDLL(str(library_path))
+    assert library.repsr_fused_lanes() == 8 and library.repsr_fused_int8_lane_weights() == 0
+    library.repsr_fused_run.restype = ctypes.c_int
+    library.repsr_fused_run.argtypes = kbuild.load()[1].repsr_fused_run.argtypes
+    plain = shipped(scale)
+    x = torch.cat([photo("chelsea.png", (37, 53)), harsh(photo("coffee.png", (37, 53)))])
+    fused = FusedPlainSR(plain, "int8", tile=(9, 20), threads=2)
+    fused._lib = library
+    fused._dims, fused._weights, fused._scalars = pack_layers(plain, 8, "int8", fused._quant, lane_weights=0)
+    out = fused(x)
+    assert (out - exact_int8(plain, fused, x)).abs().max().item() <= 1e-4
+    fused.tile = (37, 53)
+    assert torch.equal(out, fused(x))
