@@ -46,8 +46,8 @@ from repsr.data.samples import (
     CALIBRATION_CROPS_PER_IMAGE,
     calibration_images,
     harsh_photos,
-    synthetic_patterns,
     photo_crops,
+    synthetic_patterns,
 )
 from repsr.image.metrics import signal_psnr
 from repsr.image.pixels import to_integers

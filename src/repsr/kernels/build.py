@@ -49,6 +49,8 @@ class Variant:
 
 _AVX512 = (("avx512f", "avx512_f"), ("avx512bw", "avx512_bw"), ("avx512vl", "avx512_vl"))
 _AVX512_FLAGS = ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mfma")
+_AVX2 = (("avx2",), ("fma", "fma3"))
+_AVX2_FLAGS = ("-mavx2", "-mfma")
 VARIANTS: tuple[Variant, ...] = (
     Variant(
         "avx512-vnni-bf16",
@@ -58,7 +60,10 @@ VARIANTS: tuple[Variant, ...] = (
     ),
     Variant("avx512-vnni", (*_AVX512, ("avx512_vnni",)), (*_AVX512_FLAGS, "-mavx512vnni"), ("fp32", "int8")),
     Variant("avx512", _AVX512, _AVX512_FLAGS, ("fp32",)),
-    Variant("avx2", (("avx2",), ("fma", "fma3")), ("-mavx2", "-mfma"), ("fp32",)),
+    # VEX-encoded vpdpbusd on ymm (Alder Lake and later, Zen 5): int8 as AVX512-VNNI's, 8 lanes
+    Variant("avx-vnni", (*_AVX2, ("avx_vnni",)), (*_AVX2_FLAGS, "-mavxvnni"), ("fp32", "int8")),
+    # int8 by vpmaddubsw + vpmaddwd (no dot-product units): weight scales bounded so int16 never saturates
+    Variant("avx2", _AVX2, _AVX2_FLAGS, ("fp32", "int8")),
 )
 CFLAGS = ("-O3", "-shared", "-fPIC", "-pthread", "-std=gnu11")
 
@@ -162,6 +167,7 @@ def load(name: str | None = None) -> tuple[Variant, ctypes.CDLL]:
         ctypes.c_int,
     ]
     library.repsr_fused_lanes.restype = ctypes.c_int
+    library.repsr_fused_int8_lane_weights.restype = ctypes.c_int
     return variant, library
 
 

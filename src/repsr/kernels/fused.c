@@ -11,6 +11,16 @@
  * -mavx512f -mavx512bw -mavx512vl (16 lanes), plus -mavx512bf16 for the bf16 path (vdpbf16ps: activations
  * and weights bf16, accumulation, bias, PReLU and the output float32).
  *
+ * int8 (u8 activations with a zero point, s8 weights, int32 sums; bias, PReLU and the output float32) in
+ * three forms, all exact integer sums, so tile- and thread-independent like the others:
+ *   -mavx512vnni: vpdpbusd on zmm (16 lanes);
+ *   -mavxvnni (AVX2 CPUs with VEX vpdpbusd): the same on ymm (8 lanes), the same weights;
+ *   plain AVX2: vpmaddubsw (u8 x s8 -> pairs summed in int16), two such steps (4 input channels each)
+ *   added in int16, then vpmaddwd with ones (-> int32) into the accumulators. int16 must hold every lane's
+ *   sum exactly, so fused.py limits each output channel's weight scale until 255 x (the sum of the
+ *   same-sign weights sharing a lane) <= 32767 (`repsr_fused_int8_lane_weights` tells it how many share
+ *   one: 4); the activations keep all 8 bits.
+ *
  * Image-border semantics equal the PyTorch network's zero padding: every layer's values at positions
  * outside the image are set to zero before the next layer reads them, so the tiled result equals the
  * untiled one (the same sums in the same order per output pixel).
@@ -66,10 +76,40 @@ static inline vec vprelu(vec x, vec a) {
 #define HAVE_BF16 0
 #endif
 
+/* INT8: 0 none, 1 AVX512-VNNI (zmm vpdpbusd), 2 AVX-VNNI (ymm vpdpbusd), 3 AVX2 (vpmaddubsw, int16 pairs) */
 #if defined(__AVX512VNNI__)
-#define HAVE_INT8 1
+#define INT8 1
+#elif defined(__AVX512F__)
+#define INT8 0
+#elif defined(__AVXVNNI__)
+#define INT8 2
 #else
-#define HAVE_INT8 0
+#define INT8 3
+#endif
+#define HAVE_INT8 (INT8 != 0)
+/* weights summed in one int16 lane before widening (0: none, vpdpbusd sums in int32) */
+#define INT8_LANE_WEIGHTS (INT8 == 3 ? 4 : 0)
+
+#if INT8 == 1
+typedef __m512i ivec;
+#define icvt(a) _mm512_cvtepi32_ps(a)
+#elif INT8 >= 2
+typedef __m256i ivec;
+#define icvt(a) _mm256_cvtepi32_ps(a)
+#endif
+
+/* int8 register tiles: as fp32 where vpdpbusd accumulates in place; the AVX2 form also needs ones, two
+ * broadcasts and two temporaries (its weights are read from L1 by the multiplies) */
+#if defined(__AVX512F__) || defined(__AVXVNNI__)
+#define PBI1 PB1
+#define PBI2 PB2
+#define PBI3 PB3
+#define PBI4 PB4
+#else
+#define PBI1 11
+#define PBI2 5
+#define PBI3 3
+#define PBI4 2
 #endif
 
 #define PB_MAX 14
@@ -164,35 +204,154 @@ static inline __attribute__((always_inline)) void conv_bf16(const int NB, const 
 }
 #endif
 
-#if HAVE_INT8
+#if INT8 == 1 || INT8 == 2
+#if INT8 == 1
+#define iload(p) _mm512_loadu_si512((const void *)(p))
+#define izero() _mm512_setzero_si512()
+#define ibcast(q) _mm512_set1_epi32(q)
+#define idot(acc, x, w) _mm512_dpbusd_epi32(acc, x, w)
+#else
+#define iload(p) _mm256_loadu_si256((const __m256i *)(p))
+#define izero() _mm256_setzero_si256()
+#define ibcast(q) _mm256_set1_epi32(q)
+#define idot(acc, x, w) _mm256_dpbusd_avx_epi32(acc, x, w)
+#endif
 static inline __attribute__((always_inline)) void conv_i8(const int NB, const int PB, const uint8_t *ip,
                                                           int istr, size_t rstride, int cin4, const int8_t *w,
-                                                          int wpad, __m512i acc[PB_MAX][MAXG]) {
+                                                          int wpad, ivec acc[PB_MAX][MAXG]) {
 #pragma GCC unroll 14
     for (int p = 0; p < PB; p++)
 #pragma GCC unroll 4
-        for (int b = 0; b < NB; b++) acc[p][b] = _mm512_setzero_si512();
+        for (int b = 0; b < NB; b++) acc[p][b] = izero();
     for (int dy = 0; dy < 3; dy++) {
         for (int dx = 0; dx < 3; dx++) {
             const uint8_t *src = ip + dy * rstride + dx * istr;
             const int8_t *wt = w + (size_t)(dy * 3 + dx) * cin4 * wpad * 4;
             for (int k = 0; k < cin4; k++) {
-                __m512i wv[MAXG];
+                ivec wv[MAXG];
 #pragma GCC unroll 4
-                for (int b = 0; b < NB; b++)
-                    wv[b] = _mm512_loadu_si512((const void *)(wt + ((size_t)k * wpad + b * VL) * 4));
+                for (int b = 0; b < NB; b++) wv[b] = iload(wt + ((size_t)k * wpad + b * VL) * 4);
 #pragma GCC unroll 14
                 for (int p = 0; p < PB; p++) {
                     int32_t quad;
                     memcpy(&quad, src + p * istr + 4 * k, 4);
-                    __m512i x = _mm512_set1_epi32(quad);
+                    ivec x = ibcast(quad);
 #pragma GCC unroll 4
-                    for (int b = 0; b < NB; b++) acc[p][b] = _mm512_dpbusd_epi32(acc[p][b], x, wv[b]);
+                    for (int b = 0; b < NB; b++) acc[p][b] = idot(acc[p][b], x, wv[b]);
                 }
             }
         }
     }
 }
+#elif INT8 == 3
+/* vpmaddubsw: each int16 lane gets a0 w0 + a1 w1 of one channel pair; two quads' (input channels 4k..4k+7)
+ * results added in int16 (exact: fused.py bounds the four weights' same-sign sums), then vpmaddwd with ones
+ * sums the lane pairs into int32. An odd last quad goes alone.
+ *
+ * One asm statement per pixel and pair of blocks: as intrinsics gcc keeps every weight vector of the tile in
+ * a register (loop-invariant over the pixels), reassociates the int32 sums and spills accumulators; here
+ * the weights are the multiplies' memory operands (L1) and a pixel needs its accumulators, ones, one
+ * broadcast and three temporaries: PB NB + 5 <= 16 ymm. */
+#define Q(p) (*(const int32_t *)(const void *)(p))
+#define W(p) (*(const __m256i *)(const void *)(p))
+/* blocks b, b+1 of one pixel, quads k (weights w0) and k+1 (w1) */
+static inline __attribute__((always_inline)) void mac2x2(__m256i *a0, __m256i *a1, const uint8_t *x,
+                                                         const int8_t *w0, const int8_t *w1, __m256i ones) {
+    __m256i v, t0, t1, u;
+    __asm__("vpbroadcastd %[x0], %[v]\n\t"
+            "vpmaddubsw %[w00], %[v], %[t0]\n\t"
+            "vpmaddubsw %[w01], %[v], %[t1]\n\t"
+            "vpbroadcastd %[x1], %[v]\n\t"
+            "vpmaddubsw %[w10], %[v], %[u]\n\t"
+            "vpaddw %[u], %[t0], %[t0]\n\t"
+            "vpmaddubsw %[w11], %[v], %[u]\n\t"
+            "vpaddw %[u], %[t1], %[t1]\n\t"
+            "vpmaddwd %[ones], %[t0], %[t0]\n\t"
+            "vpmaddwd %[ones], %[t1], %[t1]\n\t"
+            "vpaddd %[t0], %[a0], %[a0]\n\t"
+            "vpaddd %[t1], %[a1], %[a1]"
+            : [a0] "+x"(*a0), [a1] "+x"(*a1), [v] "=&x"(v), [t0] "=&x"(t0), [t1] "=&x"(t1), [u] "=&x"(u)
+            : [x0] "m"(Q(x)), [x1] "m"(Q(x + 4)), [w00] "m"(W(w0)), [w01] "m"(W(w0 + 32)),
+              [w10] "m"(W(w1)), [w11] "m"(W(w1 + 32)), [ones] "x"(ones));
+}
+static inline __attribute__((always_inline)) void mac1x2(__m256i *a0, const uint8_t *x, const int8_t *w0,
+                                                         const int8_t *w1, __m256i ones) {
+    __m256i v, t0, u;
+    __asm__("vpbroadcastd %[x0], %[v]\n\t"
+            "vpmaddubsw %[w00], %[v], %[t0]\n\t"
+            "vpbroadcastd %[x1], %[v]\n\t"
+            "vpmaddubsw %[w10], %[v], %[u]\n\t"
+            "vpaddw %[u], %[t0], %[t0]\n\t"
+            "vpmaddwd %[ones], %[t0], %[t0]\n\t"
+            "vpaddd %[t0], %[a0], %[a0]"
+            : [a0] "+x"(*a0), [v] "=&x"(v), [t0] "=&x"(t0), [u] "=&x"(u)
+            : [x0] "m"(Q(x)), [x1] "m"(Q(x + 4)), [w00] "m"(W(w0)), [w10] "m"(W(w1)), [ones] "x"(ones));
+}
+/* a lone quad k (weights w0): blocks b, b+1 / block b */
+static inline __attribute__((always_inline)) void mac2x1(__m256i *a0, __m256i *a1, const uint8_t *x,
+                                                         const int8_t *w0, __m256i ones) {
+    __m256i v, t0, t1;
+    __asm__("vpbroadcastd %[x0], %[v]\n\t"
+            "vpmaddubsw %[w00], %[v], %[t0]\n\t"
+            "vpmaddubsw %[w01], %[v], %[t1]\n\t"
+            "vpmaddwd %[ones], %[t0], %[t0]\n\t"
+            "vpmaddwd %[ones], %[t1], %[t1]\n\t"
+            "vpaddd %[t0], %[a0], %[a0]\n\t"
+            "vpaddd %[t1], %[a1], %[a1]"
+            : [a0] "+x"(*a0), [a1] "+x"(*a1), [v] "=&x"(v), [t0] "=&x"(t0), [t1] "=&x"(t1)
+            : [x0] "m"(Q(x)), [w00] "m"(W(w0)), [w01] "m"(W(w0 + 32)), [ones] "x"(ones));
+}
+static inline __attribute__((always_inline)) void mac1x1(__m256i *a0, const uint8_t *x, const int8_t *w0,
+                                                         __m256i ones) {
+    __m256i v, t0;
+    __asm__("vpbroadcastd %[x0], %[v]\n\t"
+            "vpmaddubsw %[w00], %[v], %[t0]\n\t"
+            "vpmaddwd %[ones], %[t0], %[t0]\n\t"
+            "vpaddd %[t0], %[a0], %[a0]"
+            : [a0] "+x"(*a0), [v] "=&x"(v), [t0] "=&x"(t0)
+            : [x0] "m"(Q(x)), [w00] "m"(W(w0)), [ones] "x"(ones));
+}
+static inline __attribute__((always_inline)) void conv_i8(const int NB, const int PB, const uint8_t *ip,
+                                                          int istr, size_t rstride, int cin4, const int8_t *w,
+                                                          int wpad, ivec acc[PB_MAX][MAXG]) {
+    const __m256i ones = _mm256_set1_epi16(1);
+#pragma GCC unroll 14
+    for (int p = 0; p < PB; p++)
+#pragma GCC unroll 4
+        for (int b = 0; b < NB; b++) acc[p][b] = _mm256_setzero_si256();
+    for (int dy = 0; dy < 3; dy++) {
+        for (int dx = 0; dx < 3; dx++) {
+            const uint8_t *src = ip + dy * rstride + dx * istr;
+            const int8_t *wt = w + (size_t)(dy * 3 + dx) * cin4 * wpad * 4;
+            int k = 0;
+            for (; k + 2 <= cin4; k += 2) {
+                const int8_t *w0 = wt + (size_t)k * wpad * 4, *w1 = w0 + (size_t)wpad * 4;
+#pragma GCC unroll 14
+                for (int p = 0; p < PB; p++) {
+                    const uint8_t *x = src + p * istr + 4 * k;
+                    int b = 0;
+#pragma GCC unroll 2
+                    for (; b + 2 <= NB; b += 2)
+                        mac2x2(&acc[p][b], &acc[p][b + 1], x, w0 + b * VL * 4, w1 + b * VL * 4, ones);
+                    if (b < NB) mac1x2(&acc[p][b], x, w0 + b * VL * 4, w1 + b * VL * 4, ones);
+                }
+            }
+            if (k < cin4) {
+                const int8_t *w0 = wt + (size_t)k * wpad * 4;
+#pragma GCC unroll 14
+                for (int p = 0; p < PB; p++) {
+                    const uint8_t *x = src + p * istr + 4 * k;
+                    int b = 0;
+#pragma GCC unroll 2
+                    for (; b + 2 <= NB; b += 2) mac2x1(&acc[p][b], &acc[p][b + 1], x, w0 + b * VL * 4, ones);
+                    if (b < NB) mac1x1(&acc[p][b], x, w0 + b * VL * 4, ones);
+                }
+            }
+        }
+    }
+}
+#undef Q
+#undef W
 #endif
 
 /* One row segment of one layer: output pixels (r, c0..c1) of output-channel group g (NB blocks).
@@ -221,13 +380,25 @@ static inline __attribute__((always_inline)) void epilogue(const int NB, const i
 #pragma GCC unroll 4
             for (int b = 0; b < NB; b++) {
                 vec v = vprelu(acc[p][b], vload(ly->a + g * MAXG * VL + b * VL));
-#if HAVE_INT8
+#if INT8 == 1
                 if (job->mode == 2) {
                     __m512i q = _mm512_cvtps_epi32(
                         _mm512_fmadd_ps(v, _mm512_set1_ps(cx->next->qinv), _mm512_set1_ps(cx->next->qzero)));
                     q = _mm512_max_epi32(q, _mm512_setzero_si512());
                     _mm_storeu_si128((__m128i *)((uint8_t *)cx->obuf + base + p * ostr + b * VL),
                                      _mm512_cvtusepi32_epi8(q));
+                    continue;
+                }
+#elif INT8 >= 2
+                if (job->mode == 2) {
+                    /* round half to even, clamp to 0..255 (signed saturation to int16, then unsigned to u8:
+                     * what max(q, 0) and vpmovusdb give on AVX-512), the 8 bytes stored at once */
+                    __m256i q = _mm256_cvtps_epi32(
+                        _mm256_fmadd_ps(v, _mm256_set1_ps(cx->next->qinv), _mm256_set1_ps(cx->next->qzero)));
+                    q = _mm256_packs_epi32(q, q);
+                    q = _mm256_packus_epi16(q, q);
+                    __m128i lo = _mm_unpacklo_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
+                    _mm_storel_epi64((__m128i *)((uint8_t *)cx->obuf + base + p * ostr + b * VL), lo);
                     continue;
                 }
 #endif
@@ -384,7 +555,7 @@ DEFINE_ROW_BF16(4, PB4)
     static void row_i8_##NB(const RowCtx *cx, int r, int c0, int c1, int g) {                             \
         const Layer *ly = cx->ly;                                                                         \
         const Job *job = cx->job;                                                                         \
-        __m512i acci[PB_MAX][MAXG];                                                                       \
+        ivec acci[PB_MAX][MAXG];                                                                          \
         vec acc[PB_MAX][MAXG];                                                                            \
         for (int c = c0; c < c1; c += PB) {                                                               \
             const uint8_t *ip = (const uint8_t *)cx->ibuf + (size_t)(r - 1) * job->rstride +              \
@@ -404,17 +575,16 @@ DEFINE_ROW_BF16(4, PB4)
                 conv_i8(NB, PB, ip, ly->istr, job->rstride, cin4, wg, ly->cpad, acci);                    \
             for (int p = 0; p < PB; p++)                                                                  \
                 for (int b = 0; b < NB; b++)                                                              \
-                    acc[p][b] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acci[p][b]),                           \
-                                                vload(ly->mul + g * MAXG * VL + b * VL),                  \
-                                                vload(ly->b + g * MAXG * VL + b * VL));                   \
+                    acc[p][b] = vfma(icvt(acci[p][b]), vload(ly->mul + g * MAXG * VL + b * VL),           \
+                                     vload(ly->b + g * MAXG * VL + b * VL));                              \
             int valid = c1 - c < PB ? c1 - c : PB;                                                        \
             epilogue(NB, PB, cx, r, c, g, valid, acc);                                                    \
         }                                                                                                 \
     }
-DEFINE_ROW_INT8(1, PB1)
-DEFINE_ROW_INT8(2, PB2)
-DEFINE_ROW_INT8(3, PB3)
-DEFINE_ROW_INT8(4, PB4)
+DEFINE_ROW_INT8(1, PBI1)
+DEFINE_ROW_INT8(2, PBI2)
+DEFINE_ROW_INT8(3, PBI3)
+DEFINE_ROW_INT8(4, PBI4)
 #endif
 
 typedef void (*row_fn)(const RowCtx *, int, int, int, int);
@@ -487,7 +657,7 @@ static void run_tile(Job *job, int t, void *b0, void *b1) {
 
     /* layer-0 input, NCHW -> the buffer's NHWC (zero outside the image) */
     const int istr = job->L[0].istr;
-#if HAVE_INT8
+#if INT8 == 1
     if (job->mode == 2 && istr == 4) {
         /* int8, up to 4 input channels: 16 pixels at a time, one 32-bit lane per pixel (its channels'
          * bytes), the same rounding as the scalar loop below (round half to even of clamp(x qinv + qzero)) */
@@ -516,6 +686,41 @@ static void run_tile(Job *job, int t, void *b0, void *b1) {
                     px = _mm512_or_si512(px, _mm512_slli_epi32(v, 8 * k));
                 }
                 _mm512_mask_storeu_epi32(dst + c, store, px);
+            }
+        }
+    } else
+#elif INT8 >= 2
+    if (job->mode == 2 && istr == 4) {
+        /* the same 8 pixels at a time (AVX2: masked loads and stores by lane masks) */
+        const __m256 qi = _mm256_set1_ps(job->L[0].qinv), qz = _mm256_set1_ps(job->L[0].qzero);
+        const __m256 lo = _mm256_setzero_ps(), hi = _mm256_set1_ps(255.0f);
+        const __m256i outside = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(qz, lo), hi));
+        const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        uint32_t pad = 0;
+        for (int k = C; k < 4; k++) pad |= (uint32_t)(uint8_t)job->L[0].qzero << (8 * k);
+        const int cl = ox < 0 ? -ox : 0, cr = ox + FC > W ? W - ox : FC;
+        for (int r = 0; r < FR; r++) {
+            const int gy = oy + r, row_in = gy >= 0 && gy < H;
+            uint32_t *dst = (uint32_t *)((uint8_t *)b0 + (size_t)r * job->rstride);
+            for (int c = 0; c < FC; c += 8) {
+                const __m256i col = _mm256_add_epi32(_mm256_set1_epi32(c), lanes);
+                const __m256i store = _mm256_cmpgt_epi32(_mm256_set1_epi32(FC), col);
+                const __m256i live =
+                    row_in ? _mm256_and_si256(_mm256_and_si256(store, _mm256_cmpgt_epi32(_mm256_set1_epi32(cr), col)),
+                                              _mm256_cmpgt_epi32(col, _mm256_set1_epi32(cl - 1)))
+                           : _mm256_setzero_si256();
+                __m256i px = _mm256_set1_epi32((int)pad);
+                for (int k = 0; k < C; k++) {
+                    const float *src = in + (size_t)k * H * W + (size_t)(row_in ? gy : 0) * W + ox + c;
+                    __m256 q = _mm256_fmadd_ps(_mm256_maskload_ps(src, live), qi, qz);
+                    __m256i v = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(q, lo), hi));
+                    v = _mm256_blendv_epi8(outside, v, live);
+                    px = _mm256_or_si256(px, _mm256_slli_epi32(v, 8 * k));
+                }
+                if (c + 8 <= FC)
+                    _mm256_storeu_si256((__m256i *)(dst + c), px);
+                else
+                    _mm256_maskstore_epi32((int *)(dst + c), store, px);
             }
         }
     } else
@@ -599,6 +804,8 @@ static void *worker(void *arg) {
 int repsr_fused_lanes(void) { return VL; }
 int repsr_fused_has_bf16(void) { return HAVE_BF16; }
 int repsr_fused_has_int8(void) { return HAVE_INT8; }
+/* int8: how many weights one int16 lane sums before widening (0: none); fused.py bounds their sums */
+int repsr_fused_int8_lane_weights(void) { return INT8_LANE_WEIGHTS; }
 
 /* dims: nl, in_ch, scale, then cin_l, cout_l per layer. weights: the layers' packed weights one after the
  * other (fp32 [9][cin][cpad], or bf16 [9][ceil(cin/2)][cpad][2]); ba: per layer bias[cpad], alpha[cpad].

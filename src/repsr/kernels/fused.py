@@ -9,7 +9,10 @@ int8: the same roundings).
 int8: weights symmetric per output channel (max |w| -> 127), activations unsigned 8-bit with a zero point
 per layer, their ranges calibrated (min/max) on the photographs `repsr export --int8` calibrates on
 (`repsr.deploy.int8`); the input image is quantized to 8 bits (exact for 8-bit sources) for the residual
-network only: the nearest skip adds the float32 input, and bias, PReLU and the output stay float32.
+network only: the nearest skip adds the float32 input, and bias, PReLU and the output stay float32. The
+AVX2 kernel (no dot-product units: vpmaddubsw) sums 4 weights' products in one int16 lane, so there an
+output channel's weight scale is also bounded until 255 x every such lane's same-sign weights <= 32767
+(`int8_weight_scales`; the alternatives measured in docs/results/avx2-int8.md).
 """
 
 from __future__ import annotations
@@ -122,11 +125,57 @@ def _quant_params(ranges: list[tuple[float, float]]) -> np.ndarray:
     return np.asarray(params, dtype=np.float32)
 
 
+INT16_MAX = 32767
+ACTIVATION_MAX = 255  # u8 activations
+
+
+def lane_sums(q: np.ndarray, lane_weights: int) -> np.ndarray:
+    """Per output channel, the largest same-sign sum (positive or |negative|) of the `lane_weights` weights
+    that share one int16 lane of the AVX2 kernel, for `q` (3, 3, cin, cout) with cin a multiple of 4: the
+    channel pairs (2m, 2m+1) of `lane_weights / 2` consecutive quads (input channels 4k..4k+3) of one tap;
+    a last quad short of a group goes alone."""
+    quads_per = lane_weights // 2
+    quads = q.shape[2] // 4
+    groups = -(-quads // quads_per)
+    wide = np.zeros((3, 3, groups * quads_per * 4, q.shape[3]), dtype=np.float64)
+    wide[:, :, : q.shape[2]] = q
+    v = wide.reshape(3, 3, groups, quads_per, 2, 2, q.shape[3])
+    pos = np.clip(v, 0, None).sum(axis=(3, 5)).max(axis=(0, 1, 2, 3))
+    neg = -np.clip(v, None, 0).sum(axis=(3, 5)).min(axis=(0, 1, 2, 3))
+    return np.maximum(pos, neg)
+
+
+def int8_weight_scales(wide: np.ndarray, lane_weights: int) -> tuple[np.ndarray, np.ndarray]:
+    """(int8 weights, per-output-channel scale) of float weights `wide` (3, 3, cin, cout): max |w| -> 127,
+    and with `lane_weights` > 0 (the AVX2 kernel's int16 lanes) the scale raised where needed until every
+    lane's sum fits int16 for any u8 activations: ACTIVATION_MAX x `lane_sums` <= INT16_MAX."""
+    peak = np.abs(wide).max(axis=(0, 1, 2))
+    scale = np.where(peak > 0, peak / 127.0, 1.0)
+    if lane_weights:
+        limit = INT16_MAX // ACTIVATION_MAX
+        scale = np.maximum(scale, lane_sums(wide, lane_weights) / limit)
+        for _ in range(1000):  # rounding may add up to lane_weights / 2 levels: nudge those channels up
+            bad = lane_sums(np.clip(np.round(wide / scale), -127, 127), lane_weights) > limit
+            if not bad.any():
+                break
+            scale = np.where(bad, scale * (1.0 + 2.0**-10), scale)
+    scale = scale.astype(np.float32)
+    q = np.clip(np.round(wide / scale), -127, 127).astype(np.int8)
+    if lane_weights:
+        assert (lane_sums(q, lane_weights) <= INT16_MAX // ACTIVATION_MAX).all()
+    return q, scale
+
+
 def pack_layers(
-    plain: nn.Module, lanes: int, precision: str, quant: np.ndarray | None = None
+    plain: nn.Module,
+    lanes: int,
+    precision: str,
+    quant: np.ndarray | None = None,
+    *,
+    lane_weights: int = 0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(dims int32, weights, per-layer float32 scalars) in the layout `repsr_fused_run` reads (fused.c);
-    int8 needs `quant` (`_quant_params`)."""
+    int8 needs `quant` (`_quant_params`) and the kernel's `lane_weights` (`int8_weight_scales`)."""
     from repsr.arch.network import PlainSR
 
     if not isinstance(plain, PlainSR):
@@ -149,9 +198,7 @@ def pack_layers(
             quads = -(-cin // 4)
             wide = np.zeros((3, 3, quads * 4, cpad), dtype=np.float32)
             wide[:, :, :cin] = packed
-            peak = np.abs(wide).max(axis=(0, 1, 2))
-            w_scale = np.where(peak > 0, peak / 127.0, 1.0).astype(np.float32)
-            q = np.clip(np.round(wide / w_scale), -127, 127).astype(np.int8)
+            q, w_scale = int8_weight_scales(wide, lane_weights)
             weights.append(
                 q.reshape(3, 3, quads, 4, cpad).transpose(0, 1, 2, 4, 3).reshape(-1).view(np.uint8)
             )
@@ -210,7 +257,9 @@ class FusedPlainSR(nn.Module):
         self._quant = None
         if precision == "int8":
             self._quant = _calibrated(plain, calibration)
-        self._dims, self._weights, self._scalars = pack_layers(plain, lanes, precision, self._quant)
+        self._dims, self._weights, self._scalars = pack_layers(
+            plain, lanes, precision, self._quant, lane_weights=int(self._lib.repsr_fused_int8_lane_weights())
+        )
 
     @property
     def description(self) -> str:
