@@ -327,7 +327,8 @@ def test_an_int8_file_of_a_shipped_model_is_good_on_this_cpu_or_not_written(tmp_
     pytest.importorskip("onnxruntime.quantization", reason="needs onnxruntime's quantization tools")
     from repsr import load_model
     from repsr.data.samples import harsh_photos, sample_images
-    from repsr.deploy.int8 import check_against_fp32, export_int8_onnx
+    from repsr.arch.equivalence import check_against_fp32
+    from repsr.deploy.int8 import export_int8_onnx
     from repsr.image.io import read_image
     from repsr.image.metrics import psnr
     from repsr.image.resize import bicubic_lr
@@ -351,3 +352,40 @@ def test_an_int8_file_of_a_shipped_model_is_good_on_this_cpu_or_not_written(tmp_
             fp32, int8 = plain(lr)[0].clamp(0, 1), runner(lr)[0].clamp(0, 1)
         costs.append(psnr(fp32, hr, scale) - psnr(int8, hr, scale))
     assert sum(costs) / len(costs) <= 0.15
+
+
+def test_auto_passes_over_a_faster_reduced_precision_that_breaks_pixels(monkeypatch):
+    model = plain_model()
+    fast_int8 = Candidate("fused", Precision.INT8)
+    seconds = {CL32: 0.02, fast_int8: 0.005}  # 4x faster: past MIN_SPEEDUP, so only quality can stop it
+    monkeypatch.setattr(backends, "probe", lambda plain, device, pairs, **_: Probe(seconds, 32, 1))
+    monkeypatch.setattr(backends, "candidates", lambda device, backend="auto": [CL32, fast_int8])
+    monkeypatch.setattr(backends, "quality_problem", lambda plain, device, c: f"{c} skipped: 40 levels from fp32 on coffee")
+    chosen = decide(model, CPU, "auto")
+    assert chosen.precision is Precision.FP32 and "fused int8 skipped: 40 levels" in chosen.reason
+    monkeypatch.setattr(backends, "quality_problem", lambda plain, device, c: None)
+    monkeypatch.setattr(backends, "_prepared", lambda plain, device, choice, reason: choice)
+    assert decide(model, CPU, "auto") == fast_int8
+
+
+def test_the_quality_check_measures_pixels_against_fp32():
+    """bf16 keeps photographs within the limit; an int8 kernel whose ranges clip does not (measured here
+    where the CPU has an int8 kernel path)."""
+    backends._QUALITY.clear()
+    assert backends.quality_problem(plain_model(), CPU, CL16) is None
+    from repsr.kernels import availability, runnable_variants
+
+    if availability() is not None or "int8" not in runnable_variants()[0].precisions:
+        return
+    from repsr import load_model
+
+    from repsr.arch.equivalence import check_against_fp32
+    from repsr.data.samples import harsh_photos
+    from repsr.kernels import FusedPlainSR
+
+    plain = load_model("repsr-m4c16-x2")
+    problem = backends.quality_problem(plain, CPU, Candidate("fused", Precision.INT8))
+    levels = check_against_fp32(FusedPlainSR(plain, "int8"), plain, harsh_photos(3, backends.QUALITY_SIDE))[1]
+    assert (problem is None) == (levels <= 16)
+    if problem is not None:
+        assert re.fullmatch(rf"fused int8 skipped: {levels} levels from fp32 on .+ \(limit 16\)", problem)

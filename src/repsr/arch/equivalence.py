@@ -10,7 +10,9 @@ deviation of `plain`. `max_deviation` is the bare measurement for any two callab
 Tolerances, by what is compared:
 - `RANDOM_INPUT_TOLERANCE` (1e-3): uniform random inputs, the trainer's check of the model it saved;
 - `IMAGE_TOLERANCE` (1e-4): a photograph crop in [0, 1], `repsr deploy` and `repsr export`;
-- `BACKEND_TOLERANCE` (1e-3): another execution path of the same plain network, `repsr bench`.
+- `BACKEND_TOLERANCE` (1e-3): another execution path of the same plain network, `repsr bench`;
+- `MAX_PIXEL_LEVELS` (16): a reduced precision (int8, bf16) against fp32, the largest 8-bit pixel
+  difference on photographs (`check_against_fp32`): the limit int8 files and `auto` hold to.
 """
 
 from __future__ import annotations
@@ -18,15 +20,19 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
+from repsr.image.metrics import signal_psnr
+from repsr.image.pixels import to_integers
 from repsr.util.errors import EquivalenceError
 
 EXACT_TOLERANCE = 1e-8
 RANDOM_INPUT_TOLERANCE = 1e-3
 IMAGE_TOLERANCE = 1e-4
 BACKEND_TOLERANCE = 1e-3
+MAX_PIXEL_LEVELS = 16
 RANDOM_INPUT_SHAPE = (2, 19, 23)  # (batch, height, width): odd sizes catch padding and shuffle slips
 
 
@@ -101,3 +107,19 @@ def verify_equivalence(
     error = max_deviation(reference, candidate, x.to(dtype))
     name = str(dtype).removeprefix("torch.")
     return check_deviation(error, tolerance, f"the plain network ({name}) differs from the training form")
+
+
+def check_against_fp32(
+    run: Callable[[Tensor], Tensor], plain: nn.Module, images: dict[str, Tensor]
+) -> tuple[float, int, str]:
+    """(lowest PSNR of `run`'s output against `plain`'s, RGB, unrounded; largest 8-bit pixel difference;
+    the image it was on) over `images`: how far a reduced-precision form is from fp32."""
+    lowest, worst, where = float("inf"), 0, ""
+    with torch.inference_mode():
+        for name, x in images.items():
+            got, want = run(x), plain(x)
+            lowest = min(lowest, signal_psnr(got.numpy(), want.numpy()))
+            levels = int(np.abs(to_integers(got).astype(np.int32) - to_integers(want)).max())
+            if levels > worst or not where:
+                worst, where = levels, name
+    return lowest, worst, where

@@ -32,15 +32,15 @@ and bit-depth handling drive it unchanged.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import nn
 
+from repsr.arch.equivalence import MAX_PIXEL_LEVELS, check_against_fp32
 from repsr.data.samples import (
     CALIBRATION_CROP,
     CALIBRATION_CROPS_PER_IMAGE,
@@ -49,8 +49,6 @@ from repsr.data.samples import (
     photo_crops,
     synthetic_patterns,
 )
-from repsr.image.metrics import signal_psnr
-from repsr.image.pixels import to_integers
 from repsr.models.onnx import OnnxRunner
 from repsr.util.atomic import check_target
 from repsr.util.errors import ConfigError, DataError, DependencyError, ModelFileError, RepsrError, first_line
@@ -64,7 +62,7 @@ MIN_INT8_PSNR = 38.0
 # ... and one whose output is further than this many 8-bit levels from fp32 at any pixel of the check
 # photographs (held-out ones, `repsr.data.samples.harsh_photos`): a mean hides a
 # few visibly broken pixels (u8 x s8 saturation on CPUs without VNNI gave 100 levels at 40 dB).
-MAX_INT8_PIXEL_LEVELS = 16
+MAX_INT8_PIXEL_LEVELS = MAX_PIXEL_LEVELS
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 VERIFY_CROP = 128
 
@@ -98,22 +96,6 @@ def _float_nodes(model_proto: Any) -> list[str]:
     if len(convs) >= 4:  # a body between head and tail: the head's input is the image itself
         names += [convs[0].name] + ([prelus[0].name] if len(prelus) >= 2 else [])
     return names
-
-
-def check_against_fp32(
-    run: Callable[[Tensor], Tensor], plain: nn.Module, images: dict[str, Tensor]
-) -> tuple[float, int, str]:
-    """(lowest PSNR of `run`'s output against `plain`'s, RGB, unrounded; largest 8-bit pixel difference;
-    the image it was on) over `images`: how far a reduced-precision form is from fp32."""
-    lowest, worst, where = float("inf"), 0, ""
-    with torch.inference_mode():
-        for name, x in images.items():
-            got, want = run(x), plain(x)
-            lowest = min(lowest, signal_psnr(got.numpy(), want.numpy()))
-            levels = int(np.abs(to_integers(got).astype(np.int32) - to_integers(want)).max())
-            if levels > worst or not where:
-                worst, where = levels, name
-    return lowest, worst, where
 
 
 def _skip_from_float_input(model_proto: Any) -> int:

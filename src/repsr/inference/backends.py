@@ -21,9 +21,9 @@ and one row.
   `PREFERRED[precision]` that runs it here;
 - `precision="auto"` weighs every `candidates(...)` pair (backend, precision) that runs here by one
   interleaved timing on one input (`probe`, cached per model, device and thread count for the process),
-  and runs the fastest fp32 one, or a reduced precision that beats it by `MIN_SPEEDUP` (its quality cost
-  is tested: bf16, and the kernel's int8 within 0.05 dB, see tests/test_kernels.py). The reason names
-  the measurement.
+  and runs the fastest fp32 one, or a reduced precision that beats it by `MIN_SPEEDUP` and keeps every
+  harsh photograph within 16 levels of fp32 (`quality_problem`, checked for this model once). The
+  reason names the measurement and any candidate passed over.
 """
 
 from __future__ import annotations
@@ -375,6 +375,51 @@ def _caller(module: nn.Module, x: Tensor, device: torch.device) -> Callable[[], 
     return call
 
 
+# ------------------------------------------------------------------------------------------- quality
+
+# The photographs a reduced precision must keep within MAX_PIXEL_LEVELS of fp32 before `auto` runs it,
+# at this side (the gate's photographs, also dark and more saturated: repsr.data.samples.harsh_photos).
+QUALITY_SIDE = 96
+_QUALITY: dict[tuple, str | None] = {}
+
+
+def quality_problem(plain: PlainSR, device: torch.device, candidate: Candidate) -> str | None:
+    """None when `candidate` keeps every harsh photograph within `MAX_PIXEL_LEVELS` 8-bit levels of the
+    fp32 network, else the one-line reason (cached per model spec, device and candidate). A mean over
+    photographs hides a few broken pixels: this is the check that `auto` never trades them for speed."""
+    from repsr.arch.equivalence import MAX_PIXEL_LEVELS, check_against_fp32
+    from repsr.data.samples import harsh_photos
+
+    key = (json.dumps(plain.spec.to_dict(), sort_keys=True), str(device), candidate)
+    if key not in _QUALITY:
+        module = REGISTRY[candidate.backend].build(plain, device, candidate.precision)
+        reference = _frozen_copy(plain, torch.device("cpu"), torch.float32)
+
+        def run(x: Tensor) -> Tensor:
+            return module(prepare_input(x.to(device), candidate.backend)).float().cpu()
+
+        images = harsh_photos(plain.spec.in_channels, QUALITY_SIDE)
+        _, levels, where = check_against_fp32(run, reference, images)
+        _QUALITY[key] = (
+            None
+            if levels <= MAX_PIXEL_LEVELS
+            else f"{candidate} skipped: {levels} levels from fp32 on {where} (limit {MAX_PIXEL_LEVELS})"
+        )
+    return _QUALITY[key]
+
+
+def _fastest_within_limits(plain: PlainSR, device: torch.device, measured: Probe) -> tuple[Candidate, list[str]]:
+    """`measured.fastest()`, passing over reduced precisions that fail `quality_problem` (and saying so)."""
+    seconds, skipped = dict(measured.seconds), []
+    while True:
+        choice = Probe(seconds, measured.side, measured.threads).fastest()
+        problem = quality_problem(plain, device, choice) if choice.precision in MIN_SPEEDUP else None
+        if problem is None:
+            return choice, skipped
+        skipped.append(problem)
+        del seconds[choice]
+
+
 # ------------------------------------------------------------------------------------------- deciding
 
 
@@ -401,8 +446,8 @@ def decide(
             choice, why = pairs[0], "the only candidate here"
         else:
             measured = probe(plain, device, pairs)
-            choice = measured.fastest()
-            why = f"the fastest for {plain.spec.name} ({measured.summary()})"
+            choice, skipped = _fastest_within_limits(plain, device, measured)
+            why = f"the fastest for {plain.spec.name} ({measured.summary()})" + "".join(f"; {s}" for s in skipped)
         label = REGISTRY[choice.backend].label(choice.precision)
         return _prepared(plain, device, choice, f"{choice.precision}: {label} on {where}, {why}")
     if requested is Precision.FP16 and device.type != "cuda":
