@@ -42,7 +42,9 @@ def _max_merge_error(block, options, scale, in_channels, dtype):
         .to(dtype)
         .eval()
     )
-    x = torch.rand(2, in_channels, 11, 9, dtype=dtype, generator=torch.Generator().manual_seed(0))  # odd: borders
+    x = torch.rand(
+        2, in_channels, 11, 9, dtype=dtype, generator=torch.Generator().manual_seed(0)
+    )  # odd: borders
     plain = repsr.reparameterize_model(model)
     with torch.no_grad():
         return (model(x) - plain(x)).abs().max().item()

@@ -178,7 +178,11 @@ def test_cache_second_run_decodes_nothing_and_source_change_rebuilds(hr_folder, 
 
 
 def _data_warnings(caplog) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "repsr.data.datasets" and r.levelno == logging.WARNING]
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "repsr.data.datasets" and r.levelno == logging.WARNING
+    ]
 
 
 def test_bad_data_skipped_with_one_warning(hr_folder, tmp_path, monkeypatch, caplog):

@@ -22,19 +22,11 @@ from tests.helpers.files import noise, save, tiny_plain, upscaler
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-
-
 @pytest.fixture
 def model_file(tmp_path) -> str:
     path = tmp_path / "m.safetensors"
     save_model(tiny_plain(), path)
     return str(path)
-
-
-
-
-
-
 
 
 # ----------------------------------------------------------------------------- 1, 2, 10, 19: planning

@@ -12,14 +12,6 @@ from tests.helpers.graph import describe, find_cycle, import_graph
 SRC = Path(__file__).resolve().parent.parent / "src"
 
 
-
-
-
-
-
-
-
-
 def test_repsr_has_no_import_cycle():
     graph = import_graph(SRC, "repsr")
     assert len(graph) > 50 and "repsr.training.trainer" in graph["repsr.training"]

@@ -260,7 +260,10 @@ def test_upscaler_auto_says_what_it_chose():
     model = plain_model(num_blocks=1, channels=4)
     exact = Upscaler(model, device="cpu", tile=None)  # default: fp32, no timing decides
     assert exact.precision is Precision.FP32 and exact.backend == "channels-last"
-    assert exact.precision_reason == f"fp32 as requested on {cpu_capabilities().name} (cpu) (torch channels-last fp32)"
+    assert (
+        exact.precision_reason
+        == f"fp32 as requested on {cpu_capabilities().name} (cpu) (torch channels-last fp32)"
+    )
     upscaler = Upscaler(model, device="cpu", tile=None, precision="auto")
     # int8 only through the fused kernel, where the CPU has VNNI and the kernel's probe finds it faster
     assert upscaler.precision in (Precision.FP32, Precision.BF16, Precision.INT8)
@@ -326,8 +329,8 @@ def test_an_int8_file_of_a_shipped_model_is_good_on_this_cpu_or_not_written(tmp_
     16 levels off), measured here independently of the export's own check, or it is refused, naming why."""
     pytest.importorskip("onnxruntime.quantization", reason="needs onnxruntime's quantization tools")
     from repsr import load_model
-    from repsr.data.samples import harsh_photos, sample_images
     from repsr.arch.equivalence import check_against_fp32
+    from repsr.data.samples import harsh_photos, sample_images
     from repsr.deploy.int8 import export_int8_onnx
     from repsr.image.io import read_image
     from repsr.image.metrics import psnr
@@ -360,7 +363,9 @@ def test_auto_passes_over_a_faster_reduced_precision_that_breaks_pixels(monkeypa
     seconds = {CL32: 0.02, fast_int8: 0.005}  # 4x faster: past MIN_SPEEDUP, so only quality can stop it
     monkeypatch.setattr(backends, "probe", lambda plain, device, pairs, **_: Probe(seconds, 32, 1))
     monkeypatch.setattr(backends, "candidates", lambda device, backend="auto": [CL32, fast_int8])
-    monkeypatch.setattr(backends, "quality_problem", lambda plain, device, c: f"{c} skipped: 40 levels from fp32 on coffee")
+    monkeypatch.setattr(
+        backends, "quality_problem", lambda plain, device, c: f"{c} skipped: 40 levels from fp32 on coffee"
+    )
     chosen = decide(model, CPU, "auto")
     assert chosen.precision is Precision.FP32 and "fused int8 skipped: 40 levels" in chosen.reason
     monkeypatch.setattr(backends, "quality_problem", lambda plain, device, c: None)
@@ -378,7 +383,6 @@ def test_the_quality_check_measures_pixels_against_fp32():
     if availability() is not None or "int8" not in runnable_variants()[0].precisions:
         return
     from repsr import load_model
-
     from repsr.arch.equivalence import check_against_fp32
     from repsr.data.samples import harsh_photos
     from repsr.kernels import FusedPlainSR

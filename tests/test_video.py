@@ -20,7 +20,6 @@ from tests.helpers.video import RATE, SAMPLE_RATE, audio_payloads, decoded_frame
 av = pytest.importorskip("av", reason="video tests need PyAV: pip install 'repsr[video]'")
 
 
-
 @pytest.fixture(autouse=True)
 def one_thread():
     """Tiny frames run in one thread: on a shared 2-core machine a 2-thread tiny convolution waits for a
@@ -35,14 +34,6 @@ def tiny_upscaler(scale: int = 2, in_channels: int = 3, tile: int | None = None)
     model = build_model("repsr", scale=scale, num_blocks=2, channels=8, in_channels=in_channels)
     plain = reparameterize_model(randomize(model, seed=3).eval())
     return Upscaler(plain, device="cpu", tile=tile)
-
-
-
-
-
-
-
-
 
 
 def expected_frame(upscaler: Upscaler, pixels: np.ndarray, peak: float) -> np.ndarray:
@@ -140,7 +131,7 @@ def test_fused_kernel_hands_the_encoder_pixels_it_rounded_itself(tmp_path, monke
     make_clip(source, frames=3, size=(40, 26), codec="ffv1", pix_fmt="bgr0", audio=None)
     model = build_model("repsr", scale=2, num_blocks=2, channels=8)
     upscaler = Upscaler(reparameterize_model(randomize(model, seed=3).eval()), device="cpu", backend="fused")
-    assert upscaler.writes_pixels
+    assert upscaler.writes_pixels(26, 40)
     calls, run = [], Upscaler.pixels
     monkeypatch.setattr(Upscaler, "pixels", lambda self, lr: calls.append(1) or run(self, lr))
     upscale_video(upscaler, source, target, codec="ffv1", batch=1)

@@ -375,7 +375,11 @@ def _bench_plain_form(
         reference = plain(x) if verify else None
     weighed = candidates(x.device)
     pairs = [(b, Precision.FP32) for b in backends]  # every backend in fp32, then auto's other candidates
-    pairs += [(c.backend, c.precision) for c in weighed if c.backend in backends and c.precision is not Precision.FP32]
+    pairs += [
+        (c.backend, c.precision)
+        for c in weighed
+        if c.backend in backends and c.precision is not Precision.FP32
+    ]
     rows = []
     for backend, precision in pairs:
         say(f"{label}: plain form, {backend} {precision}")
@@ -469,6 +473,8 @@ def format_report(report: BenchReport) -> str:
         if index == 0:
             lines.append("-" * len(text))
     if any(row.in_auto for row in report.rows):
-        notes.insert(0, "* a candidate precision=\"auto\" weighs (it runs the fastest; see repsr.inference.backends)")
+        notes.insert(
+            0, '* a candidate precision="auto" weighs (it runs the fastest; see repsr.inference.backends)'
+        )
     lines += notes
     return "\n".join(lines)

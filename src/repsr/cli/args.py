@@ -82,6 +82,6 @@ def add_overrides(parser: argparse.ArgumentParser, help: str) -> None:
 
 
 def add_named_folders(parser: argparse.ArgumentParser, flag: str, help: str, **how: Any) -> None:
-    """`FLAG NAME=DIR ...` (parsed later by `repsr.quality.evaluation.parse_named_folders`); `how` says whether
-    it repeats (`action="append"`) or takes several values (`nargs`); the default is an empty list."""
+    """`FLAG NAME=DIR ...` (parsed later by `repsr.quality.evaluation.parse_named_folders`); `how` says
+    whether it repeats (`action="append"`) or takes several values (`nargs`); the default is an empty list."""
     parser.add_argument(flag, default=[], metavar="NAME=DIR", help=help, **how)

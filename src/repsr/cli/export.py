@@ -127,7 +127,8 @@ def run_int8(model, args: argparse.Namespace) -> int:
     print(
         f"int8 vs fp32 on {report.verify_images} photographs (held-out and harsh; ONNX Runtime here): lowest "
         f"PSNR {report.psnr:.1f} dB (minimum {report.min_psnr:g}), worst pixel {report.worst_levels} levels "
-        f"on {report.worst_image} (limit {MAX_INT8_PIXEL_LEVELS}); synthetic graphics {report.graphics_levels} "
+        f"on {report.worst_image} (limit {MAX_INT8_PIXEL_LEVELS}); synthetic graphics "
+        f"{report.graphics_levels} "
         "levels (int8 is for photographs)"
     )
     print(f"wrote {report.path}")

@@ -423,13 +423,13 @@ class EvalPair(NamedTuple):
 class EvalSet:
     """Evaluation images from a folder, iterated as :class:`EvalPair` (HR modcropped to the scale).
 
-    Layouts, detected in this order: ``root/HR`` + ``root/LR_bicubic/X{scale}`` (EDSR's benchmark layout,
-    LR names ``{stem}x{scale}.png``); ``root/HR`` alone; ``root`` itself as a folder of HR images (searched
-    recursively) or a single image. An explicit ``lr`` folder overrides the detection. Where no LR is given
-    it is made with MATLAB bicubic from the modcropped HR and rounded to the source's integer levels, which
+    Layouts, detected in this order: ``root/HR`` + ``root/LR_bicubic/X{scale}`` (EDSR's benchmark layout, LR
+    names ``{stem}x{scale}.png``); ``root/HR`` alone; ``root`` itself as a folder of HR images (searched
+    recursively) or a single image. An explicit ``lr`` folder overrides the detection. Where no LR is given it
+    is made with MATLAB bicubic from the modcropped HR and rounded to the source's integer levels, which
     reproduces the published LR. ``y_channel`` returns Y (1 channel) for Y-channel models; note that
-    :func:`repsr.image.metrics.psnr` rounds a 1-channel float input to uint8 levels, i.e. it measures rounded Y.
-    Unreadable images raise ImageError when reached: an evaluation set with a missing image is not the
+    :func:`repsr.image.metrics.psnr` rounds a 1-channel float input to uint8 levels, i.e. it measures rounded
+    Y. Unreadable images raise ImageError when reached: an evaluation set with a missing image is not the
     standard set any more.
     """
 

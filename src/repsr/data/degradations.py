@@ -405,7 +405,12 @@ def _noise(img: np.ndarray, rng: np.random.Generator, recipe: Degradation, stage
 
 
 def _apply_pass(
-    img: np.ndarray, seed: Sequence[int], name: str, recipe: Degradation, stage: _Pass, target: tuple[int, int]
+    img: np.ndarray,
+    seed: Sequence[int],
+    name: str,
+    recipe: Degradation,
+    stage: _Pass,
+    target: tuple[int, int],
 ) -> np.ndarray:
     rng = stage_rng(seed, f"{name}.blur")
     if rng.random() < stage.blur_prob:

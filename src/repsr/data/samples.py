@@ -1,6 +1,6 @@
-"""The photographs repsr ships or finds: scikit-image's sample photographs (the quickstart's training
-and validation split, verification crops of every export, int8 calibration), standard benchmark folders,
-and seeded random crops of photographs."""
+"""The photographs repsr ships or finds: scikit-image's sample photographs (the quickstart's training and
+validation split, verification crops of every export, int8 calibration), standard benchmark folders, and
+seeded random crops of photographs."""
 
 from __future__ import annotations
 
@@ -37,7 +37,6 @@ STANDARD_SETS: dict[str, tuple[str, ...]] = {
     "Manga109": ("Manga109",),
     "DIV2K_valid": ("DIV2K_valid", "DIV2K_valid_HR", "DIV2K"),
 }
-
 
 
 def sample_images() -> dict[str, list[Path]]:
@@ -110,7 +109,6 @@ def photo_crops(
 def calibration_images(calibration: str | Path | None) -> list[Path]:
     """The photographs to calibrate on: a folder's images, or the built-in training sample photographs."""
     if calibration is None:
-
         return list(sample_images()["train"])
     from repsr.image.io import list_images
 
@@ -148,12 +146,20 @@ def verification_image(
 
 def calibration_crops(in_channels: int, seed: int = 0, folder: str | Path | None = None) -> list[Tensor]:
     """Seeded LR crops (1, C, side, side) of the photographs int8 calibrates on (`calibration_images`)."""
-    crops = photo_crops(calibration_images(folder), in_channels, CALIBRATION_CROP, CALIBRATION_CROPS_PER_IMAGE, seed)
+    crops = photo_crops(
+        calibration_images(folder), in_channels, CALIBRATION_CROP, CALIBRATION_CROPS_PER_IMAGE, seed
+    )
     return [torch.from_numpy(crop) for crop in crops]
 
 
 # Photographs of the gate (fur, faces, saturated colours, fine texture, a night sky).
-HARSH_PHOTOS: tuple[str, ...] = ("coffee.png", "astronaut.png", "chelsea.png", "motorcycle_left.png", "rocket.jpg")
+HARSH_PHOTOS: tuple[str, ...] = (
+    "coffee.png",
+    "astronaut.png",
+    "chelsea.png",
+    "motorcycle_left.png",
+    "rocket.jpg",
+)
 
 
 def _channels(images: dict[str, Tensor], in_channels: int) -> dict[str, Tensor]:
@@ -190,7 +196,9 @@ def harsh_photos(in_channels: int = 3, side: int = 128) -> dict[str, Tensor]:
 def synthetic_patterns(in_channels: int = 3, side: int = 128) -> dict[str, Tensor]:
     """Graphics no photograph holds: full-saturation colour bars and a black-and-white checkerboard of
     6-pixel squares (1, C, side, side). Static int8 ranges calibrated on photographs clip on them."""
-    bars = torch.tensor([[1, 1, 1], [1, 1, 0], [0, 1, 1], [0, 1, 0], [1, 0, 1], [1, 0, 0], [0, 0, 1], [0, 0, 0]])
+    bars = torch.tensor(
+        [[1, 1, 1], [1, 1, 0], [0, 1, 1], [0, 1, 0], [1, 0, 1], [1, 0, 0], [0, 0, 1], [0, 0, 0]]
+    )
     columns = torch.arange(side) * len(bars) // side
     yy, xx = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
     images = {

@@ -1,9 +1,9 @@
 """`deploy`: a training-form checkpoint -> the plain network (safetensors or .pth), refused if the plain
 network differs from the training form (in eval mode) by more than a tolerance.
 
-Verification uses a crop of a built-in sample photograph (`repsr.data.datasets.sample_images()`): random inputs
-hide problems that only show on image statistics (e.g. values near the clamp range), and a crop keeps
-the check to a fraction of a second.
+Verification uses a crop of a built-in sample photograph (`repsr.data.samples.sample_images()`): random inputs
+hide problems that only show on image statistics (e.g. values near the clamp range), and a crop keeps the
+check to a fraction of a second.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
-"""ONNX export: `export_onnx`: plain network -> ONNX (opset 18, the dynamo-based `torch.onnx.export`, static or
-  dynamic batch/height/width), run in ONNX Runtime and refused if it differs from PyTorch.
+"""ONNX export: `export_onnx`: plain network -> ONNX (opset 18, the dynamo-based `torch.onnx.export`,
+static or dynamic batch/height/width), run in ONNX Runtime and refused if it differs from PyTorch.
 
-Verification uses a crop of a built-in sample photograph (`repsr.data.datasets.sample_images()`): random inputs
-hide problems that only show on image statistics (e.g. values near the clamp range), and a crop keeps
+Verification uses a crop of a built-in sample photograph (`repsr.data.samples.sample_images()`): random
+inputs hide problems that only show on image statistics (e.g. values near the clamp range), and a crop keeps
 the check to a fraction of a second.
 """
 

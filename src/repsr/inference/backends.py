@@ -217,7 +217,9 @@ class OnnxRuntimeBackend(Backend):
             path = Path(tmp) / f"model-{precision}.onnx"
             if precision is Precision.INT8:
                 report = export_int8_onnx(plain, path)
-                self.last_note = f"quantized now ({report.psnr:.1f} dB from fp32; repsr export --int8 saves this)"
+                self.last_note = (
+                    f"quantized now ({report.psnr:.1f} dB from fp32; repsr export --int8 saves this)"
+                )
             else:
                 example = verification_image(plain.spec.in_channels, (64, 64))
                 write_onnx(plain.cpu().float(), path, example, dynamic=True, opset=18)
@@ -229,7 +231,13 @@ class OnnxRuntimeBackend(Backend):
 
 REGISTRY: dict[str, Backend] = {
     backend.name: backend
-    for backend in (EagerBackend(), ChannelsLastBackend(), CompileBackend(), FusedBackend(), OnnxRuntimeBackend())
+    for backend in (
+        EagerBackend(),
+        ChannelsLastBackend(),
+        CompileBackend(),
+        FusedBackend(),
+        OnnxRuntimeBackend(),
+    )
 }
 UPSCALE_BACKENDS = tuple(name for name, backend in REGISTRY.items() if backend.upscales)
 BACKENDS = ("auto", *UPSCALE_BACKENDS)  # what `Upscaler(backend=...)` and `repsr upscale` accept
@@ -319,14 +327,18 @@ class Probe:
 
     def summary(self) -> str:
         """`fused fp32 8.1 ms, channels-last fp32 12.3 ms on a 192x192 probe, 2 thread(s)`."""
-        timing = ", ".join(f"{c} {s * 1e3:.1f} ms" for c, s in sorted(self.seconds.items(), key=lambda i: i[1]))
+        timing = ", ".join(
+            f"{c} {s * 1e3:.1f} ms" for c, s in sorted(self.seconds.items(), key=lambda i: i[1])
+        )
         return f"{timing} on a {self.side}x{self.side} probe, {self.threads} thread(s)"
 
 
 _PROBES: dict[tuple, Probe] = {}
 
 
-def _time_alternating(calls: dict[Candidate, Callable[[], object]], budget_s: float) -> dict[Candidate, float]:
+def _time_alternating(
+    calls: dict[Candidate, Callable[[], object]], budget_s: float
+) -> dict[Candidate, float]:
     """Best seconds per call of each function, timed in turn (same machine load) after one warm-up each."""
     for call in calls.values():
         call()
@@ -408,7 +420,9 @@ def quality_problem(plain: PlainSR, device: torch.device, candidate: Candidate) 
     return _QUALITY[key]
 
 
-def _fastest_within_limits(plain: PlainSR, device: torch.device, measured: Probe) -> tuple[Candidate, list[str]]:
+def _fastest_within_limits(
+    plain: PlainSR, device: torch.device, measured: Probe
+) -> tuple[Candidate, list[str]]:
     """`measured.fastest()`, passing over reduced precisions that fail `quality_problem` (and saying so)."""
     seconds, skipped = dict(measured.seconds), []
     while True:
@@ -447,7 +461,9 @@ def decide(
         else:
             measured = probe(plain, device, pairs)
             choice, skipped = _fastest_within_limits(plain, device, measured)
-            why = f"the fastest for {plain.spec.name} ({measured.summary()})" + "".join(f"; {s}" for s in skipped)
+            why = f"the fastest for {plain.spec.name} ({measured.summary()})" + "".join(
+                f"; {s}" for s in skipped
+            )
         label = REGISTRY[choice.backend].label(choice.precision)
         return _prepared(plain, device, choice, f"{choice.precision}: {label} on {where}, {why}")
     if requested is Precision.FP16 and device.type != "cuda":
@@ -456,7 +472,9 @@ def decide(
         raise ConfigError("int8 runs on the CPU; use --device cpu (or bf16/fp16 on CUDA)")
     names = PREFERRED[requested] if backend == "auto" else (backend,)
     for name in names:
-        if requested in REGISTRY[name].precisions(device) and (name != "onnxruntime" or not REGISTRY[name].unavailable(device)):
+        if requested in REGISTRY[name].precisions(device) and (
+            name != "onnxruntime" or not REGISTRY[name].unavailable(device)
+        ):
             note = ""
             if requested is Precision.BF16 and not caps.bf16_native:
                 note = ", emulated (no native bf16 units): expect it slow"
@@ -481,13 +499,17 @@ def _prepared(plain: PlainSR, device: torch.device, choice: Candidate, reason: s
     return PreparedNet(module, choice.precision, reason, dtype, backend.channels_last, choice.backend)
 
 
-def _onnx_file(model: nn.Module, device: torch.device, requested: Precision, backend: str, where: str) -> PreparedNet:
+def _onnx_file(
+    model: nn.Module, device: torch.device, requested: Precision, backend: str, where: str
+) -> PreparedNet:
     actual = Precision(describe(model).precisions[0])
     if requested not in (Precision.AUTO, actual):
         name = getattr(model, "path", "this ONNX file")
         raise ConfigError(f"{name} is {actual} (ONNX Runtime); it cannot run in {requested}")
     if backend not in ("auto", "onnxruntime"):
-        raise ConfigError(f"{getattr(model, 'path', 'an ONNX file')} runs in ONNX Runtime, not the {backend} backend")
+        raise ConfigError(
+            f"{getattr(model, 'path', 'an ONNX file')} runs in ONNX Runtime, not the {backend} backend"
+        )
     if device.type != "cpu":
         raise ConfigError("ONNX files run in ONNX Runtime on the CPU here; use --device cpu")
     reason = f"{actual}: ONNX file run by ONNX Runtime on {where}"

@@ -41,10 +41,32 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 
 def free_memory_bytes(device: torch.device) -> int:
-    """Free memory on `device` now: CUDA's free memory, or the OS's available RAM for the CPU."""
+    """Free memory on `device` now: CUDA's free memory, or for the CPU the OS's available RAM, less where
+    the process's own address-space limit (`ulimit -v`) leaves less."""
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
         return int(free)
+    return min(_available_ram(), _address_space_left())
+
+
+def _address_space_left() -> int:
+    """Bytes the process may still map under RLIMIT_AS (`ulimit -v`); a large number without a limit."""
+    try:
+        import resource
+
+        limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+        if limit == resource.RLIM_INFINITY:
+            return 1 << 62
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmSize:"):
+                    return max(0, limit - int(line.split()[1]) * 1024)
+    except (ImportError, OSError, ValueError):
+        pass
+    return 1 << 62
+
+
+def _available_ram() -> int:
     try:
         with open("/proc/meminfo") as handle:
             for line in handle:

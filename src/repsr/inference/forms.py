@@ -58,4 +58,5 @@ def bf16_module(model: nn.Module, device: str | torch.device = "cpu", **options:
     plain = reparameterize_model(model).float()
     return Bf16PlainSR(plain, **options).to(device).eval()
 
+
 __all__ = ["Bf16PlainSR", "bf16_module"]

@@ -13,7 +13,7 @@ import math
 import torch
 from torch import nn
 
-from repsr.arch.network import describe
+from repsr.arch.network import ModelSpec, describe
 from repsr.inference import devices
 
 MIN_TILE = 16
@@ -74,3 +74,19 @@ def auto_tile_size(model: nn.Module, device: torch.device, dtype: torch.dtype = 
     side = int(math.sqrt(max(budget, 0) / bytes_per_pixel))
     cap = MAX_TILE if device.type == "cuda" else CPU_MAX_TILE
     return max(MIN_TILE, min(cap, side // 8 * 8))
+
+
+# The fused kernel works in L2-sized tiles of its own; what grows with the window is only its float32
+# input and output, so its windows can be far larger than torch's (and a video frame is one window).
+FUSED_MAX_TILE = 2048
+
+
+def fused_tile_size(spec: ModelSpec, device: torch.device) -> int:
+    """Largest square window (LR pixels) whose float32 input, output and the output's working copies fit
+    in `MEMORY_FRACTION` of the free memory now, capped at `FUSED_MAX_TILE`: the fused kernel's working
+    memory is bounded by its window (a 10000x10000 x2 image in one piece would need 4.8 GB of output)."""
+    # the input, the output and the two float copies the integer path makes of it (clamp, rounding)
+    bytes_per_pixel = 4 * spec.in_channels * (1 + 3 * spec.scale**2)
+    budget = devices.free_memory_bytes(device) * MEMORY_FRACTION
+    side = int(math.sqrt(max(budget, 0) / bytes_per_pixel))
+    return max(MIN_TILE, min(FUSED_MAX_TILE, side // 8 * 8))

@@ -26,7 +26,14 @@ from repsr.image.io import to_pixels
 from repsr.image.resize import imresize
 from repsr.inference.backends import decide, prepare_input, prepare_model
 from repsr.inference.devices import resolve_device
-from repsr.inference.tiling import MIN_TILE, auto_tile_size, model_scale, receptive_radius, tile_windows
+from repsr.inference.tiling import (
+    MIN_TILE,
+    auto_tile_size,
+    fused_tile_size,
+    model_scale,
+    receptive_radius,
+    tile_windows,
+)
 from repsr.util.errors import ConfigError
 from repsr.util.precision import Precision
 
@@ -79,19 +86,20 @@ def _inference_form(model: nn.Module) -> nn.Module:
 class Upscaler:
     """A model made ready to upscale: device, precision, backend and tiling chosen once, reused per image.
 
-    `upscaler(lr)` takes (C, H, W) or (N, C, H, W) float in [0, 1] on any device and returns the output
-    on the same device, in float32 and not clamped (the tiled result equals the untiled one).
-    `tile`: core tile side in LR pixels, `None` for no tiling, `"auto"` to size tiles from free memory.
-    `precision` (see `repsr.inference.precision`): `None` (default) is fp32 for a torch model and the file's own
-    precision for an ONNX runner, so results never depend on a timing; `auto` (what `repsr upscale`
-    uses) is bf16 where the device has native bf16 units and a short timing of this model finds it
-    faster, else fp32; `fp32`; `bf16` (input, global skip and output stay float32); `fp16` (CUDA only; a
-    tile whose fp16 output overflows is recomputed in float32); `int8` (ONNX Runtime on the CPU: pass a
-    `repsr.deploy.int8.OnnxRunner` of a file `repsr export --int8` wrote, or a model, quantized on the
-    spot). On a CPU, `auto` with `backend="auto"` also times the fused C kernel (`repsr.kernels`) and
-    runs it where it is the fastest; `backend="fused"` asks for it. `precision_reason` says in one line
-    what ran and why. `half=True` is the deprecated spelling
-    of `precision="fp16"`.
+    `upscaler(lr)` takes (C, H, W) or (N, C, H, W) float in [0, 1] on any device and returns the output on the
+    same device, in float32 and not clamped (the tiled result equals the untiled one). `tile`: core tile side
+    in LR pixels, `None` for no tiling, `"auto"` to size tiles from free memory. `precision` (see
+    `repsr.inference.backends.decide`): `None` (default) is fp32 for a torch model and the file's own
+    precision for an ONNX runner, so results never depend on a timing; `auto` (what `repsr upscale` uses)
+    times every candidate that runs here (torch channels-last and the fused C kernel, `repsr.kernels`, in
+    fp32 and, where they run, bf16 and int8) and runs the fastest, a reduced precision only when it is
+    clearly faster and keeps photographs within 16 levels of fp32; `fp32`; `bf16` (input, global skip and
+    output stay float32); `fp16` (CUDA only; a tile whose fp16 output overflows is recomputed in float32);
+    `int8` (the fused kernel where it has an int8 path, else ONNX Runtime: pass a `repsr.models.onnx.
+    OnnxRunner` of a file `repsr export --int8` wrote, or a model, quantized on the spot). `backend`
+    (`auto`, or one of `repsr.inference.BACKENDS`) narrows the choice. `precision_reason` says in one line
+    what ran and why.
+    `half=True` is the deprecated spelling of `precision="fp16"`.
     """
 
     def __init__(
@@ -127,8 +135,16 @@ class Upscaler:
         self._float_module: nn.Module | None = None
         compute = {Precision.FP16: torch.float16, Precision.BF16: torch.bfloat16}.get(self.precision)
         self.tile = auto_tile_size(model, self.device, compute or torch.float32) if tile == "auto" else tile
-        if tile == "auto" and self.backend == "fused":
-            self.tile = None  # the kernel tiles in L2 itself and keeps no full-size intermediate
+        self._fused_auto = tile == "auto" and self.backend == "fused"
+        if self._fused_auto:  # the kernel tiles in L2 itself; the window bounds its float output
+            self.tile = fused_tile_size(model.spec, self.device)
+
+    def window_side(self) -> int | None:
+        """The tile to cut the next image into: `tile`, or for the fused kernel with `tile="auto"` the
+        window that free memory allows now (it may have shrunk since the Upscaler was made)."""
+        if self._fused_auto:
+            return min(self.tile, fused_tile_size(self.spec, self.device))
+        return self.tile
 
     @property
     def in_channels(self) -> int:
@@ -145,24 +161,31 @@ class Upscaler:
 
     def _forward(self, module: nn.Module, lr: Tensor, dtype: torch.dtype) -> Tensor:
         x = prepare_input(lr.to(self.device, dtype, non_blocking=True), self.backend)
-        return module(x).float()
+        try:
+            return module(x).float()
+        except RuntimeError as error:  # torch's CPU allocator says so in a RuntimeError: one image's failure
+            if "can't allocate memory" in str(error) or "not enough memory" in str(error):
+                raise MemoryError(f"not enough memory for a {tuple(lr.shape)} window") from None
+            raise
 
     @torch.no_grad()
     def untiled(self, lr: Tensor) -> Tensor:
         """The model on `lr` (N, C, H, W) in one piece (no tiling), float32, on `lr`'s device."""
         return self._run(lr).to(lr.device)
 
-    @property
-    def writes_pixels(self) -> bool:
-        """True when `pixels` runs: the fused kernel on whole RGB frames writes 8-bit pixels itself."""
-        return self.backend == "fused" and self.tile is None and self.in_channels == 3
+    def writes_pixels(self, height: int, width: int) -> bool:
+        """True when `pixels` runs for (height, width) frames: the fused kernel on RGB frames that fit in
+        one window writes 8-bit pixels itself."""
+        fits = self.tile is None or (height <= self.tile and width <= self.tile)
+        return self.backend == "fused" and self.in_channels == 3 and fits
 
     @torch.no_grad()
     def pixels(self, lr: Tensor) -> Tensor:
         """`lr` (N, 3, H, W) upscaled straight to 8-bit pixels (N, H*s, W*s, 3), uint8, equal to rounding
-        `self(lr)` by `repsr.image.pixels`' rule (x 255, clamped, half up) but with no float output in between: what the video
-        path hands its encoder. Only where `writes_pixels`; `RuntimeError` elsewhere."""
-        if not self.writes_pixels:
+        `self(lr)` by `repsr.image.pixels`' rule (x 255, clamped, half up) but with no float output in
+        between: what the video path hands its encoder. Only where `writes_pixels`; `RuntimeError`
+        elsewhere."""
+        if not self.writes_pixels(*lr.shape[-2:]):
             raise RuntimeError(f"{self.backend}, tile {self.tile}: no 8-bit output; call the Upscaler")
         check_input(lr, self.in_channels)
         return self.module.pixels(lr if lr.ndim == 4 else lr[None])
@@ -256,7 +279,7 @@ def upscale_pixels(upscaler: Upscaler, pixels, *, bit_depth: int | None = None) 
     gray = channels <= 2
     dtype = np.uint8 if bit_depth == 8 else np.uint16
     out = np.empty((height * s, width * s, channels), dtype=dtype)
-    tile = upscaler.tile
+    tile = upscaler.window_side()
     pad = max(upscaler.radius, BICUBIC_RADIUS)
     rows = tile_windows(height, tile or height, pad)
     cols = tile_windows(width, tile or width, pad)

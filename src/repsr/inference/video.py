@@ -299,7 +299,9 @@ def upscale_video(
             )
         done: list[VideoReport] = []
 
-        def write(tmp: str) -> None:  # into a temporary file with the target's extension, checked, then renamed
+        def write(
+            tmp: str,
+        ) -> None:  # into a temporary file with the target's extension, checked, then renamed
             report = _transcode(av, upscaler, container, source, Path(tmp), encoder, options, batch, progress)
             _verify_video(av, Path(tmp), target, report)
             done.append(report)
@@ -660,7 +662,8 @@ def _run_pipeline(
                 _put(upscaled_q, None, stop)
                 break
             result = None
-            if item.pixels is not None and depth == 8 and getattr(upscaler, "writes_pixels", False):
+            fused = item.pixels is not None and depth == 8 and hasattr(upscaler, "writes_pixels")
+            if fused and upscaler.writes_pixels(*item.pixels.shape[1:3]):
                 result = upscaler.pixels(to_tensor(item.pixels)).numpy()  # the kernel rounds: no float frame
             elif item.pixels is not None:
                 result = upscale_rgb(upscaler, to_tensor(item.pixels)).cpu()

@@ -112,6 +112,7 @@ def build(variant: Variant, *, force: bool = False) -> Path:
     target = folder / f"repsr-fused-{variant.name}-{digest}.so"
     if target.exists() and not force:
         return target
+
     def compile_into(temp: str) -> None:
         try:
             result = subprocess.run(

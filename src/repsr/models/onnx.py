@@ -54,8 +54,6 @@ def onnx_session(
     return ort.InferenceSession(str(path), options, providers=providers)
 
 
-
-
 class OnnxRunner(nn.Module):
     """An ONNX file (int8 or fp32) run by ONNX Runtime on CPU, called like a torch model.
 

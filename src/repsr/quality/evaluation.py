@@ -1,7 +1,7 @@
 """Evaluate a model on datasets with the SR literature's protocol, next to the bicubic baseline.
 
-Protocol (`repsr.image.metrics`): outputs rounded to 8-bit levels, `crop_border = scale` pixels removed on every
-side, PSNR/SSIM on the MATLAB BT.601 Y channel. The bicubic row is MATLAB bicubic upscaling of the same
+Protocol (`repsr.image.metrics`): outputs rounded to 8-bit levels, `crop_border = scale` pixels removed on
+every side, PSNR/SSIM on the MATLAB BT.601 Y channel. The bicubic row is MATLAB bicubic upscaling of the same
 LR, measured the same way, so every table carries its own sanity check (x4 Set5 bicubic: 28.42 dB).
 
 A Y-channel model is measured on the RGB image it produces (its Y plus bicubic Cb/Cr, what `repsr

@@ -1,7 +1,7 @@
 """What a training config builds: the network, the training patches and fine-tuning's starting weights.
 
-The model layer (`repsr.arch.network`, `repsr.data.datasets`) knows nothing of `TrainConfig`; this module reads the
-config and calls their plain constructors.
+The layers below (`repsr.arch.network`, `repsr.data.datasets`) know nothing of `TrainConfig`; this module
+reads the config and calls their plain constructors.
 """
 
 from __future__ import annotations

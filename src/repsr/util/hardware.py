@@ -134,4 +134,11 @@ def cpu_flags() -> set[str]:
     return flags | proc_cpuinfo()[0]
 
 
-__all__ = ["Capabilities", "cpu_capabilities", "cpu_flags", "detect_cpu", "device_capabilities", "proc_cpuinfo"]
+__all__ = [
+    "Capabilities",
+    "cpu_capabilities",
+    "cpu_flags",
+    "detect_cpu",
+    "device_capabilities",
+    "proc_cpuinfo",
+]

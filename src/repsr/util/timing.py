@@ -1,9 +1,9 @@
 """The timers: one way to time a call, and one way to time two calls alternately.
 
 `time_runs` times one function; `time_interleaved` alternates two, so both see the same machine load
-(a shared machine's load changes from second to second). `repsr bench` (peak probe beside each row) and
-`repsr.inference.precision`'s bf16 probe (fp32 form against bf16 form) both use them; `synchronizer(device)` waits
-for a CUDA device's queue before a clock is read.
+(a shared machine's load changes from second to second). `repsr bench` uses them (a peak probe beside each
+row; `repsr.inference.backends.probe` alternates its N candidates the same way); `synchronizer(device)`
+waits for a CUDA device's queue before a clock is read.
 """
 
 from __future__ import annotations
