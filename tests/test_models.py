@@ -9,6 +9,7 @@ import repsr
 from repsr.arch.network import ModelDescriptor, build_model, describe, reparameterize_model
 from repsr.cli import main
 from repsr.deploy.onnx import export_onnx
+from repsr.image.io import write_image
 from repsr.inference import Upscaler, receptive_radius
 from repsr.inference.backends import prepare_model
 from repsr.inference.forms import bf16_module
@@ -74,6 +75,20 @@ def test_eval_runs_an_onnx_file(tmp_path, capsys):
     assert main(["eval", str(tmp_path / "m.onnx"), "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "bicubic" in out.lower()
+
+
+def test_a_fixed_size_onnx_file_is_refused_up_front_in_one_line(tmp_path, capsys):
+    plain = reparameterize_model(_training(scale=2))
+    export_onnx(plain, tmp_path / "fixed.onnx", dynamic=False, size=(24, 24))
+    for command in (
+        ["eval", str(tmp_path / "fixed.onnx"), "--no-progress"],
+        ["upscale", str(tmp_path / "x.png"), "-m", str(tmp_path / "fixed.onnx"), "-o", str(tmp_path / "o")],
+    ):
+        write_image(tmp_path / "x.png", torch.rand(3, 8, 8))
+        assert main(command) == 2
+        err = capsys.readouterr().err
+        assert "fixed.onnx" in err and "fixed size 1x3x24x24" in err and "--dynamic" in err, err
+        assert err.count("\n") == 1
 
 
 def test_bench_refuses_an_onnx_file_in_one_line(tmp_path, capsys):

@@ -512,6 +512,9 @@ def _onnx_file(
         )
     if device.type != "cpu":
         raise ConfigError("ONNX files run in ONNX Runtime on the CPU here; use --device cpu")
+    shape = getattr(model, "input_shape", ())
+    if any(d is not None for d in shape[2:]):  # images and tiles come in every size: refuse before any work
+        model.check_shape((1, model.spec.in_channels, -1, -1))
     reason = f"{actual}: ONNX file run by ONNX Runtime on {where}"
     return PreparedNet(model, actual, reason, torch.float32, False, "onnxruntime")
 

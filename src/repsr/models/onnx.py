@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from repsr.arch.network import ModelDescriptor, ModelSpec
-from repsr.util.errors import DependencyError, ModelFileError, first_line
+from repsr.util.errors import ConfigError, DependencyError, ModelFileError, first_line
 
 ONNX_PACKAGES = ("onnx", "onnxruntime", "onnxscript")
 
@@ -77,15 +77,30 @@ class OnnxRunner(nn.Module):
             raise ModelFileError(f"{self.path}: not written by repsr export (no model spec in its metadata)")
         self.spec = ModelSpec.from_metadata(metadata)
         self.quantized = any(node.op_type == "QuantizeLinear" for node in proto.graph.node)
+        # (N, C, H, W) of the file's input: an int where the export fixed it, None where it is dynamic
+        dims = proto.graph.input[0].type.tensor_type.shape.dim if proto.graph.input else []
+        self.input_shape = tuple(d.dim_value if d.HasField("dim_value") else None for d in dims)
         try:
             self.session = onnx_session(self.path, threads=threads or torch.get_num_threads())
         except Exception as error:
             raise ModelFileError(f"{self.path}: ONNX Runtime cannot load it ({first_line(error)})") from None
 
     def forward(self, x: Tensor) -> Tensor:
+        self.check_shape(tuple(x.shape))
         array = x.detach().to("cpu", torch.float32).contiguous().numpy()
         (out,) = self.session.run(["output"], {"input": array})
         return torch.from_numpy(out).to(x.device)
+
+    def check_shape(self, shape: tuple[int, ...]) -> None:
+        """`ConfigError` in one line, before ONNX Runtime's own message, when `shape` (N, C, H, W) differs
+        from a size the file fixed (`repsr export` without `--dynamic`)."""
+        fixed = [(i, d) for i, d in enumerate(self.input_shape) if d is not None and i < len(shape)]
+        if any(shape[i] != d for i, d in fixed):
+            want = "x".join(str(d) if d is not None else "any" for d in self.input_shape)
+            raise ConfigError(
+                f"{self.path}: this ONNX file takes input of the fixed size {want} (N x C x H x W) only, and "
+                "images come in every size; export it again with `repsr export MODEL --onnx FILE --dynamic`"
+            )
 
     def descriptor(self) -> ModelDescriptor:
         """An ONNX file runs in the precision it was written in: int8 (quantized) or fp32."""
