@@ -1,6 +1,7 @@
 """The quickstart and the studies, run tiny: they must produce real, consistent outputs."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -46,6 +47,40 @@ def test_demo_writes_model_pictures_and_report(tmp_path, monkeypatch):
     width, height = Image.open(result.comparison_path).size
     assert width > 4 * height / 2  # four panels side by side
     assert Image.open(result.curves_path).size[0] > 0
+
+
+def test_a_demo_model_below_bicubic_is_never_presented_as_the_result():
+    common = {"run_dir": Path("r"), "model_path": Path("m"), "report_path": Path("p"), "merge_error": 0.0}
+    common |= {"comparison_path": Path("c"), "curves_path": Path("k"), "minutes": 5.0}
+    good = demo.DemoResult(psnr=25.3, bicubic_psnr=24.1, planned_s_per_it=0.1, actual_s_per_it=0.1, **common)
+    assert good.beats_bicubic and good.verdict().startswith("RepSR 25.30 dB vs bicubic 24.10 dB (+1.20 dB)")
+    slow = demo.DemoResult(psnr=23.4, bicubic_psnr=24.1, planned_s_per_it=0.1, actual_s_per_it=0.25, **common)
+    assert not slow.beats_bicubic
+    verdict = slow.verdict()
+    assert "NOT better than bicubic" in verdict and "-0.70 dB" in verdict and "2.5x slower" in verdict
+    assert "repsr demo --minutes 10" in verdict
+
+
+def test_the_demo_command_exits_1_and_says_why_when_its_model_loses_to_bicubic(monkeypatch, capsys):
+    from repsr.cli import main
+
+    result = demo.DemoResult(
+        run_dir=Path("runs/demo"),
+        model_path=Path("m"),
+        report_path=Path("p"),
+        comparison_path=Path("c"),
+        curves_path=Path("k"),
+        psnr=23.0,
+        bicubic_psnr=24.0,
+        merge_error=0.0,
+        planned_s_per_it=0.1,
+        actual_s_per_it=0.3,
+    )
+    monkeypatch.setattr(demo, "run_demo", lambda **_: result)
+    assert main(["demo", "--minutes", "1", "--no-progress"]) == 1
+    captured = capsys.readouterr()
+    assert "NOT better than bicubic" in captured.err and captured.err.count("\n") == 1
+    assert "deployed model" not in captured.out
 
 
 def test_demo_config_fits_the_budget(monkeypatch):
