@@ -32,9 +32,8 @@ def run(args: argparse.Namespace) -> int:
     if not result.beats_bicubic:  # never presented as the result: said plainly, with what to run
         print(f"repsr: {result.verdict()} (files in {result.run_dir})", file=sys.stderr)
         return 1
-    print(
-        f"\n{result.verdict()} (Y PSNR, held-out photographs); merge check max |diff| {result.merge_error:.1e}"
-    )
+    print(f"\n{result.verdict()} (Y PSNR, held-out photographs)")
+    print(f"merge check:    max |diff| {result.merge_error:.1e}")
     print(f"deployed model: {result.model_path}")
     print(f"report:         {result.report_path}")
     print(f"pictures:       {result.comparison_path}, {result.curves_path}")
