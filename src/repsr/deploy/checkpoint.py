@@ -29,8 +29,6 @@ from repsr.util.errors import (
 )
 
 DEPLOY_TOLERANCE = IMAGE_TOLERANCE
-ONNX_TOLERANCE = IMAGE_TOLERANCE
-ONNX_OPSET = 18
 
 log = logging.getLogger(__name__)
 

@@ -32,11 +32,8 @@ from repsr.util.errors import (
     first_line,
 )
 
-DEPLOY_TOLERANCE = IMAGE_TOLERANCE
 ONNX_TOLERANCE = IMAGE_TOLERANCE
 ONNX_OPSET = 18
-
-log = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------------------------------- ONNX
