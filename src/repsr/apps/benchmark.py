@@ -474,7 +474,7 @@ def format_report(report: BenchReport) -> str:
             lines.append("-" * len(text))
     if any(row.in_auto for row in report.rows):
         notes.insert(
-            0, '* a candidate precision="auto" weighs: the fastest runs, a reduced precision only within 16 levels'
+            0, '* a candidate precision="auto" weighs: the fastest runs (int8/bf16 only within 16 levels)'
         )
     lines += notes
     return "\n".join(lines)
