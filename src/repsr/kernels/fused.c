@@ -386,6 +386,7 @@ typedef struct {
     const float *ires;
     uint8_t *oflag;
     float *ores;
+    float *scratch; /* int8: the outlier window, 3 (PB_MAX + 2) rpix floats */
 } RowCtx;
 
 #if HAVE_INT8
@@ -393,72 +394,166 @@ typedef struct {
  * range (q < 0 or q > 255 before the clamp) is an outlier: its pixel's flag gets the bit of its output-channel
  * group g, and the pixel's residuals of that group (maxstr floats per pixel) get v - (clamped q - qzero) qstep
  * for the outliers, 0 for the others. The next layer adds the residuals of its 3x3 input window's flagged
- * pixels times its float weights (`outlier_terms`) to the integer sum: clipped values count in full. Both
- * sides are per pixel and in a fixed order, so tile- and thread-independent. Written by scalar C, the same on
- * every int8 path: fmaf is the vector fmadd (one rounding), lrintf the vector conversion (round half to
- * even; out of int32 range -> INT32_MIN, as cvtps2dq, which the vector store clamps to 0). */
+ * pixels times its float weights (`outlier_sparse`, `outlier_dense`) to the integer sum: clipped values count in full. Both
+ * sides are per pixel and in a fixed order, so tile- and thread-independent; the arithmetic is the same on
+ * every int8 path (the quantization the epilogue stores: cvtps2dq, round half to even, INT32_MIN out of
+ * range, which the store clamps to 0; the residual one fnmadd). */
+#if INT8 == 1
+static inline vec residual_of(vec v, const Layer *nx) {
+    const __m512i q = _mm512_cvtps_epi32(_mm512_fmadd_ps(v, _mm512_set1_ps(nx->qinv), _mm512_set1_ps(nx->qzero)));
+    const __m512i qc = _mm512_min_epi32(_mm512_max_epi32(q, _mm512_setzero_si512()), _mm512_set1_epi32(255));
+    const __mmask16 out = _mm512_cmpneq_epi32_mask(q, qc);
+    const vec r = _mm512_fnmadd_ps(_mm512_sub_ps(_mm512_cvtepi32_ps(qc), _mm512_set1_ps(nx->qzero)),
+                                   _mm512_set1_ps(nx->qstep), v);
+    return _mm512_maskz_mov_ps(out, r);
+}
+static inline unsigned nonzero_lanes(const float *p) {
+    return (unsigned)_mm512_cmp_ps_mask(_mm512_loadu_ps(p), _mm512_setzero_ps(), _CMP_NEQ_UQ);
+}
+#else
+static inline vec residual_of(vec v, const Layer *nx) {
+    const __m256i q = _mm256_cvtps_epi32(_mm256_fmadd_ps(v, _mm256_set1_ps(nx->qinv), _mm256_set1_ps(nx->qzero)));
+    const __m256i qc = _mm256_min_epi32(_mm256_max_epi32(q, _mm256_setzero_si256()), _mm256_set1_epi32(255));
+    const __m256 in = _mm256_castsi256_ps(_mm256_cmpeq_epi32(q, qc));
+    const vec r = _mm256_fnmadd_ps(_mm256_sub_ps(_mm256_cvtepi32_ps(qc), _mm256_set1_ps(nx->qzero)),
+                                   _mm256_set1_ps(nx->qstep), v);
+    return _mm256_blendv_ps(r, _mm256_setzero_ps(), in);
+}
+static inline unsigned nonzero_lanes(const float *p) {
+    return (unsigned)_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(p), _mm256_setzero_ps(), _CMP_NEQ_UQ));
+}
+#endif
+
+/* Pixel (r, c) of output group g of a register tile with outliers: if it has some, its flag bit and residuals. */
 static __attribute__((noinline)) void store_outliers(const RowCtx *cx, int r, int c, int g, int nb, vec a0,
                                                      vec a1, vec a2, vec a3) {
     const Job *job = cx->job;
-    const Layer *ly = cx->ly, *nx = cx->next;
-    const size_t px = (size_t)r * job->fstride + c;
-    cx->oflag[px] = (uint8_t)((g == 0 ? 0 : cx->oflag[px]) | (1u << g));
-    float *res = cx->ores + px * job->rpix + g * MAXG * VL;
+    const Layer *ly = cx->ly;
     const vec acc[MAXG] = {a0, a1, a2, a3};
+    vec res[MAXG];
+    unsigned any = 0;
     for (int b = 0; b < nb; b++) {
-        float v[VL];
-        vstore(v, vprelu(acc[b], vload(ly->a + g * MAXG * VL + b * VL)));
-        for (int i = 0; i < VL; i++) {
-            const float t = __builtin_fmaf(v[i], nx->qinv, nx->qzero);
-            const int32_t q = (t >= -2147483648.0f && t < 2147483648.0f) ? (int32_t)__builtin_lrintf(t) : INT32_MIN;
-            const int32_t qc = q < 0 ? 0 : q > 255 ? 255 : q;
-            res[b * VL + i] = q == qc ? 0.0f : v[i] - ((float)qc - nx->qzero) * nx->qstep;
-        }
+        res[b] = residual_of(vprelu(acc[b], vload(ly->a + g * MAXG * VL + b * VL)), cx->next);
+        any |= nonzero_lanes((const float *)&res[b]);
     }
+    if (!any) return;
+    const size_t px = (size_t)r * job->fstride + c;
+    cx->oflag[px] = (uint8_t)(cx->oflag[px] | (1u << g));
+    float *out = cx->ores + px * job->rpix + g * MAXG * VL;
+    for (int b = 0; b < nb; b++) vstore(out + b * VL, res[b]);
 }
 
-/* Per output pixel p of a register tile (row r, columns c..c+PB-1, output group g): the sum over the flagged
- * input pixels of its 3x3 window (taps in order) and their flagged groups' nonzero residuals (channels in
- * order) of residual x float weight, into extra[p][b * VL ...]. */
-static __attribute__((noinline)) void outlier_terms(const RowCtx *cx, int nb, int pb, int r, int c, int g,
-                                                    float *extra) {
+/* The outliers' terms of a register tile (row r, columns c..c+PB-1, output group g): per output pixel p the
+ * sum over its 3x3 input window's flagged pixels (and their flagged groups) of residual x float weight, in
+ * one FMA chain from 0 in the order (tap dy, dx; input channel), into extra[p][b * VL ...] (MAXG * VL floats
+ * per pixel). Two ways to the same sums: `outlier_sparse` visits only the nonzero residuals (few flagged
+ * pixels, photographs); `outlier_dense` copies the window's residuals (0 where not flagged) and runs the fp32
+ * register tile over all of them (most pixels flagged, noise or graphics: no data-dependent branches). A zero
+ * residual's FMA leaves a sum as it is, so both give the same floats and the choice may depend on the tile. */
+static inline __attribute__((always_inline)) void outlier_sparse(const int NB, const int PB, const RowCtx *cx,
+                                                                 int r, int c, int g, float *extra) {
     const Job *job = cx->job;
     const Layer *ly = cx->ly;
     const int cin = ly->cin, cpad = ly->cpad;
-    for (int p = 0; p < pb; p++) {
+    const size_t fs = job->fstride;
+    for (int p = 0; p < PB; p++) {
         vec sum[MAXG];
-        for (int b = 0; b < nb; b++) sum[b] = vzero();
+#pragma GCC unroll 4
+        for (int b = 0; b < NB; b++) sum[b] = vzero();
         for (int dy = 0; dy < 3; dy++) {
+            const size_t row = (size_t)(r - 1 + dy) * fs + (size_t)(c + p - 1);
             for (int dx = 0; dx < 3; dx++) {
-                const size_t px = (size_t)(r - 1 + dy) * job->fstride + (size_t)(c + p - 1 + dx);
-                const unsigned flags = cx->iflag[px];
+                const unsigned flags = cx->iflag[row + dx];
                 if (!flags) continue;
-                const float *res = cx->ires + px * job->rpix;
+                const float *res = cx->ires + (row + dx) * job->rpix;
                 const float *wt = ly->wf + (size_t)(dy * 3 + dx) * cin * cpad + g * MAXG * VL;
-                for (int gi = 0; gi < 8 && gi * MAXG * VL < cin; gi++) {
-                    if (!(flags >> gi & 1u)) continue;
-                    const int e = (gi + 1) * MAXG * VL < cin ? (gi + 1) * MAXG * VL : cin;
-                    for (int ci = gi * MAXG * VL; ci < e; ci++) {
-                        if (res[ci] == 0.0f) continue;
+                for (int k = 0; k < cin; k += VL) {
+                    if (!(flags >> (k / (MAXG * VL)) & 1u)) continue;
+                    unsigned lanes = nonzero_lanes(res + k);
+                    if (k + VL > cin) lanes &= (1u << (cin - k)) - 1u;
+                    while (lanes) {
+                        const int ci = k + __builtin_ctz(lanes);
+                        lanes &= lanes - 1u;
                         const vec x = vbcast(res + ci);
-                        for (int b = 0; b < nb; b++) sum[b] = vfma(x, vload(wt + (size_t)ci * cpad + b * VL), sum[b]);
+#pragma GCC unroll 4
+                        for (int b = 0; b < NB; b++) sum[b] = vfma(x, vload(wt + (size_t)ci * cpad + b * VL), sum[b]);
                     }
                 }
             }
         }
-        for (int b = 0; b < nb; b++) vstore(extra + (p * MAXG + b) * VL, sum[b]);
+#pragma GCC unroll 4
+        for (int b = 0; b < NB; b++) vstore(extra + (p * MAXG + b) * VL, sum[b]);
     }
 }
 
-/* Whether any pixel of a register tile's input window (rows r-1..r+1, columns c-1..c+PB) is flagged. */
+static const float ZEROS[MAXG * VL];
+/* a register tile takes the dense way where more than OUTLIER_DENSE / 3 of its window's pixels are flagged */
+#define OUTLIER_DENSE 1
+
+static inline __attribute__((always_inline)) void outlier_dense(const int NB, const int PB, const RowCtx *cx,
+                                                                int r, int c, int g, float *extra) {
+    const Job *job = cx->job;
+    const Layer *ly = cx->ly;
+    const int cin = ly->cin;
+    const size_t fs = job->fstride, rp = job->rpix;
+    float *win = cx->scratch; /* [3][PB + 2][rpix] */
+    for (int dy = 0; dy < 3; dy++) {
+        const size_t row = (size_t)(r - 1 + dy) * fs + (size_t)(c - 1);
+        for (int j = 0; j < PB + 2; j++) {
+            const unsigned flags = cx->iflag[row + j];
+            const float *res = cx->ires + (row + j) * rp;
+            float *dst = win + ((size_t)dy * (PB + 2) + j) * rp;
+            for (int k = 0; k < cin; k += VL)
+                vstore(dst + k, flags >> (k / (MAXG * VL)) & 1u ? vload(res + k) : vzero());
+        }
+    }
+    vec acc[PB_MAX][MAXG];
+    conv_f32(NB, PB, win, (int)rp, (PB + 2) * rp, cin, ly->wf + g * MAXG * VL, ly->cpad, ZEROS, acc);
+#pragma GCC unroll 14
+    for (int p = 0; p < PB; p++)
+#pragma GCC unroll 4
+        for (int b = 0; b < NB; b++) vstore(extra + (p * MAXG + b) * VL, acc[p][b]);
+}
+
+/* out of line, one copy per block count and its register tile */
+#define DEFINE_OUTLIER_TERMS(NB, PB)                                                                      \
+    static __attribute__((noinline)) void outlier_sparse_##NB(const RowCtx *cx, int r, int c, int g,      \
+                                                             float *extra) {                              \
+        outlier_sparse(NB, PB, cx, r, c, g, extra);                                                       \
+    }                                                                                                     \
+    static __attribute__((noinline)) void outlier_dense_##NB(const RowCtx *cx, int r, int c, int g,       \
+                                                            float *extra) {                               \
+        outlier_dense(NB, PB, cx, r, c, g, extra);                                                        \
+    }
+DEFINE_OUTLIER_TERMS(1, PBI1)
+DEFINE_OUTLIER_TERMS(2, PBI2)
+DEFINE_OUTLIER_TERMS(3, PBI3)
+DEFINE_OUTLIER_TERMS(4, PBI4)
+
+/* How many pixels of a register tile's input window (rows r-1..r+1, columns c-1..c+PB) are flagged: PB + 2
+ * <= 16 bytes per row, read as two words (a flag row has PB_MAX + 2 columns of room past the tile). */
+static inline uint64_t nonzero_bytes(uint64_t w) { /* bit 0 of each byte: the byte is not 0 */
+    w |= w >> 4;
+    w |= w >> 2;
+    w |= w >> 1;
+    return w & UINT64_C(0x0101010101010101);
+}
 static inline __attribute__((always_inline)) int window_flagged(const RowCtx *cx, const int PB, int r, int c) {
-    const uint8_t *f = cx->iflag + (size_t)(r - 1) * cx->job->fstride + (c - 1);
-    unsigned any = 0;
+    const size_t fs = cx->job->fstride;
+    const uint8_t *f = cx->iflag + (size_t)(r - 1) * fs + (c - 1);
+    const int n = PB + 2;
+    uint64_t any = 0, count = 0;
 #pragma GCC unroll 3
-    for (int dy = 0; dy < 3; dy++)
-#pragma GCC unroll 16
-        for (int i = 0; i < PB + 2; i++) any |= f[(size_t)dy * cx->job->fstride + i];
-    return any != 0;
+    for (int dy = 0; dy < 3; dy++) {
+        uint64_t w0, w1 = 0;
+        memcpy(&w0, f + dy * fs, 8);
+        if (n > 8) memcpy(&w1, f + dy * fs + 8, 8);
+        if (n < 8) w0 &= (UINT64_C(1) << (8 * n)) - 1;
+        if (n > 8 && n < 16) w1 &= (UINT64_C(1) << (8 * (n - 8))) - 1;
+        any |= w0 | w1;
+        count += nonzero_bytes(w0) + nonzero_bytes(w1); /* per byte at most 6: no carry */
+    }
+    return any ? (int)((count * UINT64_C(0x0101010101010101)) >> 56) : 0;
 }
 #endif
 
@@ -470,37 +565,64 @@ static inline __attribute__((always_inline)) void epilogue(const int NB, const i
     if (!cx->last) {
         int ostr = ly->cpad;
         size_t base = (size_t)r * job->rstride + (size_t)c * ostr + g * MAXG * VL;
-#pragma GCC unroll 14
-        for (int p = 0; p < PB; p++) {
-            int outliers = 0; /* int8: some value of this pixel's group outside the next layer's range */
+#if HAVE_INT8
+        if (job->mode == 2) {
+            /* u8 for the next layer: round half to even, clamp to 0..255. Invariants in locals (the byte
+             * stores may alias anything); the unclamped q of the whole register tile OR-ed together: a value
+             * is an outlier where q has bits above 0xFF (q < 0 or q > 255), tested once per tile. */
+            const vec qi = vbcast(&cx->next->qinv), qz = vbcast(&cx->next->qzero);
+            vec alpha[MAXG];
 #pragma GCC unroll 4
-            for (int b = 0; b < NB; b++) {
-                vec v = vprelu(acc[p][b], vload(ly->a + g * MAXG * VL + b * VL));
+            for (int b = 0; b < NB; b++) alpha[b] = vload(ly->a + g * MAXG * VL + b * VL);
+            uint8_t *const ob = (uint8_t *)cx->obuf + base;
 #if INT8 == 1
-                if (job->mode == 2) {
-                    __m512i q = _mm512_cvtps_epi32(
-                        _mm512_fmadd_ps(v, _mm512_set1_ps(cx->next->qinv), _mm512_set1_ps(cx->next->qzero)));
-                    outliers |= _mm512_cmpgt_epu32_mask(q, _mm512_set1_epi32(255)) != 0; /* q < 0 or > 255 */
+            __m512i high = _mm512_setzero_si512();
+#else
+            __m256i high = _mm256_setzero_si256();
+#endif
+#pragma GCC unroll 14
+            for (int p = 0; p < PB; p++) {
+#pragma GCC unroll 4
+                for (int b = 0; b < NB; b++) {
+                    const vec v = vprelu(acc[p][b], alpha[b]);
+#if INT8 == 1
+                    __m512i q = _mm512_cvtps_epi32(_mm512_fmadd_ps(v, qi, qz));
+                    high = _mm512_or_si512(high, q);
                     q = _mm512_max_epi32(q, _mm512_setzero_si512());
-                    _mm_storeu_si128((__m128i *)((uint8_t *)cx->obuf + base + p * ostr + b * VL),
-                                     _mm512_cvtusepi32_epi8(q));
-                    continue;
-                }
-#elif INT8 >= 2
-                if (job->mode == 2) {
-                    /* round half to even, clamp to 0..255 (signed saturation to int16, then unsigned to u8:
-                     * what max(q, 0) and vpmovusdb give on AVX-512), the 8 bytes stored at once */
-                    __m256i q = _mm256_cvtps_epi32(
-                        _mm256_fmadd_ps(v, _mm256_set1_ps(cx->next->qinv), _mm256_set1_ps(cx->next->qzero)));
-                    /* q < 0 or > 255: unsigned min(q, 255) differs from q */
-                    outliers |= _mm256_movemask_epi8(_mm256_cmpeq_epi32(q, _mm256_min_epu32(q, _mm256_set1_epi32(255)))) != -1;
+                    _mm_storeu_si128((__m128i *)(ob + p * ostr + b * VL), _mm512_cvtusepi32_epi8(q));
+#else
+                    /* signed saturation to int16, then unsigned to u8 (what max(q, 0) and vpmovusdb give on
+                     * AVX-512), the 8 bytes stored at once */
+                    __m256i q = _mm256_cvtps_epi32(_mm256_fmadd_ps(v, qi, qz));
+                    high = _mm256_or_si256(high, q);
                     q = _mm256_packs_epi32(q, q);
                     q = _mm256_packus_epi16(q, q);
                     __m128i lo = _mm_unpacklo_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
-                    _mm_storel_epi64((__m128i *)((uint8_t *)cx->obuf + base + p * ostr + b * VL), lo);
-                    continue;
-                }
+                    _mm_storel_epi64((__m128i *)(ob + p * ostr + b * VL), lo);
 #endif
+                }
+            }
+            uint8_t *const flag = cx->oflag + (size_t)r * job->fstride + c;
+            if (g == 0) memset(flag, 0, PB); /* group 0 sets this layer's flags, later groups add bits */
+#if INT8 == 1
+            const int any = _mm512_test_epi32_mask(high, _mm512_set1_epi32(~0xFF)) != 0;
+#else
+            const int any = !_mm256_testz_si256(high, _mm256_set1_epi32(~0xFF));
+#endif
+            if (any) {
+                const vec z = vzero();
+                for (int p = 0; p < PB; p++)
+                    store_outliers(cx, r, c + p, g, NB, acc[p][0], NB > 1 ? acc[p][1] : z, NB > 2 ? acc[p][2] : z,
+                                   NB > 3 ? acc[p][3] : z);
+            }
+            return;
+        }
+#endif
+#pragma GCC unroll 14
+        for (int p = 0; p < PB; p++) {
+#pragma GCC unroll 4
+            for (int b = 0; b < NB; b++) {
+                vec v = vprelu(acc[p][b], vload(ly->a + g * MAXG * VL + b * VL));
 #if HAVE_BF16
                 if (job->mode == 1) {
                     __m256bh h = _mm512_cvtneps_pbh(v);
@@ -511,18 +633,6 @@ static inline __attribute__((always_inline)) void epilogue(const int NB, const i
 #endif
                 vstore((float *)cx->obuf + base + p * ostr + b * VL, v);
             }
-#if HAVE_INT8
-            if (job->mode == 2) {
-                if (outliers) {
-                    const vec z = vzero();
-                    store_outliers(cx, r, c + p, g, NB, acc[p][0], NB > 1 ? acc[p][1] : z, NB > 2 ? acc[p][2] : z,
-                                   NB > 3 ? acc[p][3] : z);
-                } else if (g == 0) {
-                    cx->oflag[(size_t)r * job->fstride + c + p] = 0;
-                }
-            }
-#endif
-            (void)outliers;
         }
         return;
     }
@@ -688,9 +798,13 @@ DEFINE_ROW_BF16(4, PB4)
                 for (int b = 0; b < NB; b++)                                                              \
                     acc[p][b] = vfma(icvt(acci[p][b]), vload(ly->mul + g * MAXG * VL + b * VL),           \
                                      vload(ly->b + g * MAXG * VL + b * VL));                              \
-            if (cx->iflag && window_flagged(cx, PB, r, c)) { /* the input's outliers, in float */         \
+            const int flagged = cx->iflag ? window_flagged(cx, PB, r, c) : 0;                             \
+            if (flagged) { /* the input's outliers, in float */                                           \
                 float extra[PB * MAXG * VL] __attribute__((aligned(64)));                                 \
-                outlier_terms(cx, NB, PB, r, c, g, extra);                                                \
+                if (flagged > OUTLIER_DENSE * (PB + 2))                                                   \
+                    outlier_dense_##NB(cx, r, c, g, extra);                                               \
+                else                                                                                      \
+                    outlier_sparse_##NB(cx, r, c, g, extra);                                              \
                 for (int p = 0; p < PB; p++)                                                              \
                     for (int b = 0; b < NB; b++) acc[p][b] = vadd(acc[p][b], vload(extra + (p * MAXG + b) * VL)); \
             }                                                                                             \
@@ -759,8 +873,10 @@ static inline uint16_t to_bf16(float f) { /* round to nearest even (finite value
     return (uint16_t)(u >> 16);
 }
 
-/* b0, b1: the ping-pong activation buffers; int8 also f0, f1 (flags) and q0, q1 (residuals), paired with them */
-static void run_tile(Job *job, int t, void *b0, void *b1, uint8_t *f0, uint8_t *f1, float *q0, float *q1) {
+/* b0, b1: the ping-pong activation buffers; int8 also f0, f1 (flags) and q0, q1 (residuals), paired with them,
+ * and the outlier window's scratch */
+static void run_tile(Job *job, int t, void *b0, void *b1, uint8_t *f0, uint8_t *f1, float *q0, float *q1,
+                     float *scratch) {
     const int nl = job->nl, per_img = job->tiles_y * job->tiles_x;
     const int img = t / per_img, ty = (t % per_img) / job->tiles_x, tx = t % job->tiles_x;
     const int y0 = ty * job->th, x0 = tx * job->tw;
@@ -877,7 +993,7 @@ static void run_tile(Job *job, int t, void *b0, void *b1, uint8_t *f0, uint8_t *
         const int last = l == nl - 1;
         RowCtx cx = {job, ly, last, ib, ob, last ? NULL : &job->L[l + 1], img, 0, ox,
                      int8 && l > 0 ? ifl : NULL, int8 && l > 0 ? ire : NULL, int8 && !last ? ofl : NULL,
-                     int8 && !last ? ore : NULL};
+                     int8 && !last ? ore : NULL, scratch};
         const int r0 = l + 1, r1 = FR - l - 1, c0 = l + 1, c1 = FC - l - 1;
         const int groups = (ly->cpad / VL + MAXG - 1) / MAXG;
         for (int g = 0; g < groups; g++) {
@@ -922,13 +1038,14 @@ static void *worker(void *arg) {
     memset(b1, 0, bytes);
     /* int8 outliers: flags and residuals, zeroed (calloc: untouched pages of the sparse residuals stay free) */
     uint8_t *f0 = NULL, *f1 = NULL;
-    float *q0 = NULL, *q1 = NULL;
+    float *q0 = NULL, *q1 = NULL, *scratch = NULL;
     if (job->mode == 2) {
         f0 = calloc(job->flagbytes, 1);
         f1 = calloc(job->flagbytes, 1);
         q0 = calloc(job->flagbytes * job->rpix, sizeof(float));
         q1 = calloc(job->flagbytes * job->rpix, sizeof(float));
-        if (!f0 || !f1 || !q0 || !q1) {
+        scratch = calloc((size_t)3 * (PB_MAX + 2) * job->rpix + VL, sizeof(float));
+        if (!f0 || !f1 || !q0 || !q1 || !scratch) {
             __atomic_store_n(&job->failed, 1, __ATOMIC_RELAXED);
             goto done;
         }
@@ -937,9 +1054,10 @@ static void *worker(void *arg) {
     for (;;) {
         int t = __atomic_fetch_add(&job->next, 1, __ATOMIC_RELAXED);
         if (t >= total) break;
-        run_tile(job, t, b0, b1, f0, f1, q0, q1);
+        run_tile(job, t, b0, b1, f0, f1, q0, q1, scratch);
     }
 done:
+    free(scratch);
     free(f0);
     free(f1);
     free(q0);
