@@ -394,13 +394,15 @@ typedef struct {
  * range (q < 0 or q > 255 before the clamp) is an outlier: its pixel's flag gets the bit of its output-channel
  * group g, and the pixel's residuals of that group (maxstr floats per pixel) get v - (clamped q - qzero) qstep
  * for the outliers, 0 for the others. The next layer adds the residuals of its 3x3 input window's flagged
- * pixels times its float weights (`outlier_sparse`, `outlier_dense`) to the integer sum: clipped values count in full. Both
+ * pixels times its float weights (`outlier_sparse`, `outlier_dense`) to the integer sum: clipped values count
+ * in full. Both
  * sides are per pixel and in a fixed order, so tile- and thread-independent; the arithmetic is the same on
  * every int8 path (the quantization the epilogue stores: cvtps2dq, round half to even, INT32_MIN out of
  * range, which the store clamps to 0; the residual one fnmadd). */
 #if INT8 == 1
 static inline vec residual_of(vec v, const Layer *nx) {
-    const __m512i q = _mm512_cvtps_epi32(_mm512_fmadd_ps(v, _mm512_set1_ps(nx->qinv), _mm512_set1_ps(nx->qzero)));
+    const __m512 t = _mm512_fmadd_ps(v, _mm512_set1_ps(nx->qinv), _mm512_set1_ps(nx->qzero));
+    const __m512i q = _mm512_cvtps_epi32(t);
     const __m512i qc = _mm512_min_epi32(_mm512_max_epi32(q, _mm512_setzero_si512()), _mm512_set1_epi32(255));
     const __mmask16 out = _mm512_cmpneq_epi32_mask(q, qc);
     const vec r = _mm512_fnmadd_ps(_mm512_sub_ps(_mm512_cvtepi32_ps(qc), _mm512_set1_ps(nx->qzero)),
@@ -412,7 +414,8 @@ static inline unsigned nonzero_lanes(const float *p) {
 }
 #else
 static inline vec residual_of(vec v, const Layer *nx) {
-    const __m256i q = _mm256_cvtps_epi32(_mm256_fmadd_ps(v, _mm256_set1_ps(nx->qinv), _mm256_set1_ps(nx->qzero)));
+    const __m256 t = _mm256_fmadd_ps(v, _mm256_set1_ps(nx->qinv), _mm256_set1_ps(nx->qzero));
+    const __m256i q = _mm256_cvtps_epi32(t);
     const __m256i qc = _mm256_min_epi32(_mm256_max_epi32(q, _mm256_setzero_si256()), _mm256_set1_epi32(255));
     const __m256 in = _mm256_castsi256_ps(_mm256_cmpeq_epi32(q, qc));
     const vec r = _mm256_fnmadd_ps(_mm256_sub_ps(_mm256_cvtepi32_ps(qc), _mm256_set1_ps(nx->qzero)),
@@ -424,7 +427,7 @@ static inline unsigned nonzero_lanes(const float *p) {
 }
 #endif
 
-/* Pixel (r, c) of output group g of a register tile with outliers: if it has some, its flag bit and residuals. */
+/* Pixel (r, c), output group g, of a register tile with outliers: if it has some, its flag and residuals */
 static __attribute__((noinline)) void store_outliers(const RowCtx *cx, int r, int c, int g, int nb, vec a0,
                                                      vec a1, vec a2, vec a3) {
     const Job *job = cx->job;
@@ -476,7 +479,8 @@ static inline __attribute__((always_inline)) void outlier_sparse(const int NB, c
                         lanes &= lanes - 1u;
                         const vec x = vbcast(res + ci);
 #pragma GCC unroll 4
-                        for (int b = 0; b < NB; b++) sum[b] = vfma(x, vload(wt + (size_t)ci * cpad + b * VL), sum[b]);
+                        for (int b = 0; b < NB; b++)
+                            sum[b] = vfma(x, vload(wt + (size_t)ci * cpad + b * VL), sum[b]);
                     }
                 }
             }
@@ -557,8 +561,10 @@ static inline __attribute__((always_inline)) int window_flagged(const RowCtx *cx
 }
 #endif
 
-static inline __attribute__((always_inline)) void epilogue(const int NB, const int PB, const RowCtx *cx,
-                                                           int r, int c, int g, int valid,
+/* Q8: called by an int8 row (a constant: the fp32 and bf16 rows get none of the int8 code, whose
+ * outlier calls would otherwise keep their accumulators in memory) */
+static inline __attribute__((always_inline)) void epilogue(const int Q8, const int NB, const int PB,
+                                                           const RowCtx *cx, int r, int c, int g, int valid,
                                                            vec acc[PB_MAX][MAXG]) {
     const Job *job = cx->job;
     const Layer *ly = cx->ly;
@@ -566,7 +572,7 @@ static inline __attribute__((always_inline)) void epilogue(const int NB, const i
         int ostr = ly->cpad;
         size_t base = (size_t)r * job->rstride + (size_t)c * ostr + g * MAXG * VL;
 #if HAVE_INT8
-        if (job->mode == 2) {
+        if (Q8) {
             /* u8 for the next layer: round half to even, clamp to 0..255. Invariants in locals (the byte
              * stores may alias anything); the unclamped q of the whole register tile OR-ed together: a value
              * is an outlier where q has bits above 0xFF (q < 0 or q > 255), tested once per tile. */
@@ -611,12 +617,15 @@ static inline __attribute__((always_inline)) void epilogue(const int NB, const i
 #endif
             if (any) {
                 const vec z = vzero();
+#pragma GCC unroll 14
                 for (int p = 0; p < PB; p++)
-                    store_outliers(cx, r, c + p, g, NB, acc[p][0], NB > 1 ? acc[p][1] : z, NB > 2 ? acc[p][2] : z,
-                                   NB > 3 ? acc[p][3] : z);
+                    store_outliers(cx, r, c + p, g, NB, acc[p][0], NB > 1 ? acc[p][1] : z,
+                                   NB > 2 ? acc[p][2] : z, NB > 3 ? acc[p][3] : z);
             }
             return;
         }
+#else
+        (void)Q8;
 #endif
 #pragma GCC unroll 14
         for (int p = 0; p < PB; p++) {
@@ -733,7 +742,7 @@ static inline __attribute__((always_inline)) void epilogue(const int NB, const i
             else                                                                                          \
                 conv_f32(NB, PB, ip, ly->istr, job->rstride, ly->cin, wg, ly->cpad, bg, acc);             \
             int valid = c1 - c < PB ? c1 - c : PB;                                                        \
-            epilogue(NB, PB, cx, r, c, g, valid, acc);                                                    \
+            epilogue(0, NB, PB, cx, r, c, g, valid, acc);                                                 \
         }                                                                                                 \
     }
 DEFINE_ROW(1, PB1)
@@ -762,7 +771,7 @@ DEFINE_ROW(4, PB4)
             else                                                                                          \
                 conv_bf16(NB, PB, ip, ly->istr, job->rstride, cin2, wg, ly->cpad, bg, acc);               \
             int valid = c1 - c < PB ? c1 - c : PB;                                                        \
-            epilogue(NB, PB, cx, r, c, g, valid, acc);                                                    \
+            epilogue(0, NB, PB, cx, r, c, g, valid, acc);                                                 \
         }                                                                                                 \
     }
 DEFINE_ROW_BF16(1, PB1)
@@ -806,10 +815,11 @@ DEFINE_ROW_BF16(4, PB4)
                 else                                                                                      \
                     outlier_sparse_##NB(cx, r, c, g, extra);                                              \
                 for (int p = 0; p < PB; p++)                                                              \
-                    for (int b = 0; b < NB; b++) acc[p][b] = vadd(acc[p][b], vload(extra + (p * MAXG + b) * VL)); \
+                    for (int b = 0; b < NB; b++)                                                          \
+                        acc[p][b] = vadd(acc[p][b], vload(extra + (p * MAXG + b) * VL));                  \
             }                                                                                             \
             int valid = c1 - c < PB ? c1 - c : PB;                                                        \
-            epilogue(NB, PB, cx, r, c, g, valid, acc);                                                    \
+            epilogue(1, NB, PB, cx, r, c, g, valid, acc);                                                 \
         }                                                                                                 \
     }
 DEFINE_ROW_INT8(1, PBI1)
@@ -1009,7 +1019,7 @@ static void run_tile(Job *job, int t, void *b0, void *b1, uint8_t *f0, uint8_t *
             const size_t es = elem_size(job->mode);
             zero_outside(job, ob, job->rstride * es, ly->cpad * es, r0, r1, c0, c1, oy, ox,
                          int8 ? (int)job->L[l + 1].qzero : 0);
-            if (int8) zero_outside(job, ofl, job->fstride, 1, r0, r1, c0, c1, oy, ox, 0); /* no outliers there */
+            if (int8) zero_outside(job, ofl, job->fstride, 1, r0, r1, c0, c1, oy, ox, 0); /* no outliers */
         }
         void *tmp = ib;
         ib = ob;
