@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from repsr import build_model, reparameterize_model
-from repsr.image.pixels import quantize, to_integers, to_levels
+from repsr.image.pixels import quantize, to_integers
 from repsr.inference import Upscaler, backends
 from repsr.inference.backends import Candidate, Probe
 from repsr.inference.forms import Bf16PlainSR
@@ -347,7 +347,9 @@ def test_avx2_int8_weights_keep_every_int16_lane_exact():
 
 def exact_int8(plain, fused: FusedPlainSR, x: torch.Tensor) -> torch.Tensor:
     """The int8 kernel's function computed in float64 from its own packed weights and quantization: u8
-    activations (round half to even, clamped), integer sums (exact), float32 epilogue values."""
+    activations (round half to even, clamped), integer sums (exact), float32 epilogue values; and the
+    outlier path: what clamping cut off a layer's input (past layer 0, the image) is added back through its
+    float weights."""
     import torch.nn.functional as F
 
     dims, blob, scalars, quant = fused._dims, fused._weights, fused._scalars, fused._quant
@@ -362,19 +364,26 @@ def exact_int8(plain, fused: FusedPlainSR, x: torch.Tensor) -> torch.Tensor:
         w = torch.from_numpy(
             w.transpose(3, 2, 4, 0, 1).reshape(cpad, quads * 4, 3, 3)[:cout, :cin].astype(np.float64)
         )
+        wf = blob[woff : woff + 9 * cin * cpad * 4].view(np.float32).reshape(3, 3, cin, cpad)
+        woff += 9 * cin * cpad * 4
+        wf = torch.from_numpy(wf.transpose(3, 2, 0, 1)[:cout].astype(np.float64))
         mul, bias, alpha = (
             torch.from_numpy(scalars[soff + i * cpad : soff + (i + 1) * cpad][:cout].astype(np.float64))
             for i in range(3)
         )
         soff += 3 * cpad
         qinv, qzero = float(quant[2 * layer]), float(quant[2 * layer + 1])
-        q = torch.round((y.float() * np.float32(qinv) + np.float32(qzero)).double()).clamp(0, 255)
+        unclamped = torch.round((y.float() * np.float32(qinv) + np.float32(qzero)).double())
+        q = unclamped.clamp(0, 255)
         acc = F.conv2d(q - qzero, w, padding=1)  # integers: exact in float64
+        outliers = (unclamped != q) if layer > 0 else torch.zeros_like(q, dtype=torch.bool)
+        residual = torch.where(outliers, y - (q - qzero) * float(np.float32(1) / np.float32(qinv)), 0.0)
         # the kernel folds the zero point into the bias: acc_with_zero * mul + (bias - mul qzero sum w)
         z = (
             acc * mul[:, None, None]
             + bias[:, None, None]
             + mul[:, None, None] * qzero * w.sum(dim=(1, 2, 3))[:, None, None]
+            + F.conv2d(residual, wf, padding=1)
         )
         if layer < nl - 1:
             z = torch.where(z < 0, z * alpha[:, None, None], z)
@@ -395,6 +404,29 @@ def test_int8_is_the_exact_integer_computation_on_harsh_photographs(variant, sca
     x = harsh(photo("coffee.png", (60, 90)))
     fused = FusedPlainSR(plain, "int8", variant=name, tile=(16, 40))
     assert (fused(x) - exact_int8(plain, fused, x)).abs().max().item() <= 1e-4
+
+
+@pytest.mark.parametrize("variant", INT8_VARIANTS, ids=lambda v: v.name)
+def test_int8_outliers_of_every_channel_group_are_exact(variant):
+    """The outlier path where an intermediate layer has more output channels than one register group (40:
+    two groups on 8 lanes) and ranges calibrated on a dim copy make many values outliers: the kernel equals
+    its exact emulation, on every tiling, and is far closer to fp32 than clamping would be."""
+    name = int8_variant(variant)
+    plain = random_plain(2, 3, channels=40)
+    x = torch.rand(2, 3, 29, 43, generator=torch.Generator().manual_seed(3))
+    fused = FusedPlainSR(plain, "int8", variant=name, tile=(7, 9), calibration=[0.25 * x])
+    qinv, qzero = float(fused._quant[2]), float(fused._quant[3])
+    with torch.no_grad():
+        head = plain.body[1](plain.body[0](x))  # layer 1's input
+        reference = plain(x)
+    assert ((head * qinv + qzero).round() > 255).float().mean() > 0.05  # outliers in many pixels
+    out = fused(x)
+    assert (out - exact_int8(plain, fused, x)).abs().max().item() <= 1e-4
+    whole = FusedPlainSR(plain, "int8", variant=name, tile=(29, 43), threads=2, calibration=[0.25 * x])
+    assert torch.equal(out, whole(x))
+    residual = reference - torch.nn.functional.interpolate(x, scale_factor=2, mode="nearest")
+    span = (residual.max() - residual.min()).item()
+    assert (out - reference).abs().max().item() <= INT8_TOLERANCE_RANDOM * span
 
 
 @pytest.mark.parametrize("variant", INT8_VARIANTS, ids=lambda v: v.name)
@@ -440,20 +472,22 @@ def test_int8_quality_on_whole_held_out_photographs(variant, scale):
 
 
 @pytest.mark.parametrize("variant", INT8_VARIANTS, ids=lambda v: v.name)
-@pytest.mark.xfail(
-    strict=True,
-    reason="static 99.9% activation ranges clip on saturated, high-contrast photographs: every 8-bit "
-    "scheme measured (AVX512-VNNI's included) leaves some pixels far more than 16 levels from fp32 "
-    "(docs/results/avx2-int8.md); needs an outlier path",
-)
-def test_int8_worst_pixel_on_harsh_photographs(variant):
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_int8_worst_pixel_on_harsh_photographs(variant, scale):
+    """The bar: no 8-bit output pixel more than HARSH_MAX_LEVELS from fp32 on `harsh_photos` (the gate
+    photographs, each also dark and more saturated) nor on contrast-stretched photographs. Static 99.9%
+    ranges clip there (60-95 levels before the outlier path: docs/results/avx2-int8.md); the outlier path
+    adds what clamping cut off back in float."""
+    from repsr.data.samples import harsh_photos
+    from repsr.deploy.int8 import check_against_fp32
+
     name = int8_variant(variant)
-    plain = shipped(2)
-    fp32, int8 = FusedPlainSR(plain, "fp32"), FusedPlainSR(plain, "int8", variant=name)
-    for image in ("rocket.jpg", "coffee.png", "chelsea.png"):
-        x = harsh(photo(image, (200, 300)))
-        levels = lambda out: to_levels(out)  # noqa: E731
-        assert (levels(int8(x)) - levels(fp32(x))).abs().max().item() <= HARSH_MAX_LEVELS
+    plain = shipped(scale)
+    int8 = FusedPlainSR(plain, "int8", variant=name)
+    stretched = {f"{n} x3 contrast": harsh(photo(n, (96, 128))) for n in ("rocket.jpg", "coffee.png")}
+    images = {**harsh_photos(), **stretched}
+    _, worst, where = check_against_fp32(int8, plain, images)
+    assert worst <= HARSH_MAX_LEVELS, (worst, where)
 
 
 EMULATED_DPBUSD = """

@@ -20,6 +20,12 @@
  *   sum exactly, so fused.py limits each output channel's weight scale until 255 x (the sum of the
  *   same-sign weights sharing a lane) <= 32767 (`repsr_fused_int8_lane_weights` tells it how many share
  *   one: 4); the activations keep all 8 bits.
+ * Outliers (all three forms, the same scalar C): an activation outside its layer's static input range is
+ * clamped to 0 or 255 for the integer sums, and what the clamp cut off is kept as a float residual (per pixel
+ * a flag byte, and the residuals in a side buffer paired with the ping-pong buffer); the next layer adds the
+ * flagged neighbours' residuals times its float weights to its sum before bias and PReLU. Calibrated ranges
+ * clip 1-7% of a photograph's pixels per layer, and without this the worst output pixel was 60-95 levels
+ * from fp32 (docs/results/avx2-int8.md). The layer-0 input (the image, 0..1 -> 0..255) has none.
  *
  * Image-border semantics equal the PyTorch network's zero padding: every layer's values at positions
  * outside the image are set to zero before the next layer reads them, so the tiled result equals the
@@ -41,6 +47,8 @@ typedef __m512 vec;
 #define vbcast(p) _mm512_set1_ps(*(p))
 #define vfma(a, b, c) _mm512_fmadd_ps(a, b, c)
 #define vstore(p, v) _mm512_storeu_ps(p, v)
+#define vadd(a, b) _mm512_add_ps(a, b)
+#define vzero() _mm512_setzero_ps()
 static inline vec vprelu(vec x, vec a) {
     __mmask16 m = _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_LT_OQ);
     return _mm512_mask_mul_ps(x, m, x, a);
@@ -57,6 +65,8 @@ typedef __m256 vec;
 #define vbcast(p) _mm256_broadcast_ss(p)
 #define vfma(a, b, c) _mm256_fmadd_ps(a, b, c)
 #define vstore(p, v) _mm256_storeu_ps(p, v)
+#define vadd(a, b) _mm256_add_ps(a, b)
+#define vzero() _mm256_setzero_ps()
 static inline vec vprelu(vec x, vec a) {
     vec m = _mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_LT_OQ);
     return _mm256_blendv_ps(x, _mm256_mul_ps(x, a), m);
@@ -119,7 +129,9 @@ typedef struct {
     const void *w;             /* fp32 [9][cin][cpad], bf16 [9][ceil(cin/2)][cpad][2], int8 [9][ceil(cin/4)][cpad][4] */
     const float *b, *a;        /* [cpad] each; a unused for the last layer */
     const float *mul;          /* int8: [cpad] input scale x weight scale per output channel */
+    const float *wf;           /* int8: the float weights [9][cin][cpad], for the input's outliers */
     float qinv, qzero;         /* int8: quantization of this layer's INPUT: q = round(x * qinv + qzero) */
+    float qstep;               /* int8: 1 / qinv, the input's step */
 } Layer;
 
 typedef struct {
@@ -133,6 +145,9 @@ typedef struct {
     int failed;
     size_t rstride; /* elements per buffer row */
     size_t bufelems;
+    /* int8 outliers: per buffer pixel a byte of flags (bit g: output-channel group g has values outside the
+     * next layer's input range) and maxstr floats of residuals; fstride pixels per row */
+    size_t fstride, flagbytes, rpix;
     size_t out_off[MAXL * 16], skip_off[MAXL * 16]; /* per output channel of the last layer */
 #if defined(__AVX512F__)
     /* last layer, element k of an output row segment (pixel k / s, sub-column k % s): its offset in the
@@ -365,43 +380,258 @@ typedef struct {
     void *obuf;
     const Layer *next; /* the following layer (its input quantization), NULL for the last */
     int img, gy, gx0; /* global LR row of this buffer row, global LR column of buffer column 0 */
+    /* int8 outliers (NULL otherwise): this layer's input flags and residuals (NULL for layer 0: the image),
+     * and its output's (NULL for the last layer) */
+    const uint8_t *iflag;
+    const float *ires;
+    uint8_t *oflag;
+    float *ores;
+    float *scratch; /* int8: the outlier window, 3 (PB_MAX + 2) rpix floats */
 } RowCtx;
 
-static inline __attribute__((always_inline)) void epilogue(const int NB, const int PB, const RowCtx *cx,
-                                                           int r, int c, int g, int valid,
+#if HAVE_INT8
+/* int8 outliers. Every u8 activation is q = round(v qinv + qzero) clamped to 0..255; a value outside the
+ * range (q < 0 or q > 255 before the clamp) is an outlier: its pixel's flag gets the bit of its output-channel
+ * group g, and the pixel's residuals of that group (maxstr floats per pixel) get v - (clamped q - qzero) qstep
+ * for the outliers, 0 for the others. The next layer adds the residuals of its 3x3 input window's flagged
+ * pixels times its float weights (`outlier_sparse`, `outlier_dense`) to the integer sum: clipped values count
+ * in full. Both
+ * sides are per pixel and in a fixed order, so tile- and thread-independent; the arithmetic is the same on
+ * every int8 path (the quantization the epilogue stores: cvtps2dq, round half to even, INT32_MIN out of
+ * range, which the store clamps to 0; the residual one fnmadd). */
+#if INT8 == 1
+static inline vec residual_of(vec v, const Layer *nx) {
+    const __m512 t = _mm512_fmadd_ps(v, _mm512_set1_ps(nx->qinv), _mm512_set1_ps(nx->qzero));
+    const __m512i q = _mm512_cvtps_epi32(t);
+    const __m512i qc = _mm512_min_epi32(_mm512_max_epi32(q, _mm512_setzero_si512()), _mm512_set1_epi32(255));
+    const __mmask16 out = _mm512_cmpneq_epi32_mask(q, qc);
+    const vec r = _mm512_fnmadd_ps(_mm512_sub_ps(_mm512_cvtepi32_ps(qc), _mm512_set1_ps(nx->qzero)),
+                                   _mm512_set1_ps(nx->qstep), v);
+    return _mm512_maskz_mov_ps(out, r);
+}
+static inline unsigned nonzero_lanes(const float *p) {
+    return (unsigned)_mm512_cmp_ps_mask(_mm512_loadu_ps(p), _mm512_setzero_ps(), _CMP_NEQ_UQ);
+}
+#else
+static inline vec residual_of(vec v, const Layer *nx) {
+    const __m256 t = _mm256_fmadd_ps(v, _mm256_set1_ps(nx->qinv), _mm256_set1_ps(nx->qzero));
+    const __m256i q = _mm256_cvtps_epi32(t);
+    const __m256i qc = _mm256_min_epi32(_mm256_max_epi32(q, _mm256_setzero_si256()), _mm256_set1_epi32(255));
+    const __m256 in = _mm256_castsi256_ps(_mm256_cmpeq_epi32(q, qc));
+    const vec r = _mm256_fnmadd_ps(_mm256_sub_ps(_mm256_cvtepi32_ps(qc), _mm256_set1_ps(nx->qzero)),
+                                   _mm256_set1_ps(nx->qstep), v);
+    return _mm256_blendv_ps(r, _mm256_setzero_ps(), in);
+}
+static inline unsigned nonzero_lanes(const float *p) {
+    return (unsigned)_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(p), _mm256_setzero_ps(), _CMP_NEQ_UQ));
+}
+#endif
+
+/* Pixel (r, c), output group g, of a register tile with outliers: if it has some, its flag and residuals */
+static __attribute__((noinline)) void store_outliers(const RowCtx *cx, int r, int c, int g, int nb, vec a0,
+                                                     vec a1, vec a2, vec a3) {
+    const Job *job = cx->job;
+    const Layer *ly = cx->ly;
+    const vec acc[MAXG] = {a0, a1, a2, a3};
+    vec res[MAXG];
+    unsigned any = 0;
+    for (int b = 0; b < nb; b++) {
+        res[b] = residual_of(vprelu(acc[b], vload(ly->a + g * MAXG * VL + b * VL)), cx->next);
+        any |= nonzero_lanes((const float *)&res[b]);
+    }
+    if (!any) return;
+    const size_t px = (size_t)r * job->fstride + c;
+    cx->oflag[px] = (uint8_t)(cx->oflag[px] | (1u << g));
+    float *out = cx->ores + px * job->rpix + g * MAXG * VL;
+    for (int b = 0; b < nb; b++) vstore(out + b * VL, res[b]);
+}
+
+/* The outliers' terms of a register tile (row r, columns c..c+PB-1, output group g): per output pixel p the
+ * sum over its 3x3 input window's flagged pixels (and their flagged groups) of residual x float weight, in
+ * one FMA chain from 0 in the order (tap dy, dx; input channel), into extra[p][b * VL ...] (MAXG * VL floats
+ * per pixel). Two ways to the same sums: `outlier_sparse` visits only the nonzero residuals (few flagged
+ * pixels, photographs); `outlier_dense` copies the window's residuals (0 where not flagged) and runs the fp32
+ * register tile over all of them (most pixels flagged, noise or graphics: no data-dependent branches). A zero
+ * residual's FMA leaves a sum as it is, so both give the same floats and the choice may depend on the tile. */
+static inline __attribute__((always_inline)) void outlier_sparse(const int NB, const int PB, const RowCtx *cx,
+                                                                 int r, int c, int g, float *extra) {
+    const Job *job = cx->job;
+    const Layer *ly = cx->ly;
+    const int cin = ly->cin, cpad = ly->cpad;
+    const size_t fs = job->fstride;
+    for (int p = 0; p < PB; p++) {
+        vec sum[MAXG];
+#pragma GCC unroll 4
+        for (int b = 0; b < NB; b++) sum[b] = vzero();
+        for (int dy = 0; dy < 3; dy++) {
+            const size_t row = (size_t)(r - 1 + dy) * fs + (size_t)(c + p - 1);
+            for (int dx = 0; dx < 3; dx++) {
+                const unsigned flags = cx->iflag[row + dx];
+                if (!flags) continue;
+                const float *res = cx->ires + (row + dx) * job->rpix;
+                const float *wt = ly->wf + (size_t)(dy * 3 + dx) * cin * cpad + g * MAXG * VL;
+                for (int k = 0; k < cin; k += VL) {
+                    if (!(flags >> (k / (MAXG * VL)) & 1u)) continue;
+                    unsigned lanes = nonzero_lanes(res + k);
+                    if (k + VL > cin) lanes &= (1u << (cin - k)) - 1u;
+                    while (lanes) {
+                        const int ci = k + __builtin_ctz(lanes);
+                        lanes &= lanes - 1u;
+                        const vec x = vbcast(res + ci);
+#pragma GCC unroll 4
+                        for (int b = 0; b < NB; b++)
+                            sum[b] = vfma(x, vload(wt + (size_t)ci * cpad + b * VL), sum[b]);
+                    }
+                }
+            }
+        }
+#pragma GCC unroll 4
+        for (int b = 0; b < NB; b++) vstore(extra + (p * MAXG + b) * VL, sum[b]);
+    }
+}
+
+static const float ZEROS[MAXG * VL];
+/* a register tile takes the dense way where more than OUTLIER_DENSE / 3 of its window's pixels are flagged */
+#define OUTLIER_DENSE 1
+
+static inline __attribute__((always_inline)) void outlier_dense(const int NB, const int PB, const RowCtx *cx,
+                                                                int r, int c, int g, float *extra) {
+    const Job *job = cx->job;
+    const Layer *ly = cx->ly;
+    const int cin = ly->cin;
+    const size_t fs = job->fstride, rp = job->rpix;
+    float *win = cx->scratch; /* [3][PB + 2][rpix] */
+    for (int dy = 0; dy < 3; dy++) {
+        const size_t row = (size_t)(r - 1 + dy) * fs + (size_t)(c - 1);
+        for (int j = 0; j < PB + 2; j++) {
+            const unsigned flags = cx->iflag[row + j];
+            const float *res = cx->ires + (row + j) * rp;
+            float *dst = win + ((size_t)dy * (PB + 2) + j) * rp;
+            for (int k = 0; k < cin; k += VL)
+                vstore(dst + k, flags >> (k / (MAXG * VL)) & 1u ? vload(res + k) : vzero());
+        }
+    }
+    vec acc[PB_MAX][MAXG];
+    conv_f32(NB, PB, win, (int)rp, (PB + 2) * rp, cin, ly->wf + g * MAXG * VL, ly->cpad, ZEROS, acc);
+#pragma GCC unroll 14
+    for (int p = 0; p < PB; p++)
+#pragma GCC unroll 4
+        for (int b = 0; b < NB; b++) vstore(extra + (p * MAXG + b) * VL, acc[p][b]);
+}
+
+/* out of line, one copy per block count and its register tile */
+#define DEFINE_OUTLIER_TERMS(NB, PB)                                                                      \
+    static __attribute__((noinline)) void outlier_sparse_##NB(const RowCtx *cx, int r, int c, int g,      \
+                                                             float *extra) {                              \
+        outlier_sparse(NB, PB, cx, r, c, g, extra);                                                       \
+    }                                                                                                     \
+    static __attribute__((noinline)) void outlier_dense_##NB(const RowCtx *cx, int r, int c, int g,       \
+                                                            float *extra) {                               \
+        outlier_dense(NB, PB, cx, r, c, g, extra);                                                        \
+    }
+DEFINE_OUTLIER_TERMS(1, PBI1)
+DEFINE_OUTLIER_TERMS(2, PBI2)
+DEFINE_OUTLIER_TERMS(3, PBI3)
+DEFINE_OUTLIER_TERMS(4, PBI4)
+
+/* How many pixels of a register tile's input window (rows r-1..r+1, columns c-1..c+PB) are flagged: PB + 2
+ * <= 16 bytes per row, read as two words (a flag row has PB_MAX + 2 columns of room past the tile). */
+static inline uint64_t nonzero_bytes(uint64_t w) { /* bit 0 of each byte: the byte is not 0 */
+    w |= w >> 4;
+    w |= w >> 2;
+    w |= w >> 1;
+    return w & UINT64_C(0x0101010101010101);
+}
+static inline __attribute__((always_inline)) int window_flagged(const RowCtx *cx, const int PB, int r, int c) {
+    const size_t fs = cx->job->fstride;
+    const uint8_t *f = cx->iflag + (size_t)(r - 1) * fs + (c - 1);
+    const int n = PB + 2;
+    uint64_t any = 0, count = 0;
+#pragma GCC unroll 3
+    for (int dy = 0; dy < 3; dy++) {
+        uint64_t w0, w1 = 0;
+        memcpy(&w0, f + dy * fs, 8);
+        if (n > 8) memcpy(&w1, f + dy * fs + 8, 8);
+        if (n < 8) w0 &= (UINT64_C(1) << (8 * n)) - 1;
+        if (n > 8 && n < 16) w1 &= (UINT64_C(1) << (8 * (n - 8))) - 1;
+        any |= w0 | w1;
+        count += nonzero_bytes(w0) + nonzero_bytes(w1); /* per byte at most 6: no carry */
+    }
+    return any ? (int)((count * UINT64_C(0x0101010101010101)) >> 56) : 0;
+}
+#endif
+
+/* Q8: called by an int8 row (a constant: the fp32 and bf16 rows get none of the int8 code, whose
+ * outlier calls would otherwise keep their accumulators in memory) */
+static inline __attribute__((always_inline)) void epilogue(const int Q8, const int NB, const int PB,
+                                                           const RowCtx *cx, int r, int c, int g, int valid,
                                                            vec acc[PB_MAX][MAXG]) {
     const Job *job = cx->job;
     const Layer *ly = cx->ly;
     if (!cx->last) {
         int ostr = ly->cpad;
         size_t base = (size_t)r * job->rstride + (size_t)c * ostr + g * MAXG * VL;
+#if HAVE_INT8
+        if (Q8) {
+            /* u8 for the next layer: round half to even, clamp to 0..255. Invariants in locals (the byte
+             * stores may alias anything); the unclamped q of the whole register tile OR-ed together: a value
+             * is an outlier where q has bits above 0xFF (q < 0 or q > 255), tested once per tile. */
+            const vec qi = vbcast(&cx->next->qinv), qz = vbcast(&cx->next->qzero);
+            vec alpha[MAXG];
+#pragma GCC unroll 4
+            for (int b = 0; b < NB; b++) alpha[b] = vload(ly->a + g * MAXG * VL + b * VL);
+            uint8_t *const ob = (uint8_t *)cx->obuf + base;
+#if INT8 == 1
+            __m512i high = _mm512_setzero_si512();
+#else
+            __m256i high = _mm256_setzero_si256();
+#endif
+#pragma GCC unroll 14
+            for (int p = 0; p < PB; p++) {
+#pragma GCC unroll 4
+                for (int b = 0; b < NB; b++) {
+                    const vec v = vprelu(acc[p][b], alpha[b]);
+#if INT8 == 1
+                    __m512i q = _mm512_cvtps_epi32(_mm512_fmadd_ps(v, qi, qz));
+                    high = _mm512_or_si512(high, q);
+                    q = _mm512_max_epi32(q, _mm512_setzero_si512());
+                    _mm_storeu_si128((__m128i *)(ob + p * ostr + b * VL), _mm512_cvtusepi32_epi8(q));
+#else
+                    /* signed saturation to int16, then unsigned to u8 (what max(q, 0) and vpmovusdb give on
+                     * AVX-512), the 8 bytes stored at once */
+                    __m256i q = _mm256_cvtps_epi32(_mm256_fmadd_ps(v, qi, qz));
+                    high = _mm256_or_si256(high, q);
+                    q = _mm256_packs_epi32(q, q);
+                    q = _mm256_packus_epi16(q, q);
+                    __m128i lo = _mm_unpacklo_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
+                    _mm_storel_epi64((__m128i *)(ob + p * ostr + b * VL), lo);
+#endif
+                }
+            }
+            uint8_t *const flag = cx->oflag + (size_t)r * job->fstride + c;
+            if (g == 0) memset(flag, 0, PB); /* group 0 sets this layer's flags, later groups add bits */
+#if INT8 == 1
+            const int any = _mm512_test_epi32_mask(high, _mm512_set1_epi32(~0xFF)) != 0;
+#else
+            const int any = !_mm256_testz_si256(high, _mm256_set1_epi32(~0xFF));
+#endif
+            if (any) {
+                const vec z = vzero();
+#pragma GCC unroll 14
+                for (int p = 0; p < PB; p++)
+                    store_outliers(cx, r, c + p, g, NB, acc[p][0], NB > 1 ? acc[p][1] : z,
+                                   NB > 2 ? acc[p][2] : z, NB > 3 ? acc[p][3] : z);
+            }
+            return;
+        }
+#else
+        (void)Q8;
+#endif
 #pragma GCC unroll 14
         for (int p = 0; p < PB; p++) {
 #pragma GCC unroll 4
             for (int b = 0; b < NB; b++) {
                 vec v = vprelu(acc[p][b], vload(ly->a + g * MAXG * VL + b * VL));
-#if INT8 == 1
-                if (job->mode == 2) {
-                    __m512i q = _mm512_cvtps_epi32(
-                        _mm512_fmadd_ps(v, _mm512_set1_ps(cx->next->qinv), _mm512_set1_ps(cx->next->qzero)));
-                    q = _mm512_max_epi32(q, _mm512_setzero_si512());
-                    _mm_storeu_si128((__m128i *)((uint8_t *)cx->obuf + base + p * ostr + b * VL),
-                                     _mm512_cvtusepi32_epi8(q));
-                    continue;
-                }
-#elif INT8 >= 2
-                if (job->mode == 2) {
-                    /* round half to even, clamp to 0..255 (signed saturation to int16, then unsigned to u8:
-                     * what max(q, 0) and vpmovusdb give on AVX-512), the 8 bytes stored at once */
-                    __m256i q = _mm256_cvtps_epi32(
-                        _mm256_fmadd_ps(v, _mm256_set1_ps(cx->next->qinv), _mm256_set1_ps(cx->next->qzero)));
-                    q = _mm256_packs_epi32(q, q);
-                    q = _mm256_packus_epi16(q, q);
-                    __m128i lo = _mm_unpacklo_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
-                    _mm_storel_epi64((__m128i *)((uint8_t *)cx->obuf + base + p * ostr + b * VL), lo);
-                    continue;
-                }
-#endif
 #if HAVE_BF16
                 if (job->mode == 1) {
                     __m256bh h = _mm512_cvtneps_pbh(v);
@@ -512,7 +742,7 @@ static inline __attribute__((always_inline)) void epilogue(const int NB, const i
             else                                                                                          \
                 conv_f32(NB, PB, ip, ly->istr, job->rstride, ly->cin, wg, ly->cpad, bg, acc);             \
             int valid = c1 - c < PB ? c1 - c : PB;                                                        \
-            epilogue(NB, PB, cx, r, c, g, valid, acc);                                                    \
+            epilogue(0, NB, PB, cx, r, c, g, valid, acc);                                                 \
         }                                                                                                 \
     }
 DEFINE_ROW(1, PB1)
@@ -541,7 +771,7 @@ DEFINE_ROW(4, PB4)
             else                                                                                          \
                 conv_bf16(NB, PB, ip, ly->istr, job->rstride, cin2, wg, ly->cpad, bg, acc);               \
             int valid = c1 - c < PB ? c1 - c : PB;                                                        \
-            epilogue(NB, PB, cx, r, c, g, valid, acc);                                                    \
+            epilogue(0, NB, PB, cx, r, c, g, valid, acc);                                                 \
         }                                                                                                 \
     }
 DEFINE_ROW_BF16(1, PB1)
@@ -577,8 +807,19 @@ DEFINE_ROW_BF16(4, PB4)
                 for (int b = 0; b < NB; b++)                                                              \
                     acc[p][b] = vfma(icvt(acci[p][b]), vload(ly->mul + g * MAXG * VL + b * VL),           \
                                      vload(ly->b + g * MAXG * VL + b * VL));                              \
+            const int flagged = cx->iflag ? window_flagged(cx, PB, r, c) : 0;                             \
+            if (flagged) { /* the input's outliers, in float */                                           \
+                float extra[PB * MAXG * VL] __attribute__((aligned(64)));                                 \
+                if (flagged > OUTLIER_DENSE * (PB + 2))                                                   \
+                    outlier_dense_##NB(cx, r, c, g, extra);                                               \
+                else                                                                                      \
+                    outlier_sparse_##NB(cx, r, c, g, extra);                                              \
+                for (int p = 0; p < PB; p++)                                                              \
+                    for (int b = 0; b < NB; b++)                                                          \
+                        acc[p][b] = vadd(acc[p][b], vload(extra + (p * MAXG + b) * VL));                  \
+            }                                                                                             \
             int valid = c1 - c < PB ? c1 - c : PB;                                                        \
-            epilogue(NB, PB, cx, r, c, g, valid, acc);                                                    \
+            epilogue(1, NB, PB, cx, r, c, g, valid, acc);                                                 \
         }                                                                                                 \
     }
 DEFINE_ROW_INT8(1, PBI1)
@@ -611,27 +852,26 @@ static row_fn pick_row(int mode, int nb) {
 
 static size_t elem_size(int mode) { return mode == 0 ? 4 : mode == 1 ? 2 : 1; }
 
-static void zero_outside(const Job *job, void *buf, int stride_px, int fr0, int fr1, int fc0, int fc1,
-                         int oy, int ox, int fill) {
-    /* zero the buffer pixels (rows fr0..fr1, cols fc0..fc1) whose global position is outside the image
-     * (`fill`: the byte pattern of zero, the zero point for int8) */
-    size_t es = elem_size(job->mode);
+static void zero_outside(const Job *job, void *buf, size_t row_bytes, size_t es, int fr0, int fr1, int fc0,
+                         int fc1, int oy, int ox, int fill) {
+    /* zero the buffer pixels (rows fr0..fr1, cols fc0..fc1; `es` bytes each) whose global position is
+     * outside the image (`fill`: the byte pattern of zero, the zero point for int8; int8 flags: 0) */
     for (int r = fr0; r < fr1; r++) {
         int gy = oy + r;
-        char *row = (char *)buf + (size_t)r * job->rstride * es;
+        char *row = (char *)buf + (size_t)r * row_bytes;
         if (gy < 0 || gy >= job->H) {
-            memset(row + (size_t)fc0 * stride_px * es, fill, (size_t)(fc1 - fc0) * stride_px * es);
+            memset(row + (size_t)fc0 * es, fill, (size_t)(fc1 - fc0) * es);
             continue;
         }
         int left = -ox; /* columns < left are outside */
         if (left > fc0) {
             int e = left < fc1 ? left : fc1;
-            memset(row + (size_t)fc0 * stride_px * es, fill, (size_t)(e - fc0) * stride_px * es);
+            memset(row + (size_t)fc0 * es, fill, (size_t)(e - fc0) * es);
         }
         int right = job->W - ox; /* columns >= right are outside */
         if (right < fc1) {
             int b = right > fc0 ? right : fc0;
-            memset(row + (size_t)b * stride_px * es, fill, (size_t)(fc1 - b) * stride_px * es);
+            memset(row + (size_t)b * es, fill, (size_t)(fc1 - b) * es);
         }
     }
 }
@@ -643,7 +883,10 @@ static inline uint16_t to_bf16(float f) { /* round to nearest even (finite value
     return (uint16_t)(u >> 16);
 }
 
-static void run_tile(Job *job, int t, void *b0, void *b1) {
+/* b0, b1: the ping-pong activation buffers; int8 also f0, f1 (flags) and q0, q1 (residuals), paired with them,
+ * and the outlier window's scratch */
+static void run_tile(Job *job, int t, void *b0, void *b1, uint8_t *f0, uint8_t *f1, float *q0, float *q1,
+                     float *scratch) {
     const int nl = job->nl, per_img = job->tiles_y * job->tiles_x;
     const int img = t / per_img, ty = (t % per_img) / job->tiles_x, tx = t % job->tiles_x;
     const int y0 = ty * job->th, x0 = tx * job->tw;
@@ -752,10 +995,15 @@ static void run_tile(Job *job, int t, void *b0, void *b1) {
     }
 
     void *ib = b0, *ob = b1;
+    uint8_t *ifl = f0, *ofl = f1;
+    float *ire = q0, *ore = q1;
+    const int int8 = job->mode == 2;
     for (int l = 0; l < nl; l++) {
         const Layer *ly = &job->L[l];
         const int last = l == nl - 1;
-        RowCtx cx = {job, ly, last, ib, ob, last ? NULL : &job->L[l + 1], img, 0, ox};
+        RowCtx cx = {job, ly, last, ib, ob, last ? NULL : &job->L[l + 1], img, 0, ox,
+                     int8 && l > 0 ? ifl : NULL, int8 && l > 0 ? ire : NULL, int8 && !last ? ofl : NULL,
+                     int8 && !last ? ore : NULL, scratch};
         const int r0 = l + 1, r1 = FR - l - 1, c0 = l + 1, c1 = FC - l - 1;
         const int groups = (ly->cpad / VL + MAXG - 1) / MAXG;
         for (int g = 0; g < groups; g++) {
@@ -767,11 +1015,21 @@ static void run_tile(Job *job, int t, void *b0, void *b1) {
                 fn(&cx, r, c0, c1, g);
             }
         }
-        if (!last && border)
-            zero_outside(job, ob, ly->cpad, r0, r1, c0, c1, oy, ox, job->mode == 2 ? (int)job->L[l + 1].qzero : 0);
+        if (!last && border) {
+            const size_t es = elem_size(job->mode);
+            zero_outside(job, ob, job->rstride * es, ly->cpad * es, r0, r1, c0, c1, oy, ox,
+                         int8 ? (int)job->L[l + 1].qzero : 0);
+            if (int8) zero_outside(job, ofl, job->fstride, 1, r0, r1, c0, c1, oy, ox, 0); /* no outliers */
+        }
         void *tmp = ib;
         ib = ob;
         ob = tmp;
+        uint8_t *ftmp = ifl;
+        ifl = ofl;
+        ofl = ftmp;
+        float *rtmp = ire;
+        ire = ore;
+        ore = rtmp;
     }
 }
 
@@ -788,12 +1046,32 @@ static void *worker(void *arg) {
     }
     memset(b0, 0, bytes);
     memset(b1, 0, bytes);
+    /* int8 outliers: flags and residuals, zeroed (calloc: untouched pages of the sparse residuals stay free) */
+    uint8_t *f0 = NULL, *f1 = NULL;
+    float *q0 = NULL, *q1 = NULL, *scratch = NULL;
+    if (job->mode == 2) {
+        f0 = calloc(job->flagbytes, 1);
+        f1 = calloc(job->flagbytes, 1);
+        q0 = calloc(job->flagbytes * job->rpix, sizeof(float));
+        q1 = calloc(job->flagbytes * job->rpix, sizeof(float));
+        scratch = calloc((size_t)3 * (PB_MAX + 2) * job->rpix + VL, sizeof(float));
+        if (!f0 || !f1 || !q0 || !q1 || !scratch) {
+            __atomic_store_n(&job->failed, 1, __ATOMIC_RELAXED);
+            goto done;
+        }
+    }
     const int total = job->n * job->tiles_y * job->tiles_x;
     for (;;) {
         int t = __atomic_fetch_add(&job->next, 1, __ATOMIC_RELAXED);
         if (t >= total) break;
-        run_tile(job, t, b0, b1);
+        run_tile(job, t, b0, b1, f0, f1, q0, q1, scratch);
     }
+done:
+    free(scratch);
+    free(f0);
+    free(f1);
+    free(q0);
+    free(q1);
     free(b0);
     free(b1);
     return NULL;
@@ -808,7 +1086,8 @@ int repsr_fused_has_int8(void) { return HAVE_INT8; }
 int repsr_fused_int8_lane_weights(void) { return INT8_LANE_WEIGHTS; }
 
 /* dims: nl, in_ch, scale, then cin_l, cout_l per layer. weights: the layers' packed weights one after the
- * other (fp32 [9][cin][cpad], or bf16 [9][ceil(cin/2)][cpad][2]); ba: per layer bias[cpad], alpha[cpad].
+ * other (fp32 [9][cin][cpad], or bf16 [9][ceil(cin/2)][cpad][2], or int8 [9][ceil(cin/4)][cpad][4] followed
+ * by the layer's fp32 weights [9][cin][cpad] for the outlier path); ba: per layer bias[cpad], alpha[cpad].
  * int8 (mode 2): ba holds per layer mul[cpad], bias[cpad], alpha[cpad] (the output is acc * mul + bias) and
  * quant per layer (qinv, qzero) of its input. in: (n, in_ch, H, W) float32; exactly one of out: (n, in_ch,
  * H*s, W*s) float32, and out8: (n, H*s, W*s, in_ch) 8-bit pixels (what an encoder takes: no float copy).
@@ -839,10 +1118,14 @@ int repsr_fused_run(int mode, const int *dims, const void *weights, const float 
         ly->w = wp;
         if (mode == 2) {
             wp += (size_t)9 * ((ly->cin + 3) / 4) * ly->cpad * 4;
+            ly->wf = (const float *)(const void *)wp;
+            wp += (size_t)9 * ly->cin * ly->cpad * 4;
             ly->mul = bp;
             bp += ly->cpad;
             ly->qinv = quant[2 * l];
             ly->qzero = quant[2 * l + 1];
+            ly->qstep = 1.0f / ly->qinv;
+            if (ly->cpad > 8 * MAXG * VL) return -1; /* one flag bit per output-channel group */
         } else {
             wp += mode == 1 ? (size_t)9 * ((ly->cin + 1) / 2) * ly->cpad * 2 * 2 : (size_t)9 * ly->cin * ly->cpad * 4;
         }
@@ -905,6 +1188,9 @@ int repsr_fused_run(int mode, const int *dims, const void *weights, const float 
     /* row: tile + halo + room for a register tile's overrun (PB_MAX + 1 pixels) */
     job.rstride = (size_t)(job.tw + 2 * job.nl + PB_MAX + 2) * maxstr;
     job.bufelems = job.rstride * (size_t)(job.th + 2 * job.nl + 1);
+    job.fstride = (size_t)(job.tw + 2 * job.nl + PB_MAX + 2);
+    job.flagbytes = job.fstride * (size_t)(job.th + 2 * job.nl + 1);
+    job.rpix = (size_t)maxstr;
     int total = n * job.tiles_y * job.tiles_x;
     if (nthreads < 1) nthreads = 1;
     if (nthreads > total) nthreads = total;

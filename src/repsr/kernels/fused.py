@@ -7,12 +7,15 @@ convolutions do, so the result does not depend on the tile size (fp32: the same 
 int8: the same roundings).
 
 int8: weights symmetric per output channel (max |w| -> 127), activations unsigned 8-bit with a zero point
-per layer, their ranges calibrated (min/max) on the photographs `repsr export --int8` calibrates on
-(`repsr.deploy.int8`); the input image is quantized to 8 bits (exact for 8-bit sources) for the residual
-network only: the nearest skip adds the float32 input, and bias, PReLU and the output stay float32. The
-AVX2 kernel (no dot-product units: vpmaddubsw) sums 4 weights' products in one int16 lane, so there an
-output channel's weight scale is also bounded until 255 x every such lane's same-sign weights <= 32767
-(`int8_weight_scales`; the alternatives measured in docs/results/avx2-int8.md).
+per layer, their ranges calibrated (`CALIBRATION_PERCENTILE`) on the photographs `repsr export --int8`
+calibrates on (`repsr.deploy.int8`); the input image is quantized to 8 bits (exact for 8-bit sources)
+for the residual network only: the nearest skip adds the float32 input, and bias, PReLU and the output
+stay float32. A value outside its layer's static range is an outlier: the integer sum takes it clamped
+(0 or 255) and the next layer adds what the clamp cut off times its float weights (fused.c), so the
+ranges set the step, not a limit (without this the worst pixel on plain photographs was 60-95 levels from
+fp32; with it <= 12). The AVX2 kernel (no dot-product units: vpmaddubsw) sums 4 weights' products in one
+int16 lane, so there an output channel's weight scale is also bounded until 255 x every such lane's
+same-sign weights <= 32767 (`int8_weight_scales`; the alternatives measured in docs/results/avx2-int8.md).
 """
 
 from __future__ import annotations
@@ -58,8 +61,9 @@ def default_tile(spec, precision: str, lanes: int = 16) -> tuple[int, int]:
     return max(TILE_ROWS[0], halo, min(TILE_ROWS[1], rows)), width
 
 
-# int8 activation ranges clip this quantile on each side: finer steps for nearly all values beat covering
-# the rare extremes (shipped x2 model, held-out photos: min/max ranges cost 0.19 dB Y-PSNR, 99.9% 0.02).
+# int8 activation ranges cover this quantile on each side: finer steps for nearly all values beat covering
+# the rare extremes (shipped x2 model, held-out photos: min/max ranges cost 0.19 dB Y-PSNR, 99.9% 0.02);
+# the values outside go through the kernel's outlier path (float), not clamped away.
 CALIBRATION_PERCENTILE = 0.999
 
 
@@ -202,6 +206,7 @@ def pack_layers(
             weights.append(
                 q.reshape(3, 3, quads, 4, cpad).transpose(0, 1, 2, 4, 3).reshape(-1).view(np.uint8)
             )
+            weights.append(packed.reshape(-1).view(np.uint8))  # float weights: the input's outliers
             qinv, qzero = quant[2 * index], quant[2 * index + 1]
             mul = (w_scale / qinv).astype(np.float32)  # input scale x weight scale
             zero_term = mul * qzero * q.astype(np.int64).sum(axis=(0, 1, 2))
