@@ -3,7 +3,8 @@
 Speed (default): probes the fp32 and bf16 (and int8, where torch has an int8 matmul) 2048x2048 matmul
 peaks, then times deployed M4C16, M10C32 and M16C64 x4 (random weights: speed only) on a 320x180 LR
 frame: torch fp32 channels-last (what `repsr upscale` ran before precisions), torch bf16
-(`repsr.inference.precision.Bf16PlainSR`), ONNX Runtime fp32 and int8 (`repsr.deploy.int8`), OpenVINO fp32/bf16 when
+(`repsr.inference.forms.Bf16PlainSR`), ONNX Runtime fp32 and int8 (`repsr.deploy.int8`), OpenVINO
+fp32/bf16 when
 installed, and the fused C kernel (`repsr.kernels`) in each precision this CPU runs. Each row gives its %
 of the peak of ITS precision; rows of one model are timed in interleaved
 rounds, so on a shared machine compare ratios, not absolute figures. Then what `auto` picks and why, and
@@ -42,8 +43,8 @@ import torch  # noqa: E402
 
 from repsr import build_model, reparameterize_model  # noqa: E402
 from repsr.inference import prepare_model  # noqa: E402
-from repsr.inference.backends import decide
-from repsr.inference.forms import Bf16PlainSR
+from repsr.inference.backends import decide  # noqa: E402
+from repsr.inference.forms import Bf16PlainSR  # noqa: E402
 from repsr.util.hardware import cpu_capabilities  # noqa: E402
 
 SIZES = ((4, 16), (10, 32), (16, 64))
@@ -257,7 +258,10 @@ def speed(threads: int, rounds: int, with_int8: bool) -> None:
                 )
             started = time.perf_counter()
             chosen = decide(model, torch.device("cpu"), "auto")
-            print(f"  auto -> {chosen.backend} {chosen.precision} ({time.perf_counter() - started:.2f} s): {chosen.reason}")
+            print(
+                f"  auto -> {chosen.backend} {chosen.precision} ({time.perf_counter() - started:.2f} s): "
+                f"{chosen.reason}"
+            )
 
 
 # ------------------------------------------------------------------------------------------- training

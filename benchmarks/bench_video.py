@@ -1,4 +1,5 @@
-"""Video benchmark: end-to-end frames/s of `repsr.inference.video.upscale_video` vs the model alone on the same frames.
+"""Video benchmark: end-to-end frames/s of `repsr.inference.video.upscale_video` vs the model alone on
+the same frames.
 
 Run: ``python benchmarks/bench_video.py [--frames N] [--codec C] [--preset P]`` (needs
 ``pip install 'repsr[video]'``).

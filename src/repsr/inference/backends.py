@@ -356,14 +356,17 @@ def _time_alternating(
 def probe(
     plain: PlainSR, device: torch.device, pairs: list[Candidate], *, budget_s: float = PROBE_BUDGET_S
 ) -> Probe:
-    """Time every pair in `pairs` on one seeded input (cached per model spec, device, threads, pairs)."""
+    """Time every pair in `pairs` on one photograph crop (cached per model spec, device, threads, pairs)."""
     threads = torch.get_num_threads()
     key = (json.dumps(plain.spec.to_dict(), sort_keys=True), str(device), threads, tuple(pairs))
     if key in _PROBES:
         return _PROBES[key]
+    from repsr.data.samples import verification_image
+
     side = probe_side(plain.spec)
-    x = torch.rand(1, plain.spec.in_channels, side, side, generator=torch.Generator().manual_seed(0))
-    x = x.to(device)
+    # a photograph, not noise: the int8 kernel's outlier path costs time where values leave the ranges
+    # calibrated on photographs, which uniform noise does everywhere and photographs rarely
+    x = verification_image(plain.spec.in_channels, (side, side)).to(device)
     calls = {}
     for pair in pairs:
         try:
