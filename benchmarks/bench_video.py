@@ -85,7 +85,7 @@ def decoded(path: Path) -> list[torch.Tensor]:
 def model_alone_fps(upscaler: Upscaler, frames: list[torch.Tensor]) -> float:
     """The model's part of the pipeline alone: float frames in; out as the pipeline takes them (8-bit
     pixels where the fused kernel writes them, else float)."""
-    run = upscaler.pixels if upscaler.writes_pixels else upscaler
+    run = upscaler.pixels if upscaler.writes_pixels(*frames[0].shape[-2:]) else upscaler
     run(frames[0])  # warm-up: oneDNN plans the kernels for this shape
     start = time.perf_counter()
     for frame in frames:
