@@ -62,7 +62,8 @@ def main() -> None:
         "# The degraded benchmark: every shipped model",
         "",
         "Held-out photographs (the `repsr corpus` hold-out: ColorfulCups, EveningGlow, Kleiber,",
-        "picosdeeuropa, chelsea, rocket), LR made by each fixed, seeded condition of `repsr.quality.degraded`;",
+        "picosdeeuropa, chelsea, rocket), LR made by each fixed, seeded condition of "
+        "`repsr.quality.degraded`;",
         "Y-PSNR gain in dB over bicubic upscaling of the same degraded LR, mean over the photographs /",
         "worst photograph. Reproduce: `python scripts/degraded_results.py --holdout corpus/holdout",
         "-o docs/results/degraded.md` (one model: `repsr eval MODEL --data holdout=DIR --degrade`).",

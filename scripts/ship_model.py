@@ -1,4 +1,5 @@
-"""Turn a finished `repsr train` run into a shipped model of `repsr.models.loader.pretrained` (a maintainer's tool).
+"""Turn a finished `repsr train` run into a shipped model of `repsr.models.pretrained` (a maintainer's
+tool).
 
     python scripts/ship_model.py RUN_DIR NAME --holdout CORPUS/holdout [--reference RUN_DIR] [--note FILE]
 
@@ -22,12 +23,12 @@ from pathlib import Path
 
 import torch
 import yaml
-
-import repsr
 from repsr.data.datasets.datasets import EvalSet
 from repsr.models.loader.blend import blend_weights
 from repsr.models.loader.files import load_model as load_torch_model
 from repsr.models.loader.pretrained import FOLDER, resolve_model
+
+import repsr
 from repsr.quality.degraded import degraded_sets, format_gains, select_conditions
 from repsr.quality.evaluation import evaluate
 from repsr.quality.gate import run_gate
@@ -68,7 +69,7 @@ def lr_making(config: dict) -> str:
     if preset == "none":
         return "made by MATLAB bicubic"
     return (
-        f"made on the fly by the `{preset}` real-world degradation preset (`repsr.data.datasets.degradations`: blur, "
+        f"made on the fly by the `{preset}` real-world degradation preset (`repsr.data.degradations`: blur, "
         "resize, noise and JPEG in two passes; a share of patches keeps the MATLAB-bicubic LR)"
     )
 
