@@ -458,7 +458,8 @@ def decide(
     if requested is Precision.AUTO:
         pairs = candidates(device, backend)
         if not pairs:
-            raise ConfigError(REGISTRY[backend].unavailable(device) or f"nothing runs {backend} here")
+            problem = REGISTRY[backend].unavailable(device) if backend in REGISTRY else None
+            raise ConfigError(problem or f"no backend runs a repsr network on {where}")
         if len(pairs) == 1:
             choice, why = pairs[0], "the only candidate here"
         else:
