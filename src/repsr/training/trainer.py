@@ -210,6 +210,29 @@ class Trainer:
             seconds = time.perf_counter() - started
             log.info(report.describe(self.iteration, bn.freeze_affine, self.phase == Phase.MERGED, seconds))
 
+    def replan(self, iterations: int) -> None:
+        """Change the run's length to `iterations` between partial runs (`run(until=...)`): what a time
+        budget does when it re-measures the machine's pace (`repsr demo`).
+
+        The schedule follows: the LR curve is the one of an `iterations`-long run from the next step on,
+        and the BN switch moves to `bn.switch_at` of the new length (due at once if that is already
+        past). Patch keys are functions of the iteration, so the data of the steps done is unchanged.
+        `config.yaml` and later checkpoints record the new length, so `--resume` continues the new plan.
+        """
+        if iterations <= self.iteration:
+            raise ConfigError(f"replan: {iterations} iterations, but {self.iteration} are done already")
+        train = dataclasses.replace(self.config.train, iterations=iterations)
+        self.config = self.step.config = dataclasses.replace(self.config, train=train)
+        self.total = iterations
+        self.schedule = self.step.schedule = PhaseSchedule.from_config(self.config)
+        scheduler, config = self.state.scheduler, self.config
+        scheduler.lr_lambdas = [lambda step: lr_factor(config, step)] * len(scheduler.lr_lambdas)
+        factor = lr_factor(config, scheduler.last_epoch)  # the next step's rate, on the new curve
+        for group, base in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, strict=True):
+            group["lr"] = base * factor
+        if self.log is not None and self.dist.is_main:
+            save_config(self.config, self.run_dir / "config.yaml")
+
     def run(self, until: int | None = None) -> TrainResult | None:
         """Train to the end (returns the result, closes the run) or until iteration `until` (returns None).
 
