@@ -188,9 +188,9 @@ class Job:
         self.started = time.time()
         self.status = "running"
         try:
-            planned, missing = plan_outputs(
-                request.inputs, request.output, fmt=request.fmt, overwrite=request.overwrite
-            )
+            # every planned file, listed even where existing outputs refuse the job (upscale_files
+            # plans again with the job's own `overwrite` and refuses it, as the CLI does)
+            planned, _ = plan_outputs(request.inputs, request.output, fmt=request.fmt, overwrite=True)
             with self._lock:
                 for job in planned:
                     units, frames = _units(job.source, job.video)

@@ -81,26 +81,27 @@ class Previewer:
     def __init__(self, *, precision: str = "auto", backend: str = "auto", device: str = "cpu") -> None:
         self.precision, self.backend, self.device = precision, backend, device
         self._upscalers: OrderedDict[tuple[str, float | None], Upscaler] = OrderedDict()
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # held while a crop runs, and while a model is made ready
 
     def upscaler(self, model: str, denoise: float | None) -> Upscaler:
         """The `Upscaler` of `model` at `denoise` (None: the model's default), as a batch run loads it."""
         key = (model, denoise)
-        cached = self._upscalers.get(key)
-        if cached is not None:
-            self._upscalers.move_to_end(key)
-            return cached
-        upscaler = Upscaler(
-            load_model(model, denoise=denoise),
-            device=self.device,
-            precision=self.precision,
-            tile="auto",
-            backend=self.backend,
-        )
-        self._upscalers[key] = upscaler
-        while len(self._upscalers) > 6:
-            self._upscalers.popitem(last=False)
-        return upscaler
+        with self._lock:
+            cached = self._upscalers.get(key)
+            if cached is not None:
+                self._upscalers.move_to_end(key)
+                return cached
+            upscaler = Upscaler(
+                load_model(model, denoise=denoise),
+                device=self.device,
+                precision=self.precision,
+                tile="auto",
+                backend=self.backend,
+            )
+            self._upscalers[key] = upscaler
+            while len(self._upscalers) > 6:
+                self._upscalers.popitem(last=False)
+            return upscaler
 
     def preview(
         self,

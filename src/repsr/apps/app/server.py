@@ -28,6 +28,7 @@ import json
 import mimetypes
 import socket
 import sys
+import threading
 import traceback
 import zipfile
 from http import HTTPStatus
@@ -70,6 +71,15 @@ class App:
         self.default_output = Path(output).expanduser().resolve()
         self.previewer = Previewer(precision=precision, backend=backend, device=device)
         self.queue = JobQueue({"device": device, "precision": precision, "tile": "auto", "backend": backend})
+        # the default model made ready in the background: the first preview does not wait for the
+        # loading and, with precision auto, the timing of the candidates (a second or more)
+        threading.Thread(target=self._warm_up, name="repsr-app-warm-up", daemon=True).start()
+
+    def _warm_up(self) -> None:
+        try:
+            self.previewer.upscaler(DEFAULT_MODEL, None)
+        except Exception:  # the first real preview reports any problem
+            pass
 
     def close(self) -> None:
         self.queue.close()
@@ -425,7 +435,6 @@ class AppServer(ThreadingHTTPServer):
 def serve(app: App, host: str, port: int, *, open_browser: bool = True, verbose: bool = False) -> int:
     """Serve `app` until Ctrl-C (or SIGTERM): prints the URL, opens the browser, stops cleanly."""
     import signal
-    import threading
     import webbrowser
 
     server = AppServer((host, port), app, verbose=verbose)

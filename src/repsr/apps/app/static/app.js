@@ -265,9 +265,13 @@ function drawCropBox(box, size) {
 }
 
 function applyZoom() {
-  const zoom = Number($("#zoom").value);
+  // "fit": the whole crop in the viewer; 1x, 2x, ...: output pixels shown as squares of that size
+  const choice = $("#zoom").value, viewer = $("#viewer");
   for (const img of [$("#after"), $("#before")]) {
-    if (img.naturalWidth) img.style.width = `${img.naturalWidth * zoom}px`;
+    if (!img.naturalWidth) continue;
+    const fit = Math.min(viewer.clientWidth / img.naturalWidth, viewer.clientHeight / img.naturalHeight);
+    const zoom = choice === "fit" ? fit : Number(choice) / window.devicePixelRatio;
+    img.style.width = `${Math.round(img.naturalWidth * zoom)}px`;
   }
   applySplit();
 }
