@@ -27,7 +27,9 @@ def _browser_missing() -> str | None:
     except ImportError:
         return "the browser tests need Playwright: pip install -e '.[dev]' (make install)"
     if not Path(CHROMIUM).is_file():
-        return f"the browser tests need Chromium at {CHROMIUM}: apt-get install chromium (make install, as root)"
+        return (
+            f"the browser tests need Chromium at {CHROMIUM}: apt-get install chromium (make install as root)"
+        )
     return None
 
 
@@ -84,7 +86,8 @@ def test_page_loads_lists_every_model_and_asks_nothing_of_the_internet(tmp_path,
         assert page.input_value("#model") == "repsr-general-m4c16-x4"  # photograph, x4: the CLI's default
         page.check("input[value=clean]")
         page.select_option("#scale", "2")
-        assert page.input_value("#model") == "repsr-m4c16-x2" and page.text_content("#model-name") == "repsr-m4c16-x2"
+        assert page.input_value("#model") == "repsr-m4c16-x2"
+        assert page.text_content("#model-name") == "repsr-m4c16-x2"
         assert page.is_disabled("#denoise")  # the clean model has no denoise partner
         page.check("input[value=video]")
         assert page.input_value("#model") == GENERAL_X2

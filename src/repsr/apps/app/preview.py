@@ -1,10 +1,14 @@
 """The live preview: a crop of the user's picture through a model (at a denoise strength) or bicubic.
 
-The crop runs through the same `Upscaler` and `upscale_pixels` as a batch run (same precision and
-backend), so what the page shows at 1:1 is what the run writes, except within the model's receptive
-radius of the crop's edge, where the crop has no context. Upscalers are kept for the last few (model,
-strength) pairs: moving the denoise slider blends one plain network (milliseconds for the shipped
-models) and reuses the precision the first one decided.
+The crop runs through the same `Upscaler` and `upscale_pixels` as a batch run, so what the page shows
+at 1:1 is what the run writes, except within the model's receptive radius of the crop's edge, where the
+crop has no context. Upscalers are kept for the last few (model, strength) pairs.
+
+Precision: the first preview of a model decides as the run does (`auto` times the candidates, a second
+or two); a new denoise strength of that model then reuses that decision explicitly, so moving the slider
+costs one blend (milliseconds) and the crop. One exception: where `auto` picked int8, previews run in
+fp32 on the same backend, because int8 calibrates every new blend (1-2 s on 2 cores); the int8 run is
+within the 16 levels of fp32 that `auto` checks before it picks int8 (`Preview.precision` says which ran).
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ class Preview:
     box: tuple[int, int, int, int]  # x0, y0, x1, y1 in the source picture
     scale: int
     seconds: float
+    precision: str = ""  # what the crop ran in (fp32, bf16, int8, or "bicubic")
 
 
 def crop_box(width: int, height: int, cx: float, cy: float, size: int) -> tuple[int, int, int, int]:
@@ -81,6 +86,7 @@ class Previewer:
     def __init__(self, *, precision: str = "auto", backend: str = "auto", device: str = "cpu") -> None:
         self.precision, self.backend, self.device = precision, backend, device
         self._upscalers: OrderedDict[tuple[str, float | None], Upscaler] = OrderedDict()
+        self._decided: dict[str, tuple[str, str]] = {}  # model -> (precision, backend) for new strengths
         self._lock = threading.RLock()  # held while a crop runs, and while a model is made ready
 
     def upscaler(self, model: str, denoise: float | None) -> Upscaler:
@@ -91,13 +97,17 @@ class Previewer:
             if cached is not None:
                 self._upscalers.move_to_end(key)
                 return cached
+            precision, backend = self._decided.get(model, (self.precision, self.backend))
             upscaler = Upscaler(
                 load_model(model, denoise=denoise),
                 device=self.device,
-                precision=self.precision,
+                precision=precision,
                 tile="auto",
-                backend=self.backend,
+                backend=backend,
             )
+            if model not in self._decided:
+                chosen = "fp32" if upscaler.precision.value == "int8" else upscaler.precision.value
+                self._decided[model] = (chosen, upscaler.backend)
             self._upscalers[key] = upscaler
             while len(self._upscalers) > 6:
                 self._upscalers.popitem(last=False)
@@ -124,11 +134,11 @@ class Previewer:
             if model == BICUBIC:
                 if scale not in (2, 3, 4):
                     raise ConfigError(f"bicubic preview: scale must be 2, 3 or 4, got {scale!r}")
-                out = bicubic_pixels(crop, scale)
+                out, precision = bicubic_pixels(crop, scale), BICUBIC
             else:
                 upscaler = self.upscaler(model, denoise)
-                scale = upscaler.scale
+                scale, precision = upscaler.scale, upscaler.precision.value
                 out = upscale_pixels(upscaler, crop)
             png = png_bytes(out, crop.bit_depth)
             seconds = time.perf_counter() - start
-        return Preview(png, box, int(scale), seconds)
+        return Preview(png, box, int(scale), seconds, precision)

@@ -73,7 +73,8 @@ class App:
         self.queue = JobQueue({"device": device, "precision": precision, "tile": "auto", "backend": backend})
         # the default model made ready in the background: the first preview does not wait for the
         # loading and, with precision auto, the timing of the candidates (a second or more)
-        threading.Thread(target=self._warm_up, name="repsr-app-warm-up", daemon=True).start()
+        self._warming = threading.Thread(target=self._warm_up, name="repsr-app-warm-up", daemon=True)
+        self._warming.start()
 
     def _warm_up(self) -> None:
         try:
@@ -82,7 +83,10 @@ class App:
             pass
 
     def close(self) -> None:
+        """Cancel the jobs, wait for the warm-up (torch's threads must not die mid-call at exit), and
+        remove the uploads."""
         self.queue.close()
+        self._warming.join(60)
         self.library.close()
 
     # ------------------------------------------------------------------------------------ actions
@@ -149,6 +153,7 @@ class App:
             "X-Repsr-Size": f"{pixels.array.shape[1]},{pixels.array.shape[0]}",
             "X-Repsr-Scale": str(result.scale),
             "X-Repsr-Millis": f"{result.seconds * 1000:.0f}",
+            "X-Repsr-Precision": result.precision,
         }
         return result.png, headers
 

@@ -12,6 +12,7 @@ const state = {
   modelFile: null,    // {name, scale, denoise} once a model file is checked
   job: null,          // id of the job this page started last
   previewAbort: null,
+  leftUrl: null,      // what the left image of the comparison shows now
   previewTimer: null,
   pollTimer: null,
 };
@@ -221,19 +222,23 @@ async function updatePreview() {
   const left = mode === "bicubic" ? `model=bicubic&scale=${model.scale}` : `model=${encodeURIComponent(mode)}&denoise=auto`;
   const started = performance.now();
   $("#preview-status").textContent = "updating preview...";
+  const leftUrl = `/api/preview?${common}&${left}`;
   try {
+    // the left side (bicubic or model B) does not move with the denoise slider: fetched only when it changes
     const [after, before] = await Promise.all([
       fetchImage(`/api/preview?${common}&model=${encodeURIComponent(model.name)}&denoise=${denoise}`, abort.signal),
-      fetchImage(`/api/preview?${common}&${left}`, abort.signal),
+      state.leftUrl === leftUrl ? null : fetchImage(leftUrl, abort.signal),
     ]);
-    await Promise.all([setImage($("#after"), after.blob), setImage($("#before"), before.blob)]);
+    await Promise.all([setImage($("#after"), after.blob), before && setImage($("#before"), before.blob)]);
+    state.leftUrl = leftUrl;
     const millis = Math.round(performance.now() - started);
     const img = $("#after");
     img.dataset.denoise = denoise;
     img.dataset.model = model.name;
     img.dataset.millis = String(millis);
     $("#before-label").textContent = mode === "bicubic" ? "bicubic" : mode;
-    $("#preview-status").textContent = `preview ${millis} ms (model ${after.headers.get("X-Repsr-Millis")} ms on the server)`;
+    $("#preview-status").textContent = `preview ${millis} ms (model ${after.headers.get("X-Repsr-Millis")} ms ` +
+      `on the server, ${after.headers.get("X-Repsr-Precision")})`;
     drawCropBox(after.headers.get("X-Repsr-Box"), after.headers.get("X-Repsr-Size"));
     applyZoom();
   } catch (error) {
