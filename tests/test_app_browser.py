@@ -183,3 +183,54 @@ def test_folder_paths_outside_the_allowed_folders_or_missing_are_refused(tmp_pat
         page.click("#run")
         page.wait_for_selector("#message >> text=outside the folders")
         assert not (tmp_path / "private" / "out").exists()
+
+
+DROP = """async ([name, b64]) => {
+  const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+  const transfer = new DataTransfer();
+  transfer.items.add(new File([bytes], name, {type: "image/png"}));
+  const drop = new DragEvent("drop", {dataTransfer: transfer, bubbles: true});
+  document.querySelector("#drop").dispatchEvent(drop);
+}"""
+
+
+def test_drop_a_file_compare_two_models_use_a_model_file_and_cancel(tmp_path, page, monkeypatch):
+    """Drop onto the page, model A against model B, a model file by path, and a job cancelled."""
+    import base64
+    import threading
+
+    from repsr.apps.app.jobs import Job
+    from repsr.models.files import save_model
+    from tests.helpers import tiny_plain
+
+    model = tmp_path / "mine.safetensors"
+    save_model(tiny_plain(scale=2), model)
+    source = photo(tmp_path / "dropped.png", (64, 48))
+    with running_app(tmp_path) as (base, app):
+        open_page(page, base)
+        page.evaluate(DROP, ["dropped.png", base64.b64encode(source.read_bytes()).decode()])
+        page.wait_for_selector("#sources li >> text=dropped.png")
+        page.select_option("#scale", "2")
+        page.wait_for_selector(f"#after[data-model='{GENERAL_X2}']")
+        bicubic = page.locator("#before").screenshot()
+        page.select_option("#compare-mode", "repsr-m4c16-x2")  # model B on the left
+        page.wait_for_selector("#before-label >> text=repsr-m4c16-x2")
+        assert page.locator("#before").screenshot() != bicubic
+        page.select_option("#model", "__file__")
+        page.fill("#model-file", str(model))
+        page.click("#use-model-file")
+        page.wait_for_selector(f'#model-name >> text="{model.resolve()}"')
+        page.wait_for_selector(f"#after[data-model='{model.resolve()}']")
+        assert page.is_disabled("#denoise")
+        # cancel from the page: the job is held before it starts, so the click lands while it waits
+        gate = threading.Event()
+        run = Job.run
+        monkeypatch.setattr(Job, "run", lambda job, options: gate.wait(30) and run(job, options))
+        page.fill("#output", str(tmp_path / "out"))
+        page.click("#run")
+        page.wait_for_selector("#progress-box[data-status='queued']")
+        page.click("#cancel")
+        gate.set()
+        page.wait_for_selector("#progress-box[data-status='cancelled']")
+        assert "cancelled" in page.text_content("#job-message")
+    assert not (tmp_path / "out").exists()

@@ -131,6 +131,27 @@ def test_changes_need_the_page_header_and_a_local_host(tmp_path):
         assert request(f"{base}/static/..%2Fserver.py")[0] == 404
 
 
+def test_a_kept_alive_connection_survives_every_kind_of_post(tmp_path):
+    """Each POST body is read in full before the answer, so the next request on the connection parses
+    (the page's fetches reuse connections: an unread body became the next request line once)."""
+    import http.client
+    from urllib.parse import urlparse
+
+    with running_app(tmp_path) as (base, _):
+        connection = http.client.HTTPConnection(urlparse(base).netloc, timeout=30)
+        for path in ("/api/remove", "/api/jobs/nope/cancel", "/api/folder"):
+            connection.request("POST", path, body=b'{"id": "x", "path": ""}', headers={"X-Repsr": "1"})
+            answer = connection.getresponse()
+            answer.read()
+            if answer.will_close:  # an error answer closes the connection: open the next one
+                connection.close()
+                connection = http.client.HTTPConnection(urlparse(base).netloc, timeout=30)
+            connection.request("GET", "/api/jobs")
+            follow = connection.getresponse()
+            assert follow.status == 200 and follow.read() == b"[]", path
+        connection.close()
+
+
 def test_malformed_and_oversized_uploads_are_messages_and_the_server_stays_up(tmp_path):
     bad = tmp_path / "holiday.png"
     bad.write_bytes(b"this is not a PNG")
@@ -329,3 +350,19 @@ def test_repsr_app_prints_its_url_serves_and_stops_on_ctrl_c(tmp_path):
     assert "warning: listening on 127.0.0.2" in err  # not 127.0.0.1: said, not silent
     assert "Traceback" not in err
     print(f"repsr app answered {startup:.2f} s after it was started")
+
+
+def test_a_model_file_is_checked_before_it_is_offered(tmp_path):
+    model = tmp_path / "mine.safetensors"
+    save_model(tiny_plain(scale=3), model)
+    (tmp_path / "junk.safetensors").write_bytes(b"not a model")
+    with running_app(tmp_path) as (base, _):
+        status, answer = request_json(f"{base}/api/model-file", {"path": str(model)})
+        assert status == 200 and answer == {"name": str(model.resolve()), "scale": 3, "denoise": False}
+        status, answer = request_json(f"{base}/api/model-file", {"path": str(tmp_path / "junk.safetensors")})
+        assert status == 400 and "junk.safetensors" in answer["error"]
+        status, answer = request_json(f"{base}/api/model-file", {"path": "/etc/hostname"})
+        assert status == 400 and "outside the folders" in answer["error"]
+        sid = upload(base, photo(tmp_path / "cat.png"))[1]["id"]
+        status, headers, png = request(f"{base}/api/preview?source={sid}&model={model}&size=32")
+        assert status == 200 and Image.open(io.BytesIO(png)).size == (96, 96)

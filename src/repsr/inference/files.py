@@ -259,7 +259,7 @@ def upscale_files(
     ordered = [job for job in jobs if job.video] + [job for job in jobs if not job.video]
     images = sum(not job.video for job in jobs)
     frames_progress = _frames_hook(on_frames, cancel) if (on_frames or cancel) else progress
-    for job in _progress(ordered, progress and on_start is None, images):
+    for job in _progress(ordered, bool(progress), images):
         if cancel is not None and cancel.is_set():
             report.cancelled.append(job.source)
             continue

@@ -202,6 +202,8 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")
         self.send_header("X-Content-Type-Options", "nosniff")
+        if self.close_connection:  # said, so that the client opens a new connection for its next request
+            self.send_header("Connection", "close")
         for key, value in (headers or {}).items():
             self.send_header(key, value)
         self.end_headers()
@@ -217,6 +219,7 @@ class Handler(BaseHTTPRequestHandler):
     def _body_json(self) -> dict:
         length = int(self.headers.get("Content-Length") or 0)
         if length > 1 << 20:
+            self.close_connection = True
             raise ConfigError("request too large")
         raw = self.rfile.read(length) if length else b"{}"
         try:
@@ -301,25 +304,22 @@ class Handler(BaseHTTPRequestHandler):
         app = self.server.app
         if parts == ["api", "upload"]:
             self._upload()
-        elif parts == ["api", "folder"]:
-            entry, sources = app.library.add_folder(self._body_json().get("path", ""))
-            self._json(
-                {
-                    "folder": {"id": entry.id, "path": str(entry.path)},
-                    "sources": [s.to_json() for s in sources],
-                }
-            )
+            return
+        body = self._body_json()  # read in full before answering: the connection is kept alive
+        if parts == ["api", "folder"]:
+            entry, sources = app.library.add_folder(body.get("path", ""))
+            folder = {"id": entry.id, "path": str(entry.path)}
+            self._json({"folder": folder, "sources": [s.to_json() for s in sources]})
         elif parts == ["api", "model-file"]:
-            self._json(app.model_file(self._body_json()))
+            self._json(app.model_file(body))
         elif parts == ["api", "remove"]:
-            app.library.remove(str(self._body_json().get("id", "")))
+            app.library.remove(str(body.get("id", "")))
             self._json({"ok": True})
         elif parts == ["api", "jobs"]:
-            self._json(app.submit(self._body_json()))
+            self._json(app.submit(body))
         elif len(parts) == 4 and parts[:2] == ["api", "jobs"] and parts[3] == "cancel":
             self._json(app.queue.cancel(parts[2]).to_json())
         else:
-            self._drain()
             self._error(HTTPStatus.NOT_FOUND, f"{self.path}: not found")
 
     def _drain(self) -> None:
