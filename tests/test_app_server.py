@@ -366,3 +366,17 @@ def test_a_model_file_is_checked_before_it_is_offered(tmp_path):
         sid = upload(base, photo(tmp_path / "cat.png"))[1]["id"]
         status, headers, png = request(f"{base}/api/preview?source={sid}&model={model}&size=32")
         assert status == 200 and Image.open(io.BytesIO(png)).size == (96, 96)
+
+
+def test_a_port_in_use_is_a_one_line_error(tmp_path, capsys):
+    import socket
+
+    from repsr.cli import main
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["app", "--no-browser", "--allow", str(tmp_path), "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert f"--port {port}: cannot listen there (Address already in use)" in err and "Traceback" not in err

@@ -7,6 +7,7 @@ from pathlib import Path
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    from repsr.cli.args import add_device
     from repsr.inference import BACKENDS
     from repsr.util.precision import PRECISIONS
 
@@ -47,7 +48,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--backend", choices=BACKENDS, default="auto", help="as for repsr upscale (default auto)"
     )
-    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N, mps or auto")
+    add_device(parser)  # as for repsr upscale: the same device runs the same code
     parser.add_argument("--verbose", action="store_true", help="log every request on stderr")
     parser.set_defaults(func=run)
 

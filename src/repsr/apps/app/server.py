@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import json
 import mimetypes
+import os
+import shutil
 import socket
 import sys
 import threading
@@ -365,12 +367,17 @@ class Handler(BaseHTTPRequestHandler):
         if not index.isdigit() or int(index) >= len(job.files) or job.files[int(index)].status != "written":
             raise ConfigError(f"{job_id}/{index}: no such written file")
         target = job.files[int(index)].target
-        self._send(
-            200,
-            target.read_bytes(),
-            mimetypes.guess_type(target.name)[0] or "application/octet-stream",
-            {"Content-Disposition": _attachment(target.name)},
-        )
+        with open(target, "rb") as handle:  # streamed: a video may be larger than memory allows
+            size = os.fstat(handle.fileno()).st_size
+            self.send_response(200)
+            self.send_header(
+                "Content-Type", mimetypes.guess_type(target.name)[0] or "application/octet-stream"
+            )
+            self.send_header("Content-Length", str(size))
+            self.send_header("Content-Disposition", _attachment(target.name))
+            self.end_headers()
+            if self.command != "HEAD":
+                shutil.copyfileobj(handle, self.wfile, 1 << 20)
 
     def _zip(self, job_id: str) -> None:
         """Every written file of a job in one zip, streamed (stored: images and videos are compressed)."""
@@ -442,7 +449,13 @@ def serve(app: App, host: str, port: int, *, open_browser: bool = True, verbose:
     import signal
     import webbrowser
 
-    server = AppServer((host, port), app, verbose=verbose)
+    try:
+        server = AppServer((host, port), app, verbose=verbose)
+    except OSError as error:  # a port in use, an address not on this machine
+        app.close()
+        raise ConfigError(
+            f"--host {host} --port {port}: cannot listen there ({error.strerror or error})"
+        ) from None
     print(f"repsr app: {server.url}  (Ctrl-C stops it)", flush=True)
     if not server.loopback:
         print(
