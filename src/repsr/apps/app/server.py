@@ -465,7 +465,13 @@ def serve(app: App, host: str, port: int, *, open_browser: bool = True, verbose:
             flush=True,
         )
     if open_browser:
-        threading.Thread(target=webbrowser.open, args=(server.url,), daemon=True).start()
+        if sys.platform.startswith("linux") and not (
+            os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+        ):
+            # without a display, webbrowser would start a text browser (lynx, w3m) in this terminal
+            print("repsr app: no display here: open the URL in a browser yourself", flush=True)
+        else:
+            threading.Thread(target=webbrowser.open, args=(server.url,), daemon=True).start()
 
     def stop(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
