@@ -122,6 +122,12 @@ def test_photo_denoise_preview_run_download_equals_repsr_upscale(tmp_path, page)
         # the before/after slider clips the bicubic side
         page.locator("#split").fill("20")
         assert "80%" in page.get_attribute("#before", "style")
+        box = page.locator("#stack").bounding_box()  # or drag on the picture itself
+        page.mouse.move(box["x"] + 10, box["y"] + 10)
+        page.mouse.down()
+        page.mouse.move(box["x"] + box["width"] * 0.75, box["y"] + 10)
+        page.mouse.up()
+        assert page.input_value("#split") == "75" and "25%" in page.get_attribute("#before", "style")
 
         page.fill("#output", str(tmp_path / "out"))
         page.click("#run")

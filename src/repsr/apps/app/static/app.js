@@ -436,6 +436,15 @@ async function start() {
   $("#compare-mode").addEventListener("change", () => schedulePreview(0));
   $("#zoom").addEventListener("change", applyZoom);
   $("#split").addEventListener("input", applySplit);
+  // drag on the picture itself to move the before/after line
+  const moveSplit = (event) => {
+    if (!(event.buttons & 1)) return;
+    const rect = $("#stack").getBoundingClientRect();
+    $("#split").value = String(Math.round(Math.min(Math.max((event.clientX - rect.left) / rect.width, 0), 1) * 100));
+    applySplit();
+  };
+  $("#stack").addEventListener("pointerdown", moveSplit);
+  $("#stack").addEventListener("pointermove", moveSplit);
   $("#picker").addEventListener("click", (event) => {
     const rect = $("#picker-img").getBoundingClientRect();
     state.cx = Math.min(Math.max((event.clientX - rect.left) / rect.width, 0), 1);
