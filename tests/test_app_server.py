@@ -1,0 +1,382 @@
+"""`repsr app` without a browser: the JSON API, uploads, folder checks, previews, the job queue, the CLI."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from repsr.apps.app.choices import pick_model
+from repsr.apps.app.jobs import Job
+from repsr.apps.app.library import Folders, PathError
+from repsr.apps.app.preview import bicubic_pixels, crop_box
+from repsr.image.io import read_pixels
+from repsr.models.files import save_model
+from repsr.models.pretrained import shipped
+from repsr.util.errors import ConfigError
+from tests.helpers import tiny_plain
+from tests.helpers.app_server import request, request_json, running_app, upload, wait_job
+
+GENERAL_X2 = "repsr-general-m4c16-x2"  # the smallest shipped model with a denoise partner
+
+
+def photo(path: Path, size: tuple[int, int] = (96, 80)) -> Path:
+    """A crop of scikit-image's cat, as PNG or JPEG by the suffix."""
+    from skimage import data
+
+    width, height = size
+    Image.fromarray(data.chelsea()[60 : 60 + height, 120 : 120 + width]).save(path, quality=85)
+    return path
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    """Every file under `root` (relative name -> bytes), the app's upload folder left out."""
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.relative_to(root).parts[0] != "work"
+    }
+
+
+def cli_upscale(inputs: list[Path], out: Path, *options: str, status: int = 0) -> None:
+    """`repsr upscale INPUTS -o OUT --precision fp32 OPTIONS`, in this process."""
+    from repsr.cli import main
+
+    argv = ["upscale", *map(str, inputs), "-o", str(out), "--precision", "fp32", "--no-progress", *options]
+    assert main(argv) == status
+
+
+# ------------------------------------------------------------------------------------------- pieces
+
+
+def test_kind_and_scale_pick_the_readme_models():
+    assert pick_model("photo", 4) == "repsr-general-m4c16-x4"
+    assert pick_model("video", 2) == "repsr-general-m4c16-x2"
+    assert pick_model("clean", 3) == "repsr-m4c16-x3"
+    with pytest.raises(ConfigError, match="kind"):
+        pick_model("cartoon", 4)
+    with pytest.raises(ConfigError, match="scale"):
+        pick_model("photo", 8)
+
+
+def test_folders_refuse_paths_outside_the_allowed_ones(tmp_path):
+    inside = tmp_path / "allowed"
+    (inside / "pics").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    (inside / "link").symlink_to(tmp_path / "elsewhere")
+    (inside / "file.png").write_bytes(b"x")
+    folders = Folders([inside])
+    assert folders.input_folder(str(inside / "pics")) == (inside / "pics").resolve()
+    for path, message in [
+        (tmp_path / "elsewhere", "outside the folders"),
+        (inside / "link", "outside the folders"),  # a link out of the allowed folder is followed
+        (inside / "pics" / ".." / ".." / "elsewhere", "outside the folders"),
+        (inside / "missing", "no such folder"),
+        (inside / "file.png", "is a file"),
+        ("pics", "absolute path"),
+        ("", "give a folder path"),
+    ]:
+        with pytest.raises(PathError, match=message):
+            folders.input_folder(str(path))
+    assert folders.output_folder(str(inside / "new")) == (inside / "new").resolve()
+    with pytest.raises(PathError, match="does not exist"):
+        folders.output_folder(str(inside / "no" / "such" / "parent"))
+    with pytest.raises(PathError, match="outside the folders"):
+        folders.output_folder("/tmp")
+
+
+def test_crop_box_stays_inside_the_picture():
+    assert crop_box(100, 80, 0.5, 0.5, 64) == (18, 8, 82, 72)
+    assert crop_box(100, 80, 0.0, 1.0, 64) == (0, 16, 64, 80)
+    assert crop_box(40, 30, 0.5, 0.5, 64) == (0, 0, 40, 30)  # a small picture is previewed whole
+    with pytest.raises(ConfigError, match="crop size"):
+        crop_box(100, 80, 0.5, 0.5, 4000)
+
+
+# ----------------------------------------------------------------------------------------- the API
+
+
+def test_state_lists_every_shipped_model_and_the_limits(tmp_path):
+    with running_app(tmp_path, max_upload_mb=2) as (base, _):
+        status, state = request_json(f"{base}/api/state")
+    assert status == 200
+    assert [m["name"] for m in state["models"]] == [entry.name for entry in shipped()]
+    assert state["picks"]["photo"]["4"] == state["default_model"] == "repsr-general-m4c16-x4"
+    assert state["max_upload_bytes"] == 2 * 2**20 and state["allowed"] == [str(tmp_path.resolve())]
+    general = next(m for m in state["models"] if m["name"] == GENERAL_X2)
+    assert general["denoise"] and general["denoise_default"] == 1.0
+
+
+def test_changes_need_the_page_header_and_a_local_host(tmp_path):
+    with running_app(tmp_path) as (base, _):
+        status, answer = request_json(f"{base}/api/folder", {"path": str(tmp_path)}, guard=False)
+        assert status == 403 and "X-Repsr" in answer["error"]
+        status, _, _ = request(f"{base}/api/state", headers={"Host": "evil.example:80"})
+        assert status == 403  # DNS rebinding: a page of another name never reaches the API
+        status, _, page = request(f"{base}/")
+        assert status == 200 and b'<script src="/static/app.js">' in page
+        assert b"http://" not in page and b"https://" not in page  # no CDN: everything is served here
+        for name in ("app.js", "app.css"):
+            status, _, body = request(f"{base}/static/{name}")
+            assert status == 200 and b"https://" not in body and b"http://" not in body
+        assert request(f"{base}/static/..%2Fserver.py")[0] == 404
+
+
+def test_a_kept_alive_connection_survives_every_kind_of_post(tmp_path):
+    """Each POST body is read in full before the answer, so the next request on the connection parses
+    (the page's fetches reuse connections: an unread body became the next request line once)."""
+    import http.client
+    from urllib.parse import urlparse
+
+    with running_app(tmp_path) as (base, _):
+        connection = http.client.HTTPConnection(urlparse(base).netloc, timeout=30)
+        for path in ("/api/remove", "/api/jobs/nope/cancel", "/api/folder"):
+            connection.request("POST", path, body=b'{"id": "x", "path": ""}', headers={"X-Repsr": "1"})
+            answer = connection.getresponse()
+            answer.read()
+            if answer.will_close:  # an error answer closes the connection: open the next one
+                connection.close()
+                connection = http.client.HTTPConnection(urlparse(base).netloc, timeout=30)
+            connection.request("GET", "/api/jobs")
+            follow = connection.getresponse()
+            assert follow.status == 200 and follow.read() == b"[]", path
+        connection.close()
+
+
+def test_malformed_and_oversized_uploads_are_messages_and_the_server_stays_up(tmp_path):
+    bad = tmp_path / "holiday.png"
+    bad.write_bytes(b"this is not a PNG")
+    big = tmp_path / "big.png"
+    big.write_bytes(b"\0" * (3 * 2**20))
+    with running_app(tmp_path, max_upload_mb=1) as (base, app):
+        status, answer = upload(base, bad)
+        assert (
+            status == 400 and answer["error"] == "holiday.png: not an image, or a format Pillow cannot read"
+        )
+        status, answer = upload(base, big)
+        assert status == 413 and "big.png: 3.0 MB is over the upload limit of 1.0 MB" in answer["error"]
+        status, answer = upload(base, bad, name="notes.txt")
+        assert status == 400 and "not an image or video file name" in answer["error"]
+        assert not any(app.library.work_dir.iterdir())  # nothing of the refused uploads is kept
+        status, answer = upload(base, photo(tmp_path / "cat.png"))  # the server goes on
+        assert status == 200 and (answer["width"], answer["height"]) == (96, 80)
+
+
+def test_preview_is_the_crop_through_the_model_and_moves_with_the_denoise_strength(tmp_path):
+    source = photo(tmp_path / "cat.jpg")
+    with running_app(tmp_path) as (base, _):
+        sid = upload(base, source)[1]["id"]
+        url = f"{base}/api/preview?source={sid}&model={GENERAL_X2}&size=64&cx=0.5&cy=0.5"
+        images = {}
+        for denoise in ("0", "0.5", "1", "auto"):
+            status, headers, png = request(f"{url}&denoise={denoise}")
+            assert status == 200 and headers["X-Repsr-Box"] == "16,8,80,72"
+            images[denoise] = np.asarray(Image.open(io.BytesIO(png)))
+            assert images[denoise].shape == (128, 128, 3)
+        assert not np.array_equal(images["0"], images["1"]) and not np.array_equal(images["0"], images["0.5"])
+        assert np.array_equal(images["auto"], images["1"])  # auto: the model's default strength, 1
+        status, _, png = request(f"{base}/api/preview?source={sid}&model=bicubic&scale=2&size=64")
+        crop = read_pixels(source)
+        crop.array = crop.array[8:72, 16:80]
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(png))), bicubic_pixels(crop, 2))
+        status, answer = request_json(f"{base}/api/preview?source={sid}&model=repsr-m4c16-x2&denoise=0.5")
+        assert status == 400 and "no detail partner" in answer["error"]
+        status, answer = request_json(f"{base}/api/preview?source=nope&model={GENERAL_X2}")
+        assert status == 400 and "no such file" in answer["error"]
+
+
+def test_a_run_writes_what_repsr_upscale_writes_and_downloads_it(tmp_path):
+    sources = [photo(tmp_path / "cat.jpg"), photo(tmp_path / "kitten.png", (64, 48))]
+    cli_upscale(sources, tmp_path / "cli", "-m", GENERAL_X2, "--denoise", "0.3")
+    with running_app(tmp_path) as (base, _):
+        ids = [upload(base, path)[1]["id"] for path in sources]
+        status, job = request_json(
+            f"{base}/api/jobs",
+            {"sources": ids, "output": str(tmp_path / "out"), "model": GENERAL_X2, "denoise": "0.3"},
+        )
+        assert status == 200 and job["status"] in ("queued", "running")
+        job = wait_job(base, job["id"])
+        assert job["status"] == "done" and job["message"] == f"2 image(s) written to {tmp_path / 'out'}"
+        assert [(f["target"], f["status"]) for f in job["files"]] == [
+            ("cat.jpg", "written"),
+            ("kitten.png", "written"),
+        ]
+        assert job["fraction"] == 1.0 and "precision fp32" in job["model_line"]
+        for index, path in enumerate(sources):
+            status, headers, body = request(f"{base}/api/jobs/{job['id']}/files/{index}")
+            assert status == 200 and path.name in headers["Content-Disposition"]
+            assert body == (tmp_path / "cli" / path.name).read_bytes()  # byte-equal to the CLI's file
+        status, _, archive = request(f"{base}/api/jobs/{job['id']}/zip")
+        with zipfile.ZipFile(io.BytesIO(archive)) as zipped:
+            assert sorted(zipped.namelist()) == ["cat.jpg", "kitten.png"]
+            assert zipped.read("cat.jpg") == (tmp_path / "cli" / "cat.jpg").read_bytes()
+        # the same outputs again: refused as the CLI refuses them, nothing replaced
+        before = tree(tmp_path)
+        status, job = request_json(f"{base}/api/jobs", {"sources": ids, "model": GENERAL_X2})
+        job = wait_job(base, job["id"])
+        assert job["status"] == "refused" and "already exist(s)" in job["message"]
+        assert {f["status"] for f in job["files"]} == {"refused"} and tree(tmp_path) == before
+        status, job = request_json(
+            f"{base}/api/jobs", {"sources": ids, "model": GENERAL_X2, "overwrite": True}
+        )
+        assert wait_job(base, job["id"])["status"] == "done"
+
+
+def test_a_folder_job_writes_only_into_the_output_folder_and_reports_each_file(tmp_path):
+    folder = tmp_path / "pics"
+    (folder / "sub").mkdir(parents=True)
+    photo(folder / "a.png")
+    photo(folder / "sub" / "b.jpg", (40, 32))
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    model = tmp_path / "tiny.safetensors"
+    save_model(tiny_plain(scale=2), model)
+    cli_upscale([folder], tmp_path / "cli", "-m", str(model), status=1)  # 1: a file failed
+    with running_app(tmp_path) as (base, _):
+        status, added = request_json(f"{base}/api/folder", {"path": str(folder)})
+        assert status == 200 and [s["name"] for s in added["sources"]] == ["a.png", "broken.png", "sub/b.jpg"]
+        before = tree(tmp_path)
+        status, job = request_json(
+            f"{base}/api/jobs",
+            {"folders": [added["folder"]["id"]], "output": str(tmp_path / "results"), "model": str(model)},
+        )
+        job = wait_job(base, job["id"])
+        outcome = {f["target"]: (f["status"], f["reason"]) for f in job["files"]}
+        assert outcome["a.png"] == ("written", "") and outcome["sub/b.jpg"] == ("written", "")
+        assert outcome["broken.png"][0] == "failed" and "broken.png: not an image" in outcome["broken.png"][1]
+        assert job["status"] == "failed" and job["message"].endswith("1 input(s) failed")
+        after = tree(tmp_path)
+        assert {name: data for name, data in after.items() if name in before} == before  # nothing changed
+        assert sorted(set(after) - set(before)) == ["results/a.png", "results/sub/b.jpg"]  # nothing else
+        for name in ("a.png", "sub/b.jpg"):
+            assert after[f"results/{name}"] == before[f"cli/{name}"]  # as repsr upscale FOLDER writes them
+        # an output folder or a model outside the allowed folders is refused before any job
+        for body, message in [
+            ({"output": "/etc/out"}, "outside the folders"),
+            ({"model": "/etc/passwd"}, "outside the folders"),
+            ({"model": str(tmp_path / "none.safetensors")}, "no such model file"),
+        ]:
+            status, answer = request_json(f"{base}/api/jobs", {"folders": [added["folder"]["id"]], **body})
+            assert status == 400 and message in answer["error"]
+
+
+def test_jobs_run_one_at_a_time_in_order_and_a_queued_one_can_be_cancelled(tmp_path):
+    model = tmp_path / "tiny.safetensors"
+    save_model(tiny_plain(scale=2), model)
+    with running_app(tmp_path) as (base, app):
+        sid = upload(base, photo(tmp_path / "cat.png"))[1]["id"]
+        ids = []
+        for name in ("one", "two", "three"):
+            body = {"sources": [sid], "model": str(model), "output": str(tmp_path / name)}
+            ids.append(request_json(f"{base}/api/jobs", body)[1]["id"])
+        request_json(f"{base}/api/jobs/{ids[2]}/cancel", {})
+        results = [wait_job(base, job_id) for job_id in ids]
+    assert [r["status"] for r in results] == ["done", "done", "cancelled"]
+    first, second = app.queue.jobs[ids[0]], app.queue.jobs[ids[1]]
+    assert second.started >= first.finished  # never two at once
+    assert not (tmp_path / "three").exists()
+
+
+def test_cancelling_a_video_midway_keeps_no_file_and_progress_counts_frames(tmp_path, monkeypatch):
+    pytest.importorskip("av", reason="video needs PyAV: pip install 'repsr[video]'")
+    from tests.helpers.video import make_clip
+
+    clip = tmp_path / "clip.mp4"
+    make_clip(clip, frames=40, size=(32, 24))
+    model = tmp_path / "tiny.safetensors"
+    save_model(tiny_plain(scale=2), model)
+    seen: list[int] = []
+    with running_app(tmp_path) as (base, app):
+        status, added = upload(base, clip)
+        assert status == 200 and added["video"] and added["frames"] == 40
+        body = {"sources": [added["id"]], "model": str(model), "output": str(tmp_path / "out")}
+        job = wait_job(base, request_json(f"{base}/api/jobs", body)[1]["id"])
+        assert job["status"] == "done" and job["files"][0]["frames_done"] == 40
+        assert "40 frames" in job["files"][0]["detail"]  # the CLI's line for the video
+
+        original = Job.on_frames
+
+        def cancel_after_first_batch(self: Job, count: int) -> None:
+            original(self, count)
+            seen.append(count)
+            self.cancel.set()
+
+        monkeypatch.setattr(Job, "on_frames", cancel_after_first_batch)
+        body["output"] = str(tmp_path / "cancelled")
+        job = wait_job(base, request_json(f"{base}/api/jobs", body)[1]["id"])
+    assert job["status"] == "cancelled" and job["files"][0]["status"] == "cancelled"
+    assert 0 < sum(seen) < 40
+    assert not (tmp_path / "cancelled").exists() or not any((tmp_path / "cancelled").rglob("*"))
+
+
+# ----------------------------------------------------------------------------------------- the CLI
+
+
+def test_repsr_app_prints_its_url_serves_and_stops_on_ctrl_c(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    command = [
+        sys.executable,
+        "-m",
+        "repsr",
+        "app",
+        "--no-browser",
+        "--allow",
+        str(tmp_path),
+        "--host",
+        "127.0.0.2",
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        started = time.monotonic()
+        line = process.stdout.readline()
+        assert line.startswith("repsr app: http://127.0.0.2:"), line
+        url = line.split()[2]
+        status, state = request_json(f"{url}api/state")
+        assert status == 200 and state["allowed"] == [str(tmp_path.resolve())]
+        startup = time.monotonic() - started
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=20)
+    finally:
+        process.kill()
+    assert process.returncode == 0 and "repsr app: stopped" in out
+    assert "warning: listening on 127.0.0.2" in err  # not 127.0.0.1: said, not silent
+    assert "Traceback" not in err
+    print(f"repsr app answered {startup:.2f} s after it was started")
+
+
+def test_a_model_file_is_checked_before_it_is_offered(tmp_path):
+    model = tmp_path / "mine.safetensors"
+    save_model(tiny_plain(scale=3), model)
+    (tmp_path / "junk.safetensors").write_bytes(b"not a model")
+    with running_app(tmp_path) as (base, _):
+        status, answer = request_json(f"{base}/api/model-file", {"path": str(model)})
+        assert status == 200 and answer == {"name": str(model.resolve()), "scale": 3, "denoise": False}
+        status, answer = request_json(f"{base}/api/model-file", {"path": str(tmp_path / "junk.safetensors")})
+        assert status == 400 and "junk.safetensors" in answer["error"]
+        status, answer = request_json(f"{base}/api/model-file", {"path": "/etc/hostname"})
+        assert status == 400 and "outside the folders" in answer["error"]
+        sid = upload(base, photo(tmp_path / "cat.png"))[1]["id"]
+        status, headers, png = request(f"{base}/api/preview?source={sid}&model={model}&size=32")
+        assert status == 200 and Image.open(io.BytesIO(png)).size == (96, 96)
+
+
+def test_a_port_in_use_is_a_one_line_error(tmp_path, capsys):
+    import socket
+
+    from repsr.cli import main
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["app", "--no-browser", "--allow", str(tmp_path), "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert f"--port {port}: cannot listen there (Address already in use)" in err and "Traceback" not in err
