@@ -147,7 +147,7 @@ class Trainer:
         self.state = TrainState.create(config, self.schedule, self.device, dtype)
         saved = find_resume_state(self.run_dir, config, self.model.spec, self.dist) if resume else None
         if saved is None and config.train.init:
-            self.model.load_state_dict(initial_weights(config.train.init, self.model.spec))
+            self.model.load_state_dict(initial_weights(config.train.init, self.model))
         if not resume:
             refuse_fresh_start(self.run_dir, self.dist)
         if saved is not None:
