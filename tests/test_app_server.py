@@ -24,7 +24,7 @@ from repsr.models.files import save_model
 from repsr.models.pretrained import shipped
 from repsr.util.errors import ConfigError
 from tests.helpers import tiny_plain
-from tests.helpers.app_server import request, request_json, running_app, upload, wait_job
+from tests.helpers.app_server import raw_exchange, request, request_json, running_app, upload, wait_job
 
 GENERAL_X2 = "repsr-general-m4c16-x2"  # the smallest shipped model with a denoise partner
 
@@ -150,6 +150,30 @@ def test_a_kept_alive_connection_survives_every_kind_of_post(tmp_path):
             follow = connection.getresponse()
             assert follow.status == 200 and follow.read() == b"[]", path
         connection.close()
+
+
+def test_bodies_the_server_cannot_delimit_are_refused_and_never_become_the_next_request(tmp_path):
+    """A chunked body, or a Content-Length that is not a number (or negative), is a 400 naming the
+    problem and closes the connection: its bytes are never parsed as a request (a chunked body once
+    answered 200 and then a second, HTML error page on the same connection)."""
+    follow = b"GET /api/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    head = b"Host: 127.0.0.1\r\nX-Repsr: 1\r\nX-File-Name: a.png\r\n"
+    with running_app(tmp_path) as (base, _):
+        for path in (b"/api/upload", b"/api/remove"):
+            for header, body, message in [
+                (b"Transfer-Encoding: chunked", b'c\r\n{"id": "xx"}\r\n0\r\n\r\n', b"chunked request bodies"),
+                (b"Content-Length: abc", b"{}", b"Content-Length 'abc' is not a length in bytes"),
+                (b"Content-Length: -5", b"{}", b"Content-Length '-5' is not a length in bytes"),
+            ]:
+                answer = raw_exchange(
+                    base, b"POST " + path + b" HTTP/1.1\r\n" + head + header + b"\r\n\r\n" + body + follow
+                )
+                assert answer.startswith(b"HTTP/1.1 400 "), (path, header, answer[:200])
+                assert message in answer and b"Connection: close" in answer, (path, header, answer)
+                assert answer.count(b"HTTP/1.1") == 1 and b"internal error" not in answer, (path, header)
+        status, answer = request_json(f"{base}/api/jobs", data=b'{"sources": "\xff"}')
+        assert status == 400 and answer["error"] == "the request is not JSON"  # not UTF-8: not a 500
+        assert request(f"{base}/api/state")[0] == 200
 
 
 def test_malformed_and_oversized_uploads_are_messages_and_the_server_stays_up(tmp_path):

@@ -80,3 +80,20 @@ def wait_job(base: str, job_id: str, timeout: float = 120.0) -> dict:
             return job
         time.sleep(0.05)
     raise AssertionError(f"job {job_id} did not finish in {timeout} s")
+
+
+def raw_exchange(base: str, data: bytes, timeout: float = 10.0) -> bytes:
+    """Send `data` as is on a new connection and read until the server closes it (or `timeout`)."""
+    import socket
+    from urllib.parse import urlparse
+
+    address = urlparse(base)
+    with socket.create_connection((address.hostname, address.port), timeout=timeout) as connection:
+        connection.sendall(data)
+        received = b""
+        try:
+            while chunk := connection.recv(1 << 16):
+                received += chunk
+        except TimeoutError:
+            pass
+    return received

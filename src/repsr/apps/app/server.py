@@ -218,15 +218,31 @@ class Handler(BaseHTTPRequestHandler):
     def _error(self, status: int, message: str) -> None:
         self._json({"error": message}, status)
 
+    def _content_length(self) -> int | None:
+        """The body's length from `Content-Length` (None when there is none); a body this server cannot
+        delimit (chunked, or a length that is not a number) is refused and the connection closed, so that
+        its bytes never become the next request."""
+        if self.headers.get("Transfer-Encoding"):
+            self.close_connection = True
+            raise ConfigError("chunked request bodies are not supported: send a Content-Length")
+        text = self.headers.get("Content-Length")
+        if text is None:
+            return None
+        text = text.strip()
+        if not (text.isascii() and text.isdigit()):
+            self.close_connection = True
+            raise ConfigError(f"Content-Length {text!r} is not a length in bytes")
+        return int(text)
+
     def _body_json(self) -> dict:
-        length = int(self.headers.get("Content-Length") or 0)
+        length = self._content_length() or 0
         if length > 1 << 20:
             self.close_connection = True
             raise ConfigError("request too large")
         raw = self.rfile.read(length) if length else b"{}"
         try:
             data = json.loads(raw or b"{}")
-        except json.JSONDecodeError:
+        except ValueError:  # JSONDecodeError, or bytes that are not UTF-8
             raise ConfigError("the request is not JSON") from None
         if not isinstance(data, dict):
             raise ConfigError("the request must be a JSON object")
@@ -326,7 +342,10 @@ class Handler(BaseHTTPRequestHandler):
 
     def _drain(self) -> None:
         """Read and drop a request body we will not use (so the client sees our answer)."""
-        length = int(self.headers.get("Content-Length") or 0)
+        try:
+            length = self._content_length() or 0
+        except ConfigError:  # not delimited: the connection is closed instead
+            return
         if length > DRAIN_LIMIT:
             self.close_connection = True
             return
@@ -339,8 +358,7 @@ class Handler(BaseHTTPRequestHandler):
     def _upload(self) -> None:
         library = self.server.app.library
         name = unquote(self.headers.get("X-File-Name") or "")
-        length_header = self.headers.get("Content-Length")
-        length = int(length_header) if length_header and length_header.isdigit() else None
+        length = self._content_length()
         try:
             library.check_upload(name, length)
         except UploadError as error:
