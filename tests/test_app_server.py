@@ -94,6 +94,38 @@ def test_folders_refuse_paths_outside_the_allowed_ones(tmp_path):
         folders.output_folder("/tmp")
 
 
+def test_paths_and_upload_names_the_os_cannot_take_are_one_line_refusals(tmp_path):
+    """A NUL or an over-long name in a typed path or an upload's name is a 400 naming the problem (it
+    was a 500 from ValueError / OSError ENAMETOOLONG, with the uploads folder's path in the message)."""
+    cat = photo(tmp_path / "cat.png")
+    long = str(tmp_path / ("y" * 300))
+    with running_app(tmp_path) as (base, app):
+        for route, body, message in [
+            ("folder", {"path": str(tmp_path / "a\0b")}, "cannot contain a NUL"),
+            ("folder", {"path": long}, "not a usable path (File name too long)"),
+            ("model-file", {"path": long + "/m.pth"}, "not a usable path (File name too long)"),
+            ("jobs", {"sources": ["x"], "output": str(tmp_path / "a\0b")}, "no such file on this page"),
+        ]:
+            status, answer = request_json(f"{base}/api/{route}", body)
+            assert status == 400 and message in answer["error"], (route, answer)
+        sid = upload(base, cat)[1]["id"]
+        for output, message in [(str(tmp_path / "a\0b"), "cannot contain a NUL"), (long, "too long")]:
+            status, answer = request_json(f"{base}/api/jobs", {"sources": [sid], "output": output})
+            assert status == 400 and message in answer["error"], answer
+        for name, message in [
+            ("a\0b.png", "cannot contain control characters"),
+            ("two\nlines.png", "cannot contain control characters"),
+            ("a" * 300 + ".png", "the file name is longer than 255 bytes"),
+        ]:
+            status, answer = upload(base, cat, name=name)
+            assert status == 400 and message in answer["error"], answer
+            assert str(app.library.work_dir) not in answer["error"]
+        assert [p.name for p in app.library.work_dir.iterdir()] == [sid]  # nothing of the refused ones
+        status, answer = upload(base, cat, name="../../ünï 😀.png")  # a path is cut to its name
+        assert status == 200 and answer["name"] == "ünï 😀.png"
+        assert (app.library.work_dir / answer["id"] / "ünï 😀.png").is_file()
+
+
 def test_crop_box_stays_inside_the_picture():
     assert crop_box(100, 80, 0.5, 0.5, 64) == (18, 8, 82, 72)
     assert crop_box(100, 80, 0.0, 1.0, 64) == (0, 16, 64, 80)

@@ -27,6 +27,7 @@ from repsr.inference.video import VIDEO_EXTENSIONS, VideoError, is_video_path, r
 from repsr.util.errors import ImageError, RepsrError, first_line
 
 CHUNK = 1 << 20
+NAME_MAX = 255  # bytes in one file name, as most file systems allow
 
 
 class PathError(RepsrError):
@@ -58,10 +59,16 @@ class Folders:
     def _resolve(self, text: str, what: str) -> Path:
         if not str(text).strip():
             raise PathError(f"{what}: give a folder path")
+        if "\0" in str(text):  # the OS takes no NUL in a path (Python raises ValueError)
+            raise PathError(f"{str(text)!r}: a path cannot contain a NUL character")
         path = Path(str(text).strip()).expanduser()
         if not path.is_absolute():
             raise PathError(f"{path}: give the {what} as an absolute path (/..., or ~/...)")
-        resolved = path.resolve()
+        try:
+            resolved = path.resolve()
+            resolved.exists()  # a name too long for the file system raises here, not in the checks below
+        except OSError as error:
+            raise PathError(f"{str(path)[:200]}: not a usable path ({error.strerror or error})") from None
         if not any(_is_under(resolved, root) for root in self.roots):
             allowed = ", ".join(map(str, self.roots))
             raise PathError(
@@ -214,6 +221,10 @@ class Library:
         clean = Path(str(name).replace("\\", "/")).name.strip()
         if not clean or clean.startswith("."):
             raise UploadError(f"{name!r}: give the upload a file name")
+        if any(ord(char) < 32 or ord(char) == 127 for char in clean):  # NUL, newlines, escapes
+            raise UploadError(f"{clean!r}: a file name cannot contain control characters")
+        if len(clean.encode("utf-8", "surrogateescape")) > NAME_MAX:
+            raise UploadError(f"{clean[:40]}...: the file name is longer than {NAME_MAX} bytes")
         suffix = Path(clean).suffix.lower()
         if suffix not in IMAGE_SUFFIXES and suffix not in VIDEO_EXTENSIONS:
             kinds = ", ".join(sorted(IMAGE_SUFFIXES | set(VIDEO_EXTENSIONS)))
