@@ -324,6 +324,30 @@ def test_a_folder_job_writes_only_into_the_output_folder_and_reports_each_file(t
             assert status == 400 and message in answer["error"]
 
 
+def test_a_job_request_of_the_wrong_types_is_refused_and_overwrite_must_be_a_boolean(tmp_path):
+    """Fields of the wrong JSON type are 400s naming the field (a number or NaN for `sources`, a list in
+    it, were 500s), and `"overwrite": "false"` no longer means yes (it replaced existing results)."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "cat.png").write_bytes(b"an earlier result")
+    with running_app(tmp_path) as (base, app):
+        sid = upload(base, photo(tmp_path / "cat.png"))[1]["id"]
+        for body, message in [
+            ({"sources": 5}, "sources must be a list of ids, got 5"),
+            ({"sources": [[sid]]}, "sources must be a list of ids"),
+            ({"sources": [sid], "folders": [{}]}, "folders must be a list of ids"),
+            ({"sources": [sid], "format": {"png": 1}}, "format must be one of"),
+            ({"sources": [sid], "overwrite": "false"}, "overwrite must be true or false, got 'false'"),
+            ({"sources": [sid], "model": GENERAL_X2, "denoise": True}, "got True"),
+        ]:
+            status, answer = request_json(f"{base}/api/jobs", body)
+            assert status == 400 and message in answer["error"], (body, answer)
+        status, answer = request_json(f"{base}/api/jobs", data=b'{"sources": NaN}')
+        assert status == 400 and answer["error"] == "sources must be a list of ids, got NaN"
+        assert app.queue.jobs == {}  # none of them was queued
+    assert (out / "cat.png").read_bytes() == b"an earlier result"
+
+
 def test_jobs_run_one_at_a_time_in_order_and_a_queued_one_can_be_cancelled(tmp_path):
     model = tmp_path / "tiny.safetensors"
     save_model(tiny_plain(scale=2), model)

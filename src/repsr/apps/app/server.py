@@ -128,6 +128,8 @@ class App:
         """None for `auto` (the model's own default), else the strength, checked (only where it applies)."""
         if value in (None, "", "auto"):
             return None
+        if isinstance(value, bool):  # float(True) is 1.0: a slip of the page, not a strength
+            raise ConfigError(f"--denoise: the strength must be a number between 0 and 1, got {value!r}")
         if not has_denoise(model):
             raise ConfigError(f"--denoise: {model} has no detail partner; use auto")
         try:
@@ -160,8 +162,8 @@ class App:
         return result.png, headers
 
     def submit(self, body: dict) -> dict[str, Any]:
-        inputs = [self.library.source(sid).path for sid in body.get("sources", [])]
-        for fid in body.get("folders", []):
+        inputs = [self.library.source(sid).path for sid in _ids(body, "sources")]
+        for fid in _ids(body, "folders"):
             entry = self.library.folder_entries.get(fid)
             if entry is None:
                 raise PathError(f"{fid}: no such folder on this page")
@@ -170,18 +172,31 @@ class App:
             raise ConfigError("add at least one image or video first")
         output = self.folders.output_folder(body.get("output") or str(self.default_output))
         model = self.model_reference(body.get("model") or DEFAULT_MODEL)
-        fmt = body.get("format") or None
-        if fmt is not None and fmt not in OUTPUT_FORMATS:
+        fmt = body.get("format")
+        if fmt in (None, ""):
+            fmt = None
+        elif not isinstance(fmt, str) or fmt not in OUTPUT_FORMATS:
             raise ConfigError(f"format must be one of {', '.join(OUTPUT_FORMATS)}, got {fmt!r}")
+        overwrite = body.get("overwrite", False)
+        if not isinstance(overwrite, bool):  # "false" must not mean yes: it replaces files
+            raise ConfigError(f"overwrite must be true or false, got {overwrite!r}")
         request = JobRequest(
             inputs=inputs,
             output=output,
             model=model,
             denoise=self.denoise(model, body.get("denoise")),
             fmt=fmt,
-            overwrite=bool(body.get("overwrite", False)),
+            overwrite=overwrite,
         )
         return self.queue.submit(request).to_json()
+
+
+def _ids(body: dict, key: str) -> list[str]:
+    """`body[key]` as a list of ids (strings); `ConfigError` naming the field otherwise."""
+    ids = body.get(key) or []
+    if not isinstance(ids, list) or not all(isinstance(item, str) for item in ids):
+        raise ConfigError(f"{key} must be a list of ids, got {json.dumps(ids)[:80]}")
+    return ids
 
 
 class Handler(BaseHTTPRequestHandler):
