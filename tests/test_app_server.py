@@ -132,6 +132,10 @@ def test_crop_box_stays_inside_the_picture():
     assert crop_box(40, 30, 0.5, 0.5, 64) == (0, 0, 40, 30)  # a small picture is previewed whole
     with pytest.raises(ConfigError, match="crop size"):
         crop_box(100, 80, 0.5, 0.5, 4000)
+    assert crop_box(100, 80, float("inf"), float("-inf"), 64) == (36, 0, 100, 64)  # clamped to the edges
+    for cx, cy in [(float("nan"), 0.5), (0.5, float("nan"))]:  # was ValueError in round(): a 500
+        with pytest.raises(ConfigError, match="crop centre must be fractions"):
+            crop_box(100, 80, cx, cy, 64)
 
 
 # ----------------------------------------------------------------------------------------- the API
@@ -248,6 +252,14 @@ def test_preview_is_the_crop_through_the_model_and_moves_with_the_denoise_streng
         assert status == 400 and "no detail partner" in answer["error"]
         status, answer = request_json(f"{base}/api/preview?source=nope&model={GENERAL_X2}")
         assert status == 400 and "no such file" in answer["error"]
+        for query, message in [
+            ("cx=nan", "crop centre must be fractions"),
+            ("size=99999999999999999999", "crop size must be between"),
+            ("size=1e3", "must be numbers"),
+            ("model=bicubic&scale=8", "scale must be 2, 3 or 4"),
+        ]:
+            status, answer = request_json(f"{url}&denoise=0.5&{query}")
+            assert status == 400 and message in answer["error"], (query, answer)
 
 
 def test_a_run_writes_what_repsr_upscale_writes_and_downloads_it(tmp_path):

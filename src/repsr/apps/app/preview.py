@@ -13,6 +13,7 @@ within the 16 levels of fp32 that `auto` checks before it picks int8 (`Preview.p
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import OrderedDict
@@ -49,6 +50,8 @@ def crop_box(width: int, height: int, cx: float, cy: float, size: int) -> tuple[
     size = int(size)
     if not 16 <= size <= MAX_CROP:
         raise ConfigError(f"crop size must be between 16 and {MAX_CROP} pixels, got {size}")
+    if math.isnan(cx) or math.isnan(cy):  # NaN passes min/max and failed only in round(): a 500
+        raise ConfigError(f"the crop centre must be fractions of the picture, got {cx}, {cy}")
     w, h = min(size, width), min(size, height)
     x0 = int(round(min(max(float(cx), 0.0), 1.0) * width - w / 2))
     y0 = int(round(min(max(float(cy), 0.0), 1.0) * height - h / 2))
