@@ -360,6 +360,40 @@ def test_a_job_request_of_the_wrong_types_is_refused_and_overwrite_must_be_a_boo
     assert (out / "cat.png").read_bytes() == b"an earlier result"
 
 
+def test_downloads_answer_odd_indices_head_requests_and_removed_files_with_messages(tmp_path):
+    """An index like "²" (isdigit, but not int) and a result removed since the job wrote it are 400s
+    (were 500s); HEAD of the zip sends its headers only (it sent the whole zip); a NUL in a /static/
+    name is a 404 (was a 500)."""
+    model = tmp_path / "tiny.safetensors"
+    save_model(tiny_plain(scale=2), model)
+    with running_app(tmp_path) as (base, _):
+        ids = [upload(base, photo(tmp_path / name))[1]["id"] for name in ("a.png", "b.png")]
+        job = request_json(f"{base}/api/jobs", {"sources": ids, "model": str(model)})[1]
+        job = wait_job(base, job["id"])
+        assert job["status"] == "done"
+        files = f"{base}/api/jobs/{job['id']}/files"
+        for index in ("%C2%B2", "-1", "2", "1.0", "x"):
+            status, answer = request_json(f"{files}/{index}")
+            assert status == 400 and "no such written file" in answer["error"], (index, answer)
+        status, answer = request_json(f"{base}/api/jobs/nope/files/0")
+        assert status == 400 and answer["error"] == "nope: no such job"
+        head = raw_exchange(
+            base, f"HEAD /api/jobs/{job['id']}/zip HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
+        )
+        assert head.startswith(b"HTTP/1.1 200 ") and head.endswith(b"\r\n\r\n"), head[-200:]
+        assert request(f"{files}/1")[0] == 200
+        (tmp_path / "out" / "b.png").unlink()
+        status, answer = request_json(f"{files}/1")
+        assert (
+            status == 400 and answer["error"] == "b.png: cannot be read any more (No such file or directory)"
+        )
+        status, answer = request_json(f"{base}/api/jobs/{job['id']}/zip")
+        assert status == 400 and answer["error"].startswith("b.png: removed since the job wrote it")
+        status, _, first = request(f"{files}/0")
+        assert status == 200 and first == (tmp_path / "out" / "a.png").read_bytes()
+        assert request(f"{base}/static/app%00.js")[0] == 404
+
+
 def test_jobs_run_one_at_a_time_in_order_and_a_queued_one_can_be_cancelled(tmp_path):
     model = tmp_path / "tiny.safetensors"
     save_model(tiny_plain(scale=2), model)

@@ -314,7 +314,8 @@ class Handler(BaseHTTPRequestHandler):
         elif parts == ["api", "state"]:
             self._json(app.state())
         elif parts == ["api", "jobs"]:
-            self._json([job.to_json() for job in app.queue.jobs.values()])
+            # a copy: a job submitted meanwhile must not change the dict while it is listed
+            self._json([job.to_json() for job in list(app.queue.jobs.values())])
         elif len(parts) == 3 and parts[:2] == ["api", "thumb"]:
             self._send(200, thumbnail_png(app.library.pixels(parts[2])), "image/png")
         elif parts == ["api", "preview"]:
@@ -386,8 +387,8 @@ class Handler(BaseHTTPRequestHandler):
         self._json(source.to_json())
 
     def _static(self, name: str) -> None:
-        path = (STATIC / name).resolve()
-        if path.parent != STATIC or not path.is_file():
+        path = (STATIC / name).resolve() if "\0" not in name else None  # NUL: ValueError in resolve
+        if path is None or path.parent != STATIC or not path.is_file():
             self._error(HTTPStatus.NOT_FOUND, f"{name}: not found")
             return
         kind = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
@@ -397,10 +398,15 @@ class Handler(BaseHTTPRequestHandler):
 
     def _download(self, job_id: str, index: str) -> None:
         job = self.server.app.queue.get(job_id)
-        if not index.isdigit() or int(index) >= len(job.files) or job.files[int(index)].status != "written":
+        number = int(index) if index.isascii() and index.isdigit() else -1  # "²".isdigit() is True
+        if not 0 <= number < len(job.files) or job.files[number].status != "written":
             raise ConfigError(f"{job_id}/{index}: no such written file")
-        target = job.files[int(index)].target
-        with open(target, "rb") as handle:  # streamed: a video may be larger than memory allows
+        target = job.files[number].target
+        try:
+            handle = open(target, "rb")  # noqa: SIM115 (closed below; streamed: a video may be large)
+        except OSError as error:
+            raise ConfigError(f"{target.name}: cannot be read any more ({error.strerror})") from None
+        with handle:
             size = os.fstat(handle.fileno()).st_size
             self.send_response(200)
             self.send_header(
@@ -418,6 +424,11 @@ class Handler(BaseHTTPRequestHandler):
         written = job.written()
         if not written:
             raise ConfigError(f"{job_id}: this job wrote no files")
+        gone = [state.target.name for state in written if not state.target.is_file()]
+        if gone:  # said before the answer starts: a missing file midway would cut the zip short
+            raise ConfigError(
+                f"{', '.join(gone)}: removed since the job wrote it; download the others one by one"
+            )
         self.send_response(200)
         self.send_header("Content-Type", "application/zip")
         self.send_header("Content-Disposition", _attachment(f"repsr-{job_id}.zip"))
@@ -426,6 +437,8 @@ class Handler(BaseHTTPRequestHandler):
         )  # no length known in advance: the end of the body is the close
         self.end_headers()
         self.close_connection = True
+        if self.command == "HEAD":  # the headers only (the zip was written out for HEAD too)
+            return
         with zipfile.ZipFile(_Unseekable(self.wfile), "w", zipfile.ZIP_STORED) as archive:
             for state in written:
                 try:
