@@ -394,6 +394,31 @@ def test_downloads_answer_odd_indices_head_requests_and_removed_files_with_messa
         assert request(f"{base}/static/app%00.js")[0] == 404
 
 
+def test_a_link_inside_the_output_folder_never_leads_a_result_outside_it(tmp_path):
+    """A folder job mirrors sub-folders into the output; a sub-folder there that links elsewhere made
+    the result land outside every allowed folder. Now the job is refused before any work."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    allowed = tmp_path / "allowed"
+    (allowed / "pics" / "sub").mkdir(parents=True)
+    photo(allowed / "pics" / "sub" / "c.png", (24, 20))
+    (allowed / "out").mkdir()
+    (allowed / "out" / "sub").symlink_to(elsewhere)
+    model = allowed / "tiny.safetensors"
+    save_model(tiny_plain(scale=2), model)
+    with running_app(allowed) as (base, _):
+        folder = request_json(f"{base}/api/folder", {"path": str(allowed / "pics")})[1]["folder"]["id"]
+        job = request_json(f"{base}/api/jobs", {"folders": [folder], "model": str(model)})[1]
+        job = wait_job(base, job["id"])
+        assert job["status"] == "refused" and "outside the output folder" in job["message"], job["message"]
+        assert list(elsewhere.iterdir()) == []
+        (allowed / "out" / "sub").unlink()  # without the link the same job writes inside
+        job = wait_job(
+            base, request_json(f"{base}/api/jobs", {"folders": [folder], "model": str(model)})[1]["id"]
+        )
+        assert job["status"] == "done" and (allowed / "out" / "sub" / "c.png").is_file()
+
+
 def test_jobs_run_one_at_a_time_in_order_and_a_queued_one_can_be_cancelled(tmp_path):
     model = tmp_path / "tiny.safetensors"
     save_model(tiny_plain(scale=2), model)

@@ -191,6 +191,7 @@ class Job:
             # every planned file, listed even where existing outputs refuse the job (upscale_files
             # plans again with the job's own `overwrite` and refuses it, as the CLI does)
             planned, _ = plan_outputs(request.inputs, request.output, fmt=request.fmt, overwrite=True)
+            _check_inside(planned, request.output)
             with self._lock:
                 for job in planned:
                     units, frames = _units(job.source, job.video)
@@ -254,6 +255,20 @@ class Job:
                 elif state.status in ("queued", "running"):
                     state.status = "cancelled"
             self.finished = time.time()
+
+
+def _check_inside(planned: list[Any], output: Path) -> None:
+    """`ConfigError` (the job is refused, nothing written) when an output would land outside `output`
+    through a link inside it (a sub-folder of the results that links elsewhere): the page writes only
+    into the output folder it names."""
+    root = output.resolve()
+    for job in planned:
+        where = job.target.resolve()  # links followed, the missing rest of the path kept
+        if where != root and root not in where.parents:
+            raise ConfigError(
+                f"{job.target}: a link inside {output} leads to {where.parent}, outside the output folder; "
+                "remove the link or choose another output folder"
+            )
 
 
 class _CancelledBeforeStart(Exception):
