@@ -231,6 +231,52 @@ def test_malformed_and_oversized_uploads_are_messages_and_the_server_stays_up(tm
         assert status == 200 and (answer["width"], answer["height"]) == (96, 80)
 
 
+def png_header(path: Path, width: int, height: int) -> Path:
+    """A PNG of a few dozen bytes whose header declares width x height pixels (a decompression bomb)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    body = chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + body)
+    return path
+
+
+def test_an_image_bomb_is_refused_from_its_header_even_while_a_job_lifts_pillows_limit(tmp_path, monkeypatch):
+    """A tiny PNG declaring 30000x30000 is refused before decoding. Pillow's own guard is the global
+    Image.MAX_IMAGE_PIXELS, which `verify_image` sets to None while a job checks a result: an upload in
+    that moment was decoded in full (2.7 GB). The app checks the header itself."""
+    from PIL import Image as PILImage
+
+    import repsr.apps.app.library as library
+
+    bombs = tmp_path / "pics"
+    bombs.mkdir()
+    bomb = png_header(bombs / "bomb.png", 30000, 30000)
+    decoded: list[Path] = []
+
+    def read_pixels(path: Path):  # the decoder must never see the bomb
+        decoded.append(Path(path))
+        raise AssertionError(f"{path} was decoded")
+
+    monkeypatch.setattr(library, "read_pixels", read_pixels)
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", None)  # as while verify_image runs in the job thread
+    with running_app(tmp_path) as (base, _):
+        status, answer = upload(base, bomb)
+        assert status == 400 and answer["error"].startswith(
+            "bomb.png: 30000x30000 is 900 megapixels, more than"
+        )
+        sid = request_json(f"{base}/api/folder", {"path": str(bombs)})[1]["sources"][0]["id"]
+        for url in (f"{base}/api/thumb/{sid}", f"{base}/api/preview?source={sid}&model=bicubic&scale=2"):
+            status, answer = request_json(url)
+            assert status == 400 and "900 megapixels" in answer["error"], url
+        assert request(f"{base}/api/state")[0] == 200
+    assert decoded == []
+
+
 def test_preview_is_the_crop_through_the_model_and_moves_with_the_denoise_strength(tmp_path):
     source = photo(tmp_path / "cat.jpg")
     with running_app(tmp_path) as (base, _):

@@ -27,6 +27,7 @@ from repsr.inference.video import VIDEO_EXTENSIONS, VideoError, is_video_path, r
 from repsr.util.errors import ImageError, RepsrError, first_line
 
 CHUNK = 1 << 20
+MAX_PIXELS = 178_956_970  # Pillow's own refusal (2 x its MAX_IMAGE_PIXELS), held here without its global
 NAME_MAX = 255  # bytes in one file name, as most file systems allow
 
 
@@ -156,9 +157,30 @@ def video_info(path: Path) -> tuple[int, int, int]:
         container.close()
 
 
+def check_pixels(path: Path) -> None:
+    """`ImageError` when an image's header declares more than `MAX_PIXELS`, before anything is decoded.
+
+    Pillow refuses such an image itself, but through a process-wide setting that `verify_image` lifts
+    while a job checks a result it wrote: an upload or a preview decoded at that moment, in another
+    thread of this server, had no limit (a 100-byte PNG of 30000x30000 is 2.7 GB decoded)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except Exception:  # not an image Pillow opens (or over Pillow's own limit): read_pixels says why
+        return
+    if width * height > MAX_PIXELS:
+        raise ImageError(
+            f"{path.name}: {width}x{height} is {width * height / 1e6:.0f} megapixels, more than the "
+            f"{MAX_PIXELS / 1e6:.0f} an image may have here (a damaged file, or a decompression bomb)"
+        )
+
+
 def read_picture(path: Path) -> Pixels:
     """The integer pixels of an image, or the first frame of a video (8-bit RGB)."""
     if not is_video_path(path):
+        check_pixels(path)
         return read_pixels(path)
     av = require_av()
     try:
@@ -175,6 +197,7 @@ def describe_source(path: Path) -> tuple[int, int, int]:
     check an upload passes before it is listed. `ImageError`/`VideoError` otherwise."""
     if is_video_path(path):
         return video_info(path)
+    check_pixels(path)
     pixels = read_pixels(path)
     height, width = pixels.array.shape[:2]
     return width, height, 0
