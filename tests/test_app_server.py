@@ -277,6 +277,22 @@ def test_an_image_bomb_is_refused_from_its_header_even_while_a_job_lifts_pillows
     assert decoded == []
 
 
+def test_a_client_that_stalls_mid_upload_is_dropped_and_its_partial_file_removed(tmp_path):
+    """A Content-Length larger than what the client sends, the connection left open: the request's
+    thread waited for the rest forever. Now it gives up after the request timeout."""
+    cat = photo(tmp_path / "cat.png").read_bytes()
+    with running_app(tmp_path, request_timeout=1.0) as (base, app):
+        started = time.monotonic()
+        head = "POST /api/upload HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Repsr: 1\r\nX-File-Name: cat.png\r\n"
+        answer = raw_exchange(
+            base, (head + "Content-Length: 100000\r\n\r\n").encode() + cat[:100], timeout=20
+        )
+        assert time.monotonic() - started < 10, "the server waited for the missing bytes"
+        assert b"200 OK" not in answer
+        assert not any(app.library.work_dir.iterdir())  # the partial upload is not kept
+        assert upload(base, photo(tmp_path / "cat.png"))[0] == 200
+
+
 def test_preview_is_the_crop_through_the_model_and_moves_with_the_denoise_strength(tmp_path):
     source = photo(tmp_path / "cat.jpg")
     with running_app(tmp_path) as (base, _):

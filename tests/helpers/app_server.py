@@ -22,8 +22,9 @@ def running_app(root: Path, **options: Any) -> Iterator[tuple[str, App]]:
     work.mkdir(exist_ok=True)
     options.setdefault("output", root / "out")
     options.setdefault("precision", "fp32")
+    server_options = {key: options.pop(key) for key in ("request_timeout",) if key in options}
     app = App(allow=[root], work_dir=work, **options)
-    server = AppServer(("127.0.0.1", 0), app)
+    server = AppServer(("127.0.0.1", 0), app, **server_options)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:

@@ -205,6 +205,12 @@ class Handler(BaseHTTPRequestHandler):
     server: AppServer
     protocol_version = "HTTP/1.1"
 
+    def setup(self) -> None:
+        # a client that stops sending (a Content-Length larger than what it sends, a connection left
+        # open mid-request) is dropped after this many idle seconds, not waited on by its thread forever
+        self.timeout = self.server.request_timeout
+        super().setup()
+
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the base class's name)
         if self.server.verbose:
             super().log_message(format, *args)
@@ -283,7 +289,7 @@ class Handler(BaseHTTPRequestHandler):
             if self.command == "POST":
                 self.close_connection = True  # the body may be partly unread
             self._error(HTTPStatus.BAD_REQUEST, str(error))
-        except (BrokenPipeError, ConnectionResetError):
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):  # the client left, or stalled
             self.close_connection = True
         except Exception as error:  # a bug: said on the page and on stderr, the server goes on
             traceback.print_exc(file=sys.stderr)
@@ -474,7 +480,10 @@ class AppServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, address: tuple[str, int], app: App, *, verbose: bool = False) -> None:
+    def __init__(
+        self, address: tuple[str, int], app: App, *, verbose: bool = False, request_timeout: float = 60.0
+    ) -> None:
+        self.request_timeout = request_timeout
         host = address[0]
         if ":" in host:
             self.address_family = socket.AF_INET6
