@@ -167,6 +167,26 @@ def test_changes_need_the_page_header_and_a_local_host(tmp_path):
         assert request(f"{base}/static/..%2Fserver.py")[0] == 404
 
 
+def test_the_host_header_is_checked_on_every_address_the_server_may_listen_on():
+    """DNS rebinding: a page whose name an attacker points at this machine is same-origin with the
+    server (X-Repsr does not stop it); only Host tells it apart. Bound to 127.0.0.2 or 0.0.0.0, the
+    server let every Host through; now a loopback bind takes loopback names only, and any other bind
+    an address or this machine's own name."""
+    from repsr.apps.app.server import host_allowed
+
+    own = frozenset({"studio", "studio.local"})
+    for bound in ("127.0.0.1", "127.0.0.2", "localhost", "::1"):
+        for host in ("127.0.0.1:8000", "localhost:8000", "LOCALHOST", "[::1]:8000", "127.0.0.2:9"):
+            assert host_allowed(host, bound, own), (host, bound)
+        for host in ("evil.example:8000", "studio:8000", "192.168.1.5:8000", "", "127.0.0.1.nip.io"):
+            assert not host_allowed(host, bound, own), (host, bound)
+    for bound in ("0.0.0.0", "192.168.1.5", "::"):
+        for host in ("192.168.1.5:8000", "[fe80::1]:8000", "localhost:8000", "studio:8000", "studio.local"):
+            assert host_allowed(host, bound, own), (host, bound)
+        for host in ("evil.example:8000", "studio.evil.example", "", "192.168.1.5.nip.io:80"):
+            assert not host_allowed(host, bound, own), (host, bound)
+
+
 def test_a_kept_alive_connection_survives_every_kind_of_post(tmp_path):
     """Each POST body is read in full before the answer, so the next request on the connection parses
     (the page's fetches reuse connections: an unread body became the next request line once)."""

@@ -24,6 +24,7 @@ Routes:
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import mimetypes
 import os
@@ -191,6 +192,40 @@ class App:
         return self.queue.submit(request).to_json()
 
 
+def _ip(name: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(name)
+    except ValueError:
+        return None
+
+
+def host_allowed(host: str, bound: str, names: frozenset[str] = frozenset()) -> bool:
+    """Whether a request's `Host` header may reach a server listening on `bound` (no DNS rebinding).
+
+    A page whose own name an attacker re-points at this machine is same-origin with the server, so it
+    can add `X-Repsr` too: only the Host header tells it apart. On a loopback address (any of 127/8,
+    ::1) the Host must be localhost or a loopback address; elsewhere (--host 0.0.0.0, a LAN address) an
+    address, localhost, or one of this machine's own `names`, never another name."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        name = host[1 : host.index("]")] if "]" in host else host
+    else:
+        name = host.rsplit(":", 1)[0] if ":" in host else host
+    address = _ip(name)
+    if name in LOOPBACK or (address is not None and address.is_loopback):
+        return True
+    bound_address = _ip(bound)
+    if bound in LOOPBACK or (bound_address is not None and bound_address.is_loopback):
+        return False
+    return address is not None or name in names
+
+
+def _own_names() -> frozenset[str]:
+    """This machine's names, as a browser on the network may reach it (host, host.local, FQDN)."""
+    host = socket.gethostname().lower()
+    return frozenset(name for name in (host, f"{host}.local", socket.getfqdn().lower()) if name)
+
+
 def _ids(body: dict, key: str) -> list[str]:
     """`body[key]` as a list of ids (strings); `ConfigError` naming the field otherwise."""
     ids = body.get(key) or []
@@ -270,14 +305,7 @@ class Handler(BaseHTTPRequestHandler):
         return data
 
     def _host_ok(self) -> bool:
-        if not self.server.loopback:
-            return True
-        host = (self.headers.get("Host") or "").strip()
-        if host.startswith("["):
-            name = host[1 : host.index("]")] if "]" in host else host
-        else:
-            name = host.rsplit(":", 1)[0] if ":" in host else host
-        return name in LOOPBACK
+        return host_allowed(self.headers.get("Host") or "", self.server.server_address[0], self.server.names)
 
     def _guarded(self, route: Any) -> None:
         try:
@@ -490,7 +518,8 @@ class AppServer(ThreadingHTTPServer):
         super().__init__(address, Handler)
         self.app = app
         self.verbose = verbose
-        self.loopback = host in LOOPBACK
+        self.loopback = host in LOOPBACK  # else serve() warns: reachable by others
+        self.names = _own_names() if not self.loopback else frozenset()
 
     @property
     def url(self) -> str:
