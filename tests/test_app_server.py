@@ -413,6 +413,10 @@ def test_a_folder_job_writes_only_into_the_output_folder_and_reports_each_file(t
             ({"output": "/etc/out"}, "outside the folders"),
             ({"model": "/etc/passwd"}, "outside the folders"),
             ({"model": str(tmp_path / "none.safetensors")}, "no such model file"),
+            (
+                {"model": "repsr-general-x4"},
+                "repsr-general-x4: no such model; choose one of the page's models",
+            ),
         ]:
             status, answer = request_json(f"{base}/api/jobs", {"folders": [added["folder"]["id"]], **body})
             assert status == 400 and message in answer["error"]

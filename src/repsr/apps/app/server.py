@@ -115,6 +115,10 @@ class App:
             raise ConfigError("model: choose a model")
         if text.lower() in PRETRAINED:
             return text.lower()
+        if "/" not in text and not text.startswith("~"):  # a name, not a path: say it is not a model
+            raise ConfigError(
+                f"{text}: no such model; choose one of the page's models, or give a model file's full path"
+            )
         return str(self.folders.model_file(text))
 
     def model_file(self, body: dict) -> dict[str, Any]:
