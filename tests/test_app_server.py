@@ -537,6 +537,7 @@ def test_cancelling_a_video_midway_keeps_no_file_and_progress_counts_frames(tmp_
         body = {"sources": [added["id"]], "model": str(model), "output": str(tmp_path / "out")}
         job = wait_job(base, request_json(f"{base}/api/jobs", body)[1]["id"])
         assert job["status"] == "done" and job["files"][0]["frames_done"] == 40
+        assert job["message"] == f"1 video(s) written to {tmp_path / 'out'}"  # was "0 image(s) written"
         assert "40 frames" in job["files"][0]["detail"]  # the CLI's line for the video
 
         original = Job.on_frames

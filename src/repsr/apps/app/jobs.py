@@ -237,8 +237,13 @@ class Job:
                 if state is not None and state.status not in ("written", "failed"):
                     state.status = "cancelled"
         images = sum(1 for f in self.files if f.status == "written" and not f.video)
+        videos = sum(1 for f in self.files if f.status == "written" and f.video)
         failed = sum(1 for f in self.files if f.status == "failed") + len(self.missing)
-        message = f"{images} image(s) written to {request.output}"
+        # as the CLI says it: the image count unless only videos were written (each has its own line)
+        counts = ([f"{images} image(s)"] if images or not videos else []) + (
+            [f"{videos} video(s)"] if videos else []
+        )
+        message = f"{' and '.join(counts)} written to {request.output}"
         if failed:
             message += f"; {failed} input(s) failed"
         if report.cancelled:
