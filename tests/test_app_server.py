@@ -538,6 +538,10 @@ def test_cancelling_a_video_midway_keeps_no_file_and_progress_counts_frames(tmp_
         job = wait_job(base, request_json(f"{base}/api/jobs", body)[1]["id"])
         assert job["status"] == "done" and job["files"][0]["frames_done"] == 40
         assert job["message"] == f"1 video(s) written to {tmp_path / 'out'}"  # was "0 image(s) written"
+        single = {**body, "output": str(tmp_path / "single.mp4")}  # the one output file, as -o OUT.mp4
+        job = wait_job(base, request_json(f"{base}/api/jobs", single)[1]["id"])
+        assert job["status"] == "done" and job["files"][0]["target"] == "single.mp4"  # was "."
+        assert request(f"{base}/api/jobs/{job['id']}/files/0")[2] == (tmp_path / "single.mp4").read_bytes()
         assert "40 frames" in job["files"][0]["detail"]  # the CLI's line for the video
 
         original = Job.on_frames

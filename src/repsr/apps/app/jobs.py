@@ -121,6 +121,8 @@ class Job:
                     shown = str(f.target.relative_to(output))
                 except ValueError:
                     shown = f.target.name
+                if shown == ".":  # an output named like a video is that one video file (as -o OUT.mp4)
+                    shown = f.target.name
                 files.append(
                     {
                         "index": index,
