@@ -54,8 +54,11 @@ def page(browser):
     context = browser.new_context(viewport={"width": 1280, "height": 1000}, accept_downloads=True)
     page = context.new_page()
     page.set_default_timeout(30_000)
+    blocked: list[str] = []  # the server's Content-Security-Policy must not block anything the page does
+    page.on("console", lambda m: blocked.append(m.text) if "Content Security Policy" in m.text else None)
     yield page
     context.close()
+    assert blocked == [], blocked
 
 
 def photo(path: Path, size: tuple[int, int] = (128, 96)) -> Path:

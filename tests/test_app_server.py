@@ -158,8 +158,11 @@ def test_changes_need_the_page_header_and_a_local_host(tmp_path):
         assert status == 403 and "X-Repsr" in answer["error"]
         status, _, _ = request(f"{base}/api/state", headers={"Host": "evil.example:80"})
         assert status == 403  # DNS rebinding: a page of another name never reaches the API
-        status, _, page = request(f"{base}/")
+        status, headers, page = request(f"{base}/")
         assert status == 200 and b'<script src="/static/app.js">' in page
+        assert headers["X-Frame-Options"] == "DENY"  # no other site frames the page under a decoy
+        assert "frame-ancestors 'none'" in headers["Content-Security-Policy"]
+        assert "default-src 'self'" in headers["Content-Security-Policy"]
         assert b"http://" not in page and b"https://" not in page  # no CDN: everything is served here
         for name in ("app.js", "app.css"):
             status, _, body = request(f"{base}/static/{name}")

@@ -51,6 +51,10 @@ from repsr.util.errors import ConfigError, RepsrError, first_line
 
 STATIC = Path(__file__).resolve().parent / "static"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+CSP = (
+    "default-src 'self'; img-src 'self' blob: data:; object-src 'none'; base-uri 'none'; form-action 'none'; "
+    "frame-ancestors 'none'"
+)
 DRAIN_LIMIT = 64 << 20  # an over-cap upload's body is read and dropped up to this much, so the page
 # gets the message instead of a reset connection; beyond it the connection is closed
 
@@ -264,6 +268,10 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")
         self.send_header("X-Content-Type-Options", "nosniff")
+        # no other site may frame the page (a click on "Run" under a decoy), and the page loads nothing
+        # from anywhere else (every script and style is served here; pictures are blob: and data: URLs)
+        self.send_header("X-Frame-Options", "DENY")
+        self.send_header("Content-Security-Policy", CSP)
         if self.close_connection:  # said, so that the client opens a new connection for its next request
             self.send_header("Connection", "close")
         for key, value in (headers or {}).items():
