@@ -171,7 +171,15 @@ class App:
         return result.png, headers
 
     def submit(self, body: dict) -> dict[str, Any]:
-        inputs = [self.library.source(sid).path for sid in _ids(body, "sources")]
+        sources = [self.library.source(sid) for sid in dict.fromkeys(_ids(body, "sources"))]
+        names = [source.name for source in sources if source.folder is None]
+        twice = next((name for name in names if names.count(name) > 1), None)
+        if twice is not None:  # said here by name: the run's refusal names the private uploads folder
+            raise ConfigError(
+                f"{twice}: {names.count(twice)} uploads have this name and would be written to the same "
+                "file; remove one, or run them one at a time into different output folders"
+            )
+        inputs = [source.path for source in sources]
         for fid in _ids(body, "folders"):
             entry = self.library.folder_entries.get(fid)
             if entry is None:
