@@ -316,6 +316,35 @@ def test_a_client_that_stalls_mid_upload_is_dropped_and_its_partial_file_removed
         assert upload(base, photo(tmp_path / "cat.png"))[0] == 200
 
 
+def test_a_client_gone_before_its_error_answer_leaves_no_traceback(tmp_path, monkeypatch, capfd):
+    """An upload cut short is an UploadError; when the client has gone, writing its answer raised
+    BrokenPipeError out of the error handler (a traceback on stderr from socketserver)."""
+    import socket
+    from urllib.parse import urlparse
+
+    from repsr.apps.app.server import Handler
+
+    original = Handler._error
+
+    def gone(self: Handler, status: int, message: str) -> None:
+        if "ended early" in message:
+            raise BrokenPipeError(32, "Broken pipe")
+        original(self, status, message)
+
+    monkeypatch.setattr(Handler, "_error", gone)
+    cat = photo(tmp_path / "cat.png").read_bytes()
+    with running_app(tmp_path) as (base, app):
+        head = b"POST /api/upload HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Repsr: 1\r\nX-File-Name: cat.png\r\n"
+        address = urlparse(base)
+        with socket.create_connection((address.hostname, address.port), timeout=10) as connection:
+            connection.sendall(head + b"Content-Length: 100000\r\n\r\n" + cat[:100])
+            connection.shutdown(socket.SHUT_WR)  # hangs up: the server reads the end of the body
+            assert connection.recv(100) == b""  # no answer, the connection closed
+        assert not any(app.library.work_dir.iterdir())
+        assert upload(base, tmp_path / "cat.png")[0] == 200
+    assert "Traceback" not in capfd.readouterr().err
+
+
 def test_preview_is_the_crop_through_the_model_and_moves_with_the_denoise_strength(tmp_path):
     source = photo(tmp_path / "cat.jpg")
     with running_app(tmp_path) as (base, _):

@@ -330,13 +330,16 @@ class Handler(BaseHTTPRequestHandler):
     def _guarded(self, route: Any) -> None:
         try:
             if not self._host_ok():
-                self._error(HTTPStatus.FORBIDDEN, "this server answers only to localhost")
+                self._error(HTTPStatus.FORBIDDEN, "this server answers only to localhost or its own address")
                 return
             route()
         except RepsrError as error:  # UploadError, PathError, a model or image problem: one line
             if self.command == "POST":
                 self.close_connection = True  # the body may be partly unread
-            self._error(HTTPStatus.BAD_REQUEST, str(error))
+            try:
+                self._error(HTTPStatus.BAD_REQUEST, str(error))
+            except OSError:  # the client is gone (an upload cut short): nothing to tell, no traceback
+                self.close_connection = True
         except (BrokenPipeError, ConnectionResetError, TimeoutError):  # the client left, or stalled
             self.close_connection = True
         except Exception as error:  # a bug: said on the page and on stderr, the server goes on
