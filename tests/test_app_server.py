@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import zipfile
 from pathlib import Path
@@ -556,6 +557,41 @@ def test_jobs_run_one_at_a_time_in_order_and_a_queued_one_can_be_cancelled(tmp_p
     first, second = app.queue.jobs[ids[0]], app.queue.jobs[ids[1]]
     assert second.started >= first.finished  # never two at once
     assert not (tmp_path / "three").exists()
+
+
+def test_a_queued_job_cancelled_says_so_at_once_and_never_starts(tmp_path, monkeypatch):
+    """Cancelling a job that waits behind a running one left it "queued" on the page until the running
+    one ended (minutes, for a video); now it is "cancelled" at once, and the worker skips it."""
+    release = threading.Event()
+    original = Job.run
+
+    def run(self: Job, options: dict) -> None:
+        if self.request.output.name == "first":
+            assert release.wait(30)
+        original(self, options)
+
+    monkeypatch.setattr(Job, "run", run)
+    model = tmp_path / "tiny.safetensors"
+    save_model(tiny_plain(scale=2), model)
+    with running_app(tmp_path) as (base, app):
+        sid = upload(base, photo(tmp_path / "cat.png"))[1]["id"]
+        ids = [
+            request_json(
+                f"{base}/api/jobs", {"sources": [sid], "model": str(model), "output": str(tmp_path / n)}
+            )[1]["id"]
+            for n in ("first", "second")
+        ]
+        status, answer = request_json(f"{base}/api/jobs/{ids[1]}/cancel", {})
+        assert (
+            status == 200
+            and answer["status"] == "cancelled"
+            and answer["message"] == "cancelled before it started"
+        )
+        _, jobs = request_json(f"{base}/api/jobs")
+        assert [j["status"] for j in jobs] == ["running", "cancelled"]
+        release.set()
+        assert wait_job(base, ids[0])["status"] == "done"
+        assert app.queue.jobs[ids[1]].status == "cancelled" and not (tmp_path / "second").exists()
 
 
 def test_cancelling_a_video_midway_keeps_no_file_and_progress_counts_frames(tmp_path, monkeypatch):

@@ -289,6 +289,7 @@ class JobQueue:
         self.upscaler_options = upscaler_options
         self.jobs: dict[str, Job] = {}
         self._queue: queue.Queue[Job | None] = queue.Queue()
+        self._lock = threading.Lock()  # a queued job is started or cancelled, never both
         self._worker = threading.Thread(target=self._work, name="repsr-app-jobs", daemon=True)
         self._worker.start()
 
@@ -308,7 +309,11 @@ class JobQueue:
         """Cancel a queued job (it never starts) or a running one (its current file stops, nothing
         half-written is left)."""
         job = self.get(job_id)
-        job.cancel.set()
+        with self._lock:
+            job.cancel.set()
+            if job.status == "queued":  # said now: it waited in the queue, "queued", until its turn came
+                job.started = time.time()
+                job._finish("cancelled", "cancelled before it started")
         return job
 
     def busy(self) -> bool:
@@ -319,10 +324,13 @@ class JobQueue:
             job = self._queue.get()
             if job is None:
                 return
-            if job.cancel.is_set():
-                job.started = time.time()
-                job._finish("cancelled", "cancelled before it started")
-                continue
+            with self._lock:
+                if job.cancel.is_set():  # cancelled while queued (`cancel` said so already, `close` not)
+                    if job.finished is None:
+                        job.started = time.time()
+                        job._finish("cancelled", "cancelled before it started")
+                    continue
+                job.status = "running"
             job.run(self.upscaler_options)
 
     def close(self, timeout: float = 10.0) -> None:
