@@ -231,6 +231,15 @@ def test_bodies_the_server_cannot_delimit_are_refused_and_never_become_the_next_
                 assert answer.startswith(b"HTTP/1.1 400 "), (path, header, answer[:200])
                 assert message in answer and b"Connection: close" in answer, (path, header, answer)
                 assert answer.count(b"HTTP/1.1") == 1 and b"internal error" not in answer, (path, header)
+        for line, code, message in [
+            (b"PUT /api/jobs HTTP/1.1", 501, b"Unsupported method ('PUT')"),
+            (b"GET / / HTTP/1.1", 400, b"Bad request syntax ('GET / / HTTP/1.1')"),
+        ]:  # http.server's own refusals: the same JSON as every other error, not an HTML page
+            answer = raw_exchange(base, line + b"\r\nHost: 127.0.0.1\r\n\r\n")
+            assert answer.startswith(b"HTTP/1.1 %d " % code) or answer.startswith(b"HTTP/1.0 %d " % code), (
+                answer
+            )
+            assert answer.endswith(b'{"error": "' + message + b'"}') and b"<html" not in answer, answer
         status, answer = request_json(f"{base}/api/jobs", data=b'{"sources": "\xff"}')
         assert status == 400 and answer["error"] == "the request is not JSON"  # not UTF-8: not a 500
         assert request(f"{base}/api/state")[0] == 200

@@ -288,6 +288,21 @@ class Handler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(body)
 
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """http.server's own refusals (a malformed request line, a method it lacks, headers too long) as
+        the same one-line JSON as every other error, not an HTML page; the connection is closed."""
+        self.close_connection = True
+        text = message or self.responses.get(code, ("error",))[0]
+        self.log_error("code %d, message %s", code, text)
+        body = json.dumps({"error": text}).encode()
+        self.send_response(code, message)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        if getattr(self, "command", None) != "HEAD" and code >= 200 and code not in (204, 304):
+            self.wfile.write(body)
+
     def _json(self, data: Any, status: int = 200) -> None:
         self._send(status, json.dumps(data).encode(), "application/json")
 
