@@ -311,7 +311,7 @@ class JobQueue:
         job = self.get(job_id)
         with self._lock:
             job.cancel.set()
-            if job.status == "queued":  # said now: it waited in the queue, "queued", until its turn came
+            if job.started is None:  # still in the queue: said now (it stayed "queued" until its turn came)
                 job.started = time.time()
                 job._finish("cancelled", "cancelled before it started")
         return job
@@ -330,7 +330,7 @@ class JobQueue:
                         job.started = time.time()
                         job._finish("cancelled", "cancelled before it started")
                     continue
-                job.status = "running"
+                job.started = time.time()  # taken: a cancel from now on stops it as it runs
             job.run(self.upscaler_options)
 
     def close(self, timeout: float = 10.0) -> None:
