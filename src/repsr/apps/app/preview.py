@@ -17,6 +17,7 @@ import math
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from io import BytesIO
 
@@ -32,6 +33,10 @@ from repsr.util.errors import ConfigError
 BICUBIC = "bicubic"
 DEFAULT_CROP = 256  # LR pixels per side: a 256x256 crop of the picture, 1024x1024 out at x4
 MAX_CROP = 512
+
+
+class PreviewAbandoned(Exception):
+    """The page no longer waits for this preview (it aborted the request): nothing was computed."""
 
 
 @dataclass
@@ -126,13 +131,20 @@ class Previewer:
         cy: float = 0.5,
         size: int = DEFAULT_CROP,
         scale: int | None = None,
+        wanted: Callable[[], bool] | None = None,
     ) -> Preview:
-        """The crop of `pixels` centred at (cx, cy) upscaled by `model` (or `BICUBIC` at `scale`)."""
+        """The crop of `pixels` centred at (cx, cy) upscaled by `model` (or `BICUBIC` at `scale`).
+
+        `wanted` is asked once the crop's turn comes: a slider dragged on 2 cores queues previews that
+        the page has aborted since, and each cost a whole crop before the one it waits for (8 aborted
+        previews made the ninth take 4 s instead of 0.4 s); `PreviewAbandoned` when it says no."""
         height, width = pixels.array.shape[:2]
         box = crop_box(width, height, cx, cy, size)
         x0, y0, x1, y1 = box
         crop = Pixels(np.ascontiguousarray(pixels.array[y0:y1, x0:x1]), pixels.bit_depth)
         with self._lock:
+            if wanted is not None and not wanted():
+                raise PreviewAbandoned
             start = time.perf_counter()
             if model == BICUBIC:
                 if scale not in (2, 3, 4):

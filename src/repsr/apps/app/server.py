@@ -28,12 +28,14 @@ import ipaddress
 import json
 import mimetypes
 import os
+import select
 import shutil
 import socket
 import sys
 import threading
 import traceback
 import zipfile
+from collections.abc import Callable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -43,7 +45,7 @@ from urllib.parse import parse_qs, unquote, urlparse
 from repsr.apps.app.choices import FAMILY, KINDS, SCALES, has_denoise, model_choices
 from repsr.apps.app.jobs import JobQueue, JobRequest
 from repsr.apps.app.library import Folders, Library, PathError, UploadError, thumbnail_png
-from repsr.apps.app.preview import BICUBIC, DEFAULT_CROP, Previewer
+from repsr.apps.app.preview import BICUBIC, DEFAULT_CROP, PreviewAbandoned, Previewer
 from repsr.inference.files import OUTPUT_FORMATS
 from repsr.models.blend import check_strength
 from repsr.models.pretrained import DEFAULT_MODEL, PRETRAINED
@@ -148,7 +150,9 @@ class App:
                 f"--denoise: the strength must be a number between 0 and 1, got {value!r}"
             ) from None
 
-    def preview(self, query: dict[str, str]) -> tuple[bytes, dict[str, str]]:
+    def preview(
+        self, query: dict[str, str], wanted: Callable[[], bool] | None = None
+    ) -> tuple[bytes, dict[str, str]]:
         source = query.get("source", "")
         model = query.get("model", "")
         model = BICUBIC if model == BICUBIC else self.model_reference(model)
@@ -160,7 +164,9 @@ class App:
         except ValueError:
             raise ConfigError("preview: cx, cy, size and scale must be numbers") from None
         pixels = self.library.pixels(source)
-        result = self.previewer.preview(pixels, model, denoise, cx=cx, cy=cy, size=size, scale=scale)
+        result = self.previewer.preview(
+            pixels, model, denoise, cx=cx, cy=cy, size=size, scale=scale, wanted=wanted
+        )
         headers = {
             "X-Repsr-Box": ",".join(map(str, result.box)),
             "X-Repsr-Size": f"{pixels.array.shape[1]},{pixels.array.shape[0]}",
@@ -392,7 +398,11 @@ class Handler(BaseHTTPRequestHandler):
             self._send(200, thumbnail_png(app.library.pixels(parts[2])), "image/png")
         elif parts == ["api", "preview"]:
             query = {key: values[-1] for key, values in parse_qs(url.query).items()}
-            png, headers = app.preview(query)
+            try:
+                png, headers = app.preview(query, wanted=lambda: not self._client_gone())
+            except PreviewAbandoned:  # the page aborted it while it waited: no one to answer
+                self.close_connection = True
+                return
             self._send(200, png, "image/png", headers)
         elif len(parts) == 5 and parts[:2] == ["api", "jobs"] and parts[3] == "files":
             self._download(parts[2], parts[4])
@@ -427,6 +437,15 @@ class Handler(BaseHTTPRequestHandler):
             self._json(app.queue.cancel(parts[2]).to_json())
         else:
             self._error(HTTPStatus.NOT_FOUND, f"{self.path}: not found")
+
+    def _client_gone(self) -> bool:
+        """Whether the client has closed this connection (a fetch the page aborted): a peek that finds
+        the end of the stream. A waiting next request, or nothing yet, means it is still there."""
+        try:
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
+        except OSError:  # reset by the client
+            return True
 
     def _drain(self) -> None:
         """Read and drop a request body we will not use (so the client sees our answer)."""
