@@ -155,10 +155,18 @@ def test_malformed_and_oversized_uploads_show_a_message_and_the_server_stays_up(
     bad.write_bytes(b"GIF89a? no, just text")
     big = tmp_path / "huge.png"
     big.write_bytes(b"\0" * (2 * 2**20))
+    clip = tmp_path / "clip.m2ts"  # not a name the server takes: refused before any byte is sent
+    clip.write_bytes(b"\0" * 1000)
     with running_app(tmp_path, max_upload_mb=1) as (base, _):
-        open_page(page, base)
+        requested = open_page(page, base)
+        page.set_input_files("#file-input", str(clip))
+        page.wait_for_selector("#message >> text=not an image or video file name")
+        assert page.text_content("#message").startswith(
+            "clip.m2ts: not an image or video file name (one of .avi,"
+        )
+        assert not any("/api/upload" in url for url in requested)  # a 100 MB one got "Failed to fetch"
         page.set_input_files("#file-input", str(bad))
-        page.wait_for_selector("#message:not([hidden])")
+        page.wait_for_selector("#message >> text=holiday.jpg")
         assert page.text_content("#message") == "holiday.jpg: not an image, or a format Pillow cannot read"
         page.set_input_files("#file-input", str(big))
         page.wait_for_selector("#message >> text=over the upload limit")

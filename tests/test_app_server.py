@@ -149,6 +149,7 @@ def test_state_lists_every_shipped_model_and_the_limits(tmp_path):
     assert [m["name"] for m in state["models"]] == [entry.name for entry in shipped()]
     assert state["picks"]["photo"]["4"] == state["default_model"] == "repsr-general-m4c16-x4"
     assert state["max_upload_bytes"] == 2 * 2**20 and state["allowed"] == [str(tmp_path.resolve())]
+    assert {".png", ".jpg", ".tiff", ".mp4", ".mkv"} <= set(state["suffixes"])  # the page checks names first
     general = next(m for m in state["models"] if m["name"] == GENERAL_X2)
     assert general["denoise"] and general["denoise_default"] == 1.0
 

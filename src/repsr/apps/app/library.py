@@ -27,6 +27,7 @@ from repsr.inference.video import VIDEO_EXTENSIONS, VideoError, is_video_path, r
 from repsr.util.errors import ImageError, RepsrError, first_line
 
 CHUNK = 1 << 20
+UPLOAD_SUFFIXES = sorted(IMAGE_SUFFIXES | set(VIDEO_EXTENSIONS))  # the page checks them before it uploads
 MAX_PIXELS = 178_956_970  # Pillow's own refusal (2 x its MAX_IMAGE_PIXELS), held here without its global
 NAME_MAX = 255  # bytes in one file name, as most file systems allow
 
@@ -248,10 +249,10 @@ class Library:
             raise UploadError(f"{clean!r}: a file name cannot contain control characters")
         if len(clean.encode("utf-8", "surrogateescape")) > NAME_MAX:
             raise UploadError(f"{clean[:40]}...: the file name is longer than {NAME_MAX} bytes")
-        suffix = Path(clean).suffix.lower()
-        if suffix not in IMAGE_SUFFIXES and suffix not in VIDEO_EXTENSIONS:
-            kinds = ", ".join(sorted(IMAGE_SUFFIXES | set(VIDEO_EXTENSIONS)))
-            raise UploadError(f"{clean}: not an image or video file name (one of {kinds})")
+        if Path(clean).suffix.lower() not in UPLOAD_SUFFIXES:
+            raise UploadError(
+                f"{clean}: not an image or video file name (one of {', '.join(UPLOAD_SUFFIXES)})"
+            )
         if length is None:
             raise UploadError(f"{clean}: the upload has no length (Content-Length)")
         if length > self.max_upload_bytes:

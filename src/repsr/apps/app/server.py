@@ -44,7 +44,7 @@ from urllib.parse import parse_qs, unquote, urlparse
 
 from repsr.apps.app.choices import FAMILY, KINDS, SCALES, has_denoise, model_choices
 from repsr.apps.app.jobs import JobQueue, JobRequest
-from repsr.apps.app.library import Folders, Library, PathError, UploadError, thumbnail_png
+from repsr.apps.app.library import UPLOAD_SUFFIXES, Folders, Library, PathError, UploadError, thumbnail_png
 from repsr.apps.app.preview import BICUBIC, DEFAULT_CROP, PreviewAbandoned, Previewer
 from repsr.inference.files import OUTPUT_FORMATS
 from repsr.models.blend import check_strength
@@ -109,6 +109,7 @@ class App:
             "default_model": DEFAULT_MODEL,
             "formats": list(OUTPUT_FORMATS),
             "max_upload_bytes": self.library.max_upload_bytes,
+            "suffixes": UPLOAD_SUFFIXES,
             "allowed": [str(root) for root in self.folders.roots],
             "output": str(self.default_output),
             "crop": DEFAULT_CROP,

@@ -39,6 +39,14 @@ async function api(path, body) {
 
 async function uploadFiles(files) {
   for (const file of files) {
+    // refused here, as the server would: a large file's refusal from the server arrives as a broken
+    // connection (it stops reading the body), so the page would say "Failed to fetch"
+    const dot = file.name.lastIndexOf(".");
+    const suffix = dot > 0 ? file.name.slice(dot).toLowerCase() : "";
+    if (!state.config.suffixes.includes(suffix)) {
+      showMessage(`${file.name}: not an image or video file name (one of ${state.config.suffixes.join(", ")})`);
+      continue;
+    }
     const limit = state.config.max_upload_bytes;
     if (file.size > limit) {
       showMessage(`${file.name}: ${(file.size / 2 ** 20).toFixed(1)} MB is over the upload limit of ` +
