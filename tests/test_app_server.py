@@ -710,6 +710,8 @@ def test_repsr_app_prints_its_url_serves_and_stops_on_ctrl_c(tmp_path):
         process.kill()
     assert process.returncode == 0 and "repsr app: stopped" in out
     assert "warning: listening on 127.0.0.2" in err  # not 127.0.0.1: said, not silent
+    # the proposed output (./repsr-output of the test's folder) is outside --allow: said at the start
+    assert f"warning: the proposed output folder: {Path.cwd() / 'repsr-output'}: outside the folders" in err
     assert "Traceback" not in err
     print(f"repsr app answered {startup:.2f} s after it was started")
 

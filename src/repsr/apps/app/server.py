@@ -606,6 +606,10 @@ def serve(app: App, host: str, port: int, *, open_browser: bool = True, verbose:
             file=sys.stderr,
             flush=True,
         )
+    try:
+        app.folders.output_folder(str(app.default_output))
+    except PathError as problem:  # every run to the folder the page proposes would be refused
+        print(f"repsr app: warning: the proposed output folder: {problem}", file=sys.stderr, flush=True)
     if open_browser:
         if sys.platform.startswith("linux") and not (
             os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
