@@ -523,8 +523,13 @@ def test_a_job_request_of_the_wrong_types_is_refused_and_overwrite_must_be_a_boo
             assert status == 400 and message in answer["error"], (body, answer)
         second = upload(base, tmp_path / "cat.png")[1]["id"]  # another upload of the same name
         status, answer = request_json(f"{base}/api/jobs", {"sources": [sid, second]})
-        assert status == 400 and answer["error"].startswith("cat.png: 2 uploads have this name")
+        assert status == 400 and answer["error"].startswith("cat.png: 2 of the files have this name")
         assert str(app.library.work_dir) not in answer["error"]  # the run's refusal named it
+        (tmp_path / "pics").mkdir()
+        photo(tmp_path / "pics" / "cat.png")  # a folder's cat.png and an upload's: the same output name
+        folder = request_json(f"{base}/api/folder", {"path": str(tmp_path / "pics")})[1]["folder"]["id"]
+        status, answer = request_json(f"{base}/api/jobs", {"sources": [sid], "folders": [folder]})
+        assert status == 400 and answer["error"].startswith("cat.png: 2 of the files have this name")
         status, answer = request_json(f"{base}/api/jobs", data=b'{"sources": NaN}')
         assert status == 400 and answer["error"] == "sources must be a list of ids, got NaN"
         assert app.queue.jobs == {}  # none of them was queued

@@ -179,19 +179,22 @@ class App:
 
     def submit(self, body: dict) -> dict[str, Any]:
         sources = [self.library.source(sid) for sid in dict.fromkeys(_ids(body, "sources"))]
-        names = [source.name for source in sources if source.folder is None]
-        twice = next((name for name in names if names.count(name) > 1), None)
-        if twice is not None:  # said here by name: the run's refusal names the private uploads folder
-            raise ConfigError(
-                f"{twice}: {names.count(twice)} uploads have this name and would be written to the same "
-                "file; remove one, or run them one at a time into different output folders"
-            )
         inputs = [source.path for source in sources]
+        listed: list[str] = []  # what each folder's files are named in the output
         for fid in _ids(body, "folders"):
             entry = self.library.folder_entries.get(fid)
             if entry is None:
                 raise PathError(f"{fid}: no such folder on this page")
             inputs.append(entry.path)
+            listed += [self.library.sources[sid].name for sid in entry.sources if sid in self.library.sources]
+        uploads = [source.name for source in sources if source.folder is None]
+        named = uploads + listed
+        twice = next((name for name in uploads if named.count(name) > 1), None)
+        if twice is not None:  # said here by name: the run's refusal names the private uploads folder
+            raise ConfigError(
+                f"{twice}: {named.count(twice)} of the files have this name and would be written to the same "
+                "file; remove the upload, or run them one at a time into different output folders"
+            )
         if not inputs:
             raise ConfigError("add at least one image or video first")
         output = self.folders.output_folder(body.get("output") or str(self.default_output))
