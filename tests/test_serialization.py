@@ -169,3 +169,41 @@ def test_pickle_or_text_as_pth_does_not_quote_torchs_unsafe_advice(tmp_path):
         assert "weights_only set to False" not in message and "Re-running" not in message
     with pytest.raises(ModelFileError, match="not a plain state dict"):
         load_model(tmp_path / "pickle.pth")
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "match"),
+    [
+        ("channels", "1000000000", "malformed model spec|has shape"),
+        ("channels", "20000", "has shape"),  # 14 GB of weights if it were built before the check
+        ("num_blocks", "1000000000", "declares 1000000000 blocks"),
+        ("num_blocks", "100000", "declares 100000 blocks"),
+        ("num_blocks", "-1", "num_blocks must be >= 0"),
+        ("scale", "0", "scale must be one of"),
+        ("scale", "1000", "scale must be one of"),
+    ],
+)
+def test_absurd_sizes_in_the_metadata_are_refused_before_any_allocation(tmp_path, key, value, match):
+    """Issue 28: the spec was built before it was compared with the tensors, so a header declaring 10^9
+    blocks spent minutes (and 20000 channels gigabytes) before the refusal."""
+    import time
+
+    _, plain = _trained_pair()
+    repsr.save_model(plain, tmp_path / "good.safetensors")
+    with safe_open(str(tmp_path / "good.safetensors"), "pt") as handle:
+        metadata = handle.metadata()
+    save_file(load_file(tmp_path / "good.safetensors"), tmp_path / "m.safetensors", {**metadata, key: value})
+    start = time.monotonic()
+    _expect_refusal(tmp_path / "m.safetensors", match)
+    assert time.monotonic() - start < 2.0
+
+
+def test_a_checkpoint_declaring_more_than_it_holds_is_refused_quickly(tmp_path):
+    import time
+
+    model, _ = _trained_pair()
+    spec = {**model.spec.to_dict(), "num_blocks": 10**8}
+    torch.save({"spec": spec, "model": model.state_dict()}, tmp_path / "c.pt")
+    start = time.monotonic()
+    _expect_refusal(tmp_path / "c.pt", "declares 100000000 blocks")
+    assert time.monotonic() - start < 2.0

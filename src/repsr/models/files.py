@@ -119,7 +119,7 @@ def _from_safetensors(path: Path) -> nn.Module:
         if metadata.get("format_version") != FORMAT_VERSION:
             raise ModelFileError(f"{path}: unsupported format version {metadata.get('format_version')!r}")
         spec = ModelSpec.from_metadata(metadata)
-        model = _build(PlainSR if metadata.get("form") == "plain" else RepNet, spec, path)
+        model = _build(PlainSR if metadata.get("form") == "plain" else RepNet, spec, path, state)
     else:
         model = PlainSR(infer_plain_spec(state, path))
     _load_checked(model, state, path)
@@ -135,10 +135,10 @@ def _from_torch_file(path: Path) -> tuple[nn.Module, dict[str, Any]]:
         raise ModelFileError(f"{path}: expected a state dict, found {type(data).__name__}")
     extras: dict[str, Any] = {}
     if "spec" in data and "model" in data:  # a `repsr train` checkpoint
-        model: nn.Module = _build(RepNet, data["spec"], path)
         state = data["model"]
         if not isinstance(state, dict):
             raise ModelFileError(f"{path}: the checkpoint's 'model' entry is not a state dict")
+        model: nn.Module = _build(RepNet, data["spec"], path, state)
         extras = {key: value for key, value in data.items() if key not in ("spec", "model")}
     else:
         for key in ("params_ema", "params"):  # Real-ESRGAN / BasicSR release files
@@ -151,13 +151,25 @@ def _from_torch_file(path: Path) -> tuple[nn.Module, dict[str, Any]]:
     return model, extras
 
 
-def _build(kind: type, spec: ModelSpec | dict, path: Path) -> nn.Module:
-    """`kind(spec)`, a malformed spec (missing keys, wrong types, impossible sizes) as `ModelFileError`."""
+def _build(kind: type, spec: ModelSpec | dict, path: Path, state: dict[str, Any]) -> nn.Module:
+    """`kind(spec)`, a malformed spec (missing keys, wrong types, impossible sizes) as `ModelFileError`.
+
+    The spec is checked against the file's tensors before any memory is spent on it: its depth by their
+    count, then every key and shape on a shell built on the meta device, so a header that declares 10^9
+    channels or blocks costs nothing (issue 28)."""
     try:
         if isinstance(spec, dict):
             spec = ModelSpec.from_dict(spec)
         elif not isinstance(spec, ModelSpec):
             raise TypeError(f"expected a dict, found {type(spec).__name__}")
+        if spec.num_blocks > len(state):
+            raise ModelFileError(
+                f"{path}: the model spec declares {spec.num_blocks} blocks; the file holds only "
+                f"{len(state)} tensors"
+            )
+        with torch.device("meta"):
+            shell = kind(spec)
+        _check_state(shell.state_dict(), upgrade_legacy_state(state), path)
         return kind(spec)
     except ConfigError as error:
         raise ModelFileError(f"{path}: malformed model spec ({error})") from None
@@ -206,7 +218,12 @@ def infer_plain_spec(state: dict[str, Tensor], path: Path | str = "<state dict>"
 def _load_checked(model: nn.Module, state: dict[str, Tensor], path: Path) -> None:
     """Load `state` into `model`, refusing missing/extra keys, wrong shapes and non-finite values."""
     state = upgrade_legacy_state(state)
-    expected = model.state_dict()
+    _check_state(model.state_dict(), state, path)
+    model.load_state_dict(state)
+
+
+def _check_state(expected: dict[str, Tensor], state: dict[str, Any], path: Path) -> None:
+    """ModelFileError unless `state` has exactly the keys and shapes of `expected`, all finite tensors."""
     missing = [k for k in expected if k not in state]
     extra = [k for k in state if k not in expected]
     if missing:
@@ -222,7 +239,6 @@ def _load_checked(model: nn.Module, state: dict[str, Tensor], path: Path) -> Non
             )
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise ModelFileError(f"{path}: {key} has non-finite values")
-    model.load_state_dict(state)
 
 
 def _few(keys: list[str]) -> str:
