@@ -207,3 +207,33 @@ def test_a_checkpoint_declaring_more_than_it_holds_is_refused_quickly(tmp_path):
     start = time.monotonic()
     _expect_refusal(tmp_path / "c.pt", "declares 100000000 blocks")
     assert time.monotonic() - start < 2.0
+
+
+def test_a_plain_pickle_is_refused_in_one_line_without_torchs_warnings(tmp_path, capsys):
+    """Issue 28: a protocol-4 pickle (not from torch.save) added two lines of torch's UserWarning."""
+    import pickle
+    import warnings
+
+    from repsr.cli import main
+
+    (tmp_path / "evil.pth").write_bytes(pickle.dumps({"body.0.weight": Path("x")}, protocol=4))
+    image = tmp_path / "in" / "a.png"
+    image.parent.mkdir()
+    image.write_bytes(_png_bytes())
+    args = ["upscale", str(tmp_path / "in"), "-o", str(tmp_path / "o"), "-m", str(tmp_path / "evil.pth")]
+    with warnings.catch_warnings(record=True) as shown:  # pytest would hide them from capsys
+        warnings.simplefilter("always")
+        assert main(args) == 2
+    assert not shown, [str(w.message)[:80] for w in shown]
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "evil.pth" in err and "Warning" not in err
+
+
+def _png_bytes() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (4, 4)).save(buffer, format="PNG")
+    return buffer.getvalue()

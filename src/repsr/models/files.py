@@ -11,6 +11,7 @@ both through `torch.load(..., weights_only=True)`.
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -128,7 +129,9 @@ def _from_safetensors(path: Path) -> nn.Module:
 
 def _from_torch_file(path: Path) -> tuple[nn.Module, dict[str, Any]]:
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the refusal below says it all
+            warnings.simplefilter("ignore")
+            data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for corrupt or unsafe files
         raise ModelFileError(f"{path}: {_torch_load_problem(error)}") from None
     if not isinstance(data, dict):
