@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 
@@ -34,3 +35,21 @@ def test_a_failing_writer_leaves_the_old_file(tmp_path):
         atomic_write_stream(target, half_then_fail)
     assert np.load(target).tolist() == [0, 1, 2]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.npy"]
+
+
+def test_without_replace_an_existing_name_is_kept(tmp_path):
+    from repsr.util.errors import WriteError
+
+    target = tmp_path / "a.bin"
+
+    def write(tmp: str) -> None:
+        target.write_bytes(b"theirs")  # another process takes the name while this one writes
+        with open(tmp, "wb") as handle:
+            handle.write(b"ours")
+
+    with pytest.raises(WriteError, match="another run") as caught:
+        atomic_write(target, write, replace=False)
+    assert caught.value.errno == errno.EEXIST and target.read_bytes() == b"theirs"
+    assert [p.name for p in tmp_path.iterdir()] == ["a.bin"]
+    atomic_write(tmp_path / "b.bin", lambda tmp: open(tmp, "wb").write(b"new"), replace=False)
+    assert (tmp_path / "b.bin").read_bytes() == b"new" and len(list(tmp_path.iterdir())) == 2
