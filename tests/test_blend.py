@@ -106,6 +106,7 @@ def test_cli_denoise_blends_with_the_named_partner(ends, tmp_path, capsys) -> No
         (["--denoise", "0.5", "--denoise-from", "{y}"], "in_channels 1 vs 3"),
         (["--denoise", "0.5", "--denoise-from", "{pickle}"], "pickle.pth: not a loadable weights-only"),
         (["--denoise", "0.5", "--denoise-from", "{text}"], "text.txt: not a model file"),
+        (["--denoise", "0.5", "--denoise-from", "{onnx}"], "m.onnx is an ONNX file, and blending mixes"),
     ],
 )
 def test_cli_bad_blends_are_one_line_before_any_output(ends, tmp_path, capsys, flags, match) -> None:
@@ -126,6 +127,7 @@ def test_cli_bad_blends_are_one_line_before_any_output(ends, tmp_path, capsys, f
         "y": tmp_path / "y.safetensors",
         "pickle": tmp_path / "pickle.pth",
         "text": tmp_path / "text.txt",
+        "onnx": tmp_path / "m.onnx",  # refused by name, before it is read: it need not exist
     }
     flags = [f.format(**names) for f in flags]
     if "-m" not in flags:

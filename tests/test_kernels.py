@@ -628,3 +628,11 @@ def test_a_damaged_library_that_cannot_be_rebuilt_leaves_the_torch_path_and_one_
         assert "Read-only" in lines[0] and (tmp_path / "out" / "in.png").is_file()
     finally:
         kbuild.load.cache_clear()
+
+
+def test_a_kernel_cache_that_is_a_file_is_named_as_such(monkeypatch, tmp_path):
+    (tmp_path / "cache").write_text("a file, not a folder")
+    monkeypatch.setenv("REPSR_KERNEL_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(KernelUnavailable, match="is a file, not a folder"):
+        kbuild.build(runnable_variants()[-1])
+    assert (tmp_path / "cache").read_text() == "a file, not a folder"

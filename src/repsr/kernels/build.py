@@ -132,6 +132,8 @@ def build(variant: Variant, *, force: bool = False) -> Path:
     if cc is None:
         raise KernelUnavailable("no C compiler (cc, gcc or clang; or set CC) to build the fused kernel")
     folder, damaged = cache_dir(), ""
+    if folder.exists() and not folder.is_dir():
+        raise KernelUnavailable(f"the kernel cache {folder} (REPSR_KERNEL_CACHE) is a file, not a folder")
     flags = (*CFLAGS, *variant.cflags)
     target = library_path(variant, cc)
     if target.exists() and not force:

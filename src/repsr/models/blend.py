@@ -84,6 +84,12 @@ def load_blended(
     """
     entry = PRETRAINED.get(str(model).lower())
     partner = detail if detail is not None else (entry.denoise_partner if entry is not None else None)
+    for end in (model, partner):
+        if end is not None and str(end).lower().endswith(".onnx"):
+            raise ConfigError(
+                f"--denoise: {end} is an ONNX file, and blending mixes PyTorch weights; blend the models it "
+                "was exported from, then export the blend"
+            )
     if partner is None:
         raise ConfigError(
             f"--denoise: {model} has no registered detail partner; name one with --denoise-from MODEL "
