@@ -237,3 +237,14 @@ def _png_bytes() -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (4, 4)).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def test_infinite_block_options_are_a_malformed_spec(tmp_path):
+    """Issue 28: `"expand": Infinity` in a training-form file's options escaped as an OverflowError."""
+    model, _ = _trained_pair()
+    repsr.save_model(model, tmp_path / "t.safetensors")
+    with safe_open(str(tmp_path / "t.safetensors"), "pt") as handle:
+        metadata = handle.metadata()
+    state = load_file(tmp_path / "t.safetensors")
+    save_file(state, tmp_path / "inf.safetensors", {**metadata, "options": '{"expand": Infinity}'})
+    _expect_refusal(tmp_path / "inf.safetensors", "malformed model spec")

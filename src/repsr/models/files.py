@@ -72,7 +72,15 @@ def read_model_file(path: str | Path, device: str | torch.device = "cpu") -> tup
         raise
     except ConfigError as error:
         raise ModelFileError(f"{path}: {error}") from None
-    except (TypeError, ValueError, KeyError, AttributeError, IndexError, RuntimeError) as error:
+    except (
+        TypeError,
+        ValueError,
+        KeyError,
+        AttributeError,
+        IndexError,
+        RuntimeError,
+        ArithmeticError,
+    ) as error:
         # a damaged or hand-made file that passed the format checks (fuzz-tested): never a traceback
         raise ModelFileError(
             f"{path}: not a valid model ({type(error).__name__}: {first_line(error, 120)})"
@@ -176,7 +184,7 @@ def _build(kind: type, spec: ModelSpec | dict, path: Path, state: dict[str, Any]
         return kind(spec)
     except ConfigError as error:
         raise ModelFileError(f"{path}: malformed model spec ({error})") from None
-    except (TypeError, ValueError, KeyError, AttributeError, RuntimeError) as error:
+    except (TypeError, ValueError, KeyError, AttributeError, RuntimeError, ArithmeticError) as error:
         raise ModelFileError(f"{path}: malformed model spec ({first_line(error, 120)})") from None
 
 
