@@ -175,3 +175,21 @@ def test_cli_upscale_with_a_hostile_onnx_file_is_one_line_and_writes_nothing(exp
     err = capsys.readouterr().err
     assert err.startswith("repsr: error: ") and err.count("\n") == 1 and "outside the model's folder" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_graph_right_only_on_the_probe_size_fails_that_image_in_one_line(exported, tmp_path):
+    """A Resize to a fixed 16x16 passes the 8x8 probe; every other size must fail its image, not crash."""
+    from PIL import Image
+
+    from repsr.inference import Upscaler, upscale_files
+
+    sizes = numpy_helper.from_array(np.array([1, 3, 16, 16], dtype=np.int64), "sizes")
+    tail = [helper.make_node("Resize", ["mid", "", "", "sizes"], ["output"], mode="nearest")]
+    runner = OnnxRunner(_rewired(exported, tmp_path, tail, _image(), (sizes,)))
+    (tmp_path / "in").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "in" / "probe-size.png")
+    Image.new("RGB", (6, 5)).save(tmp_path / "in" / "other.png")
+    report = upscale_files(Upscaler(runner, tile=None), [tmp_path / "in"], tmp_path / "out", progress=False)
+    assert [p.name for p in report.written] == ["probe-size.png"]
+    ((source, reason),) = report.failed
+    assert source.name == "other.png" and "not to its x2 image" in reason and "\n" not in reason

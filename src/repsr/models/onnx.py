@@ -130,6 +130,12 @@ class OnnxRunner(nn.Module):
         self.check_shape(tuple(x.shape))
         array = x.detach().to("cpu", torch.float32).contiguous().numpy()
         (out,) = self.session.run(["output"], {"input": array})
+        n, c, h, w = array.shape
+        if out.shape != (n, c, h * self.spec.scale, w * self.spec.scale):  # right on the probe, not here
+            raise ModelFileError(
+                f"{self.path}: the graph maps {array.shape} to shape {out.shape}, "
+                f"not to its x{self.spec.scale} image"
+            )
         return torch.from_numpy(out).to(x.device)
 
     def check_shape(self, shape: tuple[int, ...]) -> None:
