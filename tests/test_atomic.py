@@ -53,3 +53,25 @@ def test_without_replace_an_existing_name_is_kept(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["a.bin"]
     atomic_write(tmp_path / "b.bin", lambda tmp: open(tmp, "wb").write(b"new"), replace=False)
     assert (tmp_path / "b.bin").read_bytes() == b"new" and len(list(tmp_path.iterdir())) == 2
+
+
+def test_symlinks_that_lead_nowhere_are_named_before_any_work(tmp_path):
+    """Issue 28: `-o LOOP` ended in a RuntimeError, `repsr train --out DANGLING` in a FileExistsError,
+    and `repsr export --onnx LINK` replaced a dangling link it was not told it may replace."""
+    from repsr.util.atomic import check_folder, check_target
+    from repsr.util.errors import WriteError
+
+    (tmp_path / "loop").symlink_to("loop")
+    (tmp_path / "dangling").symlink_to(tmp_path / "missing" / "folder")
+    for path in (
+        tmp_path / "loop",
+        tmp_path / "loop" / "sub",
+        tmp_path / "dangling",
+        tmp_path / "dangling" / "x",
+    ):
+        with pytest.raises(WriteError, match="a symlink that leads nowhere") as caught:
+            check_folder(path, what="run folder")
+        assert "\n" not in str(caught.value)
+    with pytest.raises(WriteError, match="exists already"):
+        check_target(tmp_path / "dangling", what="ONNX file")
+    assert (tmp_path / "dangling").is_symlink() and not (tmp_path / "missing").exists()  # nothing created

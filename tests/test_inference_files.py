@@ -19,7 +19,7 @@ from repsr.arch.network import PlainSR
 from repsr.cli import build_parser
 from repsr.image.io import read_pixels, write_image
 from repsr.inference import Upscaler, upscale_files
-from repsr.util.errors import ConfigError
+from repsr.util.errors import ConfigError, RepsrError
 from tests.helpers import randomize, tiny_plain
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -251,3 +251,12 @@ def test_symlinks_among_inputs_and_outputs(tmp_path):
     assert (tmp_path / "keep.png").read_bytes() == b"not this run's"
     with pytest.raises(ConfigError, match="is an existing file"):
         upscale_files(upscaler, [tmp_path / "in" / "a.png"], tmp_path / "in" / "a.png", progress=False)
+
+
+def test_an_output_folder_that_is_a_symlink_loop_is_one_line(tmp_path):
+    Image.fromarray(np.full((6, 5, 3), 40, np.uint8)).save(tmp_path / "a.png")
+    (tmp_path / "loop").symlink_to("loop")
+    upscaler = Upscaler(tiny_plain(), device="cpu", tile=None)
+    for out in (tmp_path / "loop", tmp_path / "loop" / "sub"):
+        with pytest.raises(RepsrError, match="symlink that leads nowhere"):
+            upscale_files(upscaler, [tmp_path / "a.png"], out, progress=False)

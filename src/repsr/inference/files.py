@@ -149,7 +149,10 @@ def plan_outputs(
 
     if fmt is not None and fmt not in OUTPUT_FORMATS:
         raise ConfigError(f"format must be one of {', '.join(OUTPUT_FORMATS)}, got {fmt!r}")
+    from repsr.util.atomic import check_links
+
     output = Path(output)
+    check_links(output, what="-o")  # a loop would end in a RuntimeError when resolved below
     single_video = is_video_path(output) and not output.is_dir()
     if output.exists() and not output.is_dir() and not single_video:
         raise ConfigError(

@@ -151,7 +151,7 @@ def check_target(
             )
     if path.is_dir():
         raise WriteError(f"{path}: the {what} path is a folder, not a file", errno.EISDIR)
-    if path.exists() and not overwrite:
+    if (path.exists() or path.is_symlink()) and not overwrite:  # a dangling link is not this run's either
         raise WriteError(
             f"{path}: exists already; the {what} does not replace it (--overwrite, or overwrite=True)",
             errno.EEXIST,
@@ -160,8 +160,25 @@ def check_target(
     return path
 
 
+def check_links(path: str | Path, *, what: str = "output") -> None:
+    """Raise `WriteError` if `path` or a folder above it is a symlink that leads nowhere (a loop, or a
+    link to something missing): creating folders through it fails with a bare FileExistsError, and
+    resolving it (a loop) with a RuntimeError."""
+    probe = Path(path)
+    while not probe.exists() and probe != probe.parent:
+        if probe.is_symlink():
+            raise WriteError(
+                f"{path}: the {what} path goes through {probe}, a symlink that leads nowhere (a loop, or "
+                "its target is missing)",
+                errno.ELOOP,
+            )
+        probe = probe.parent
+
+
 def _check_nearest_folder(path: Path, start: Path, action: str, what: str) -> None:
-    """The nearest existing folder at or above `start` must be a writable folder (not a file)."""
+    """The nearest existing folder at or above `start` must be a writable folder (not a file), reached
+    through no dangling or looping symlink."""
+    check_links(start, what=what)
     probe = start
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
