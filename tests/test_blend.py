@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -92,3 +94,46 @@ def test_cli_denoise_blends_with_the_named_partner(ends, tmp_path, capsys) -> No
     for strength, result in out.items():
         assert (result - expected[strength].clamp(0, 1)).abs().max() <= 1 / 255 + 1e-6
     assert main(["upscale", str(tmp_path / "in"), "-o", str(tmp_path / "o"), "--denoise", "2"]) != 0
+
+
+@pytest.mark.parametrize(
+    ("flags", "match"),
+    [
+        (["--denoise", "nan"], "--denoise: the strength must be between 0 and 1, got nan"),
+        (["--denoise=-inf"], "--denoise: the strength must be between 0 and 1"),
+        (["--denoise", "1.5", "-m", "repsr-general-m4c16-x2"], "--denoise: the strength must be between"),
+        (["--denoise", "0.5", "--denoise-from", "repsr-m4c16-x4"], "scale 4 vs 2"),
+        (["--denoise", "0.5", "--denoise-from", "{y}"], "in_channels 1 vs 3"),
+        (["--denoise", "0.5", "--denoise-from", "{pickle}"], "pickle.pth: not a loadable weights-only"),
+        (["--denoise", "0.5", "--denoise-from", "{text}"], "text.txt: not a model file"),
+        (["--denoise", "0.5", "--denoise-from", "{onnx}"], "m.onnx is an ONNX file, and blending mixes"),
+    ],
+)
+def test_cli_bad_blends_are_one_line_before_any_output(ends, tmp_path, capsys, flags, match) -> None:
+    """Issue 28: the strength was announced ("denoise strength nan: ... blended") before it was checked,
+    and partners of another size were refused without saying what differed."""
+    import re
+
+    detail, denoise = ends
+    repsr.save_model(denoise, tmp_path / "denoise.safetensors")
+    repsr.save_model(
+        repsr.build_model("repsr", scale=2, num_blocks=4, channels=16, in_channels=1),
+        tmp_path / "y.safetensors",
+    )
+    torch.save({"body.0.weight": Path("not a tensor")}, tmp_path / "pickle.pth")
+    (tmp_path / "text.txt").write_text("not a model\n")
+    write_image(tmp_path / "in" / "a.png", torch.rand(3, 8, 8))
+    names = {
+        "y": tmp_path / "y.safetensors",
+        "pickle": tmp_path / "pickle.pth",
+        "text": tmp_path / "text.txt",
+        "onnx": tmp_path / "m.onnx",  # refused by name, before it is read: it need not exist
+    }
+    flags = [f.format(**names) for f in flags]
+    if "-m" not in flags:
+        flags += ["-m", str(tmp_path / "denoise.safetensors")]
+    capsys.readouterr()
+    assert main(["upscale", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--no-progress", *flags]) == 2
+    captured = capsys.readouterr()
+    assert re.search(re.escape(match), captured.err) and "Traceback" not in captured.err
+    assert "blended" not in captured.out and not (tmp_path / "out").exists()

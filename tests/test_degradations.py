@@ -161,11 +161,42 @@ def test_presets_resolve_and_overrides_win():
         ({"resize_probs": [0.5, 0.2, 0.2]}, "degradation.resize_probs"),
         ({"jpeg_quality": [0.0, 50.0]}, "degradation.jpeg_quality"),
         ({"kernel_probs": [1.0]}, "degradation.kernel_probs"),
+        # issue 28: values that passed the checks and then failed inside numpy/torch in a worker
+        ({"kernel_size": [7.0, float("nan")]}, "degradation.kernel_size"),
+        ({"kernel_size": [7.0, float("inf")]}, "degradation.kernel_size"),
+        ({"kernel_size": [8.0, 8.0]}, "degradation.kernel_size"),
+        ({"kernel_size": [0.0, 0.0]}, "degradation.kernel_size"),
+        ({"kernel_size": [7.0, 100001.0]}, "degradation.kernel_size"),
+        ({"blur_sigma": [0.0, 0.0]}, "degradation.blur_sigma"),
+        ({"blur2_sigma": [float("nan"), 1.0]}, "degradation.blur2_sigma"),
+        ({"resize_range": [1.0, 1e9]}, "degradation.resize_range"),
+        ({"resize2_range": [0.5, float("inf")]}, "degradation.resize2_range"),
+        ({"noise_sigma": [1.0, float("nan")]}, "degradation.noise_sigma"),
+        ({"poisson_scale": [float("inf"), float("inf")]}, "degradation.poisson_scale"),
+        ({"beta_generalized": [1.0, float("inf")]}, "degradation.beta_generalized"),
+        ({"kernel_probs": [float("nan"), 0, 0, 0, 0, 1.0]}, "degradation.kernel_probs"),
+        ({"resize_probs": [float("nan"), 0.5, 0.5]}, "degradation.resize_probs"),
+        ({"noise_prob": "often"}, "degradation.noise_prob"),
     ],
 )
 def test_bad_recipes_are_refused_naming_the_key(fields, key):
-    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")) as caught:
         dg.Degradation(**{"preset": "general", **fields}).resolved()
+    assert "\n" not in str(caught.value)
+
+
+def test_extreme_but_finite_recipes_still_degrade():
+    """The checks refuse only what fails; huge noise, tiny sigmas and degenerate shapes still run."""
+    hr = (np.random.default_rng(0).random((32, 32, 3)) * 255).astype(np.uint8)
+    for fields in (
+        {"blur_sigma": [1e-30, 1e-30], "blur_prob": 1.0},
+        {"noise_sigma": [1e30, 1e30], "noise_prob": 1.0},
+        {"beta_generalized": [0.0, 0.0], "beta_plateau": [1e6, 1e6]},
+        {"resize_range": [0.0, 0.0], "kernel_size": [63.0, 63.0]},
+    ):
+        recipe = dg.Degradation(preset="realesrgan", **fields).resolved()
+        with np.errstate(all="ignore"):
+            assert dg.degrade(hr, 4, recipe, (1,)).shape == (8, 8, 3)
 
 
 @pytest.fixture

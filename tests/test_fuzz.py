@@ -152,3 +152,136 @@ def test_fuzzed_videos_fail_only_with_repsr_errors(tmp_path):
         assert not [p for p in path.parent.iterdir() if ".partial" in p.name]
 
     assert fuzz(seeds, check, tmp_path / "cases", SEED) >= MIN_CASES
+
+
+# ---------------------------------------------------------- the new inputs (issue 28): recipes, blends, ONNX
+def run_cases(make_case, check, seed: int) -> int:
+    """`check(make_case(rng))` until the budget is spent (at least MIN_CASES); only RepsrError may fail."""
+    rng = np.random.default_rng(seed)
+    start, cases = time.monotonic(), 0
+    while cases < MIN_CASES or time.monotonic() - start < BUDGET_S:
+        case = make_case(rng)
+        try:
+            check(case)
+        except RepsrError as error:
+            assert "\n" not in str(error), f"case {cases}: {error!r}"
+        except Exception as error:
+            raise AssertionError(
+                f"case {cases} (seed {seed}) {case!r}: {type(error).__name__}: {error}"
+            ) from error
+        cases += 1
+    return cases
+
+
+HOSTILE_NUMBERS = (float("nan"), float("inf"), -float("inf"), -1.0, 0.0, 1e-30, 1e30, 2.0**63, 7.5, 1e9)
+
+
+def hostile_value(rng: np.random.Generator, value):
+    """A replacement for one recipe value: hostile numbers, wrong types, wrong lengths, or a nudge."""
+    kind = int(rng.integers(0, 6))
+    if kind == 0:
+        return HOSTILE_NUMBERS[int(rng.integers(len(HOSTILE_NUMBERS)))]
+    if kind == 1:
+        return ["7", None, True, {"a": 1}, "", [[1, 2]]][int(rng.integers(6))]
+    if isinstance(value, list):
+        out = list(value)
+        if kind == 2 and out:
+            out[int(rng.integers(len(out)))] = HOSTILE_NUMBERS[int(rng.integers(len(HOSTILE_NUMBERS)))]
+        elif kind == 3:
+            out = out[: int(rng.integers(0, len(out) + 1))] + [float(rng.uniform(-2, 100))] * int(
+                rng.integers(0, 2)
+            )
+        else:
+            out = [float(v) * float(rng.choice([0.0, 0.5, 2.0, 10.0, 1000.0])) for v in out]
+        return out
+    return (
+        float(value) * float(rng.choice([-1.0, 0.0, 0.5, 2.0, 1e6]))
+        if kind < 5
+        else float(rng.uniform(-1, 2))
+    )
+
+
+def test_fuzzed_degradation_recipes_fail_only_with_repsr_errors():
+    """Random recipes through the config (`--set degradation.*` / a YAML section), then a degraded patch."""
+    from repsr.data.degradations import PRESETS, degrade
+    from repsr.training.config import TrainConfig
+
+    hr = np.random.default_rng(1).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+
+    def make_case(rng: np.random.Generator) -> dict:
+        preset = str(rng.choice(sorted(PRESETS)))
+        fields = dict(PRESETS["realesrgan"])
+        recipe: dict = {"preset": preset}
+        for key in rng.choice(sorted(fields), size=int(rng.integers(1, 4)), replace=False):
+            recipe[str(key)] = hostile_value(rng, fields[str(key)])
+        if rng.random() < 0.05:
+            recipe["no_such_key"] = 1
+        return recipe
+
+    def check(recipe: dict) -> None:
+        resolved = TrainConfig.from_dict({"degradation": recipe}).degradation.resolved()
+        with np.errstate(all="ignore"):
+            lr = degrade(hr, 2, resolved, (3,))
+        assert lr.shape == (8, 8, 3) and lr.dtype == np.uint8
+
+    assert run_cases(make_case, check, SEED) >= MIN_CASES
+
+
+def test_fuzzed_blends_fail_only_with_repsr_errors(tmp_path):
+    """Mutated partner files at random strengths: `repsr upscale --denoise S --denoise-from FILE`."""
+    from repsr.models.blend import load_blended
+
+    def tiny(seed: int, **sizes) -> torch.nn.Module:
+        torch.manual_seed(seed)
+        return reparameterize_model(
+            build_model("repsr", **{"scale": 2, "num_blocks": 1, "channels": 4, **sizes}).eval()
+        )
+
+    save_model(tiny(0), tmp_path / "denoise.safetensors")
+    save_model(tiny(1), tmp_path / "detail.safetensors")
+    save_model(tiny(2, channels=8), tmp_path / "wide.safetensors")
+    torch.save(tiny(3).state_dict(), tmp_path / "detail.pth")
+    seeds = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.name != "denoise.safetensors"}
+    strengths = (0.0, 0.3, 1.0, -0.1, 1.5, float("nan"), float("inf"), "half", None)
+    rng = np.random.default_rng(SEED)
+    x = torch.rand(1, 3, 5, 5)
+
+    def check(path: Path) -> None:
+        strength = strengths[int(rng.integers(len(strengths)))]
+        model = load_blended(tmp_path / "denoise.safetensors", strength, detail=path)
+        with torch.no_grad():
+            assert model(x).shape == (1, 3, 10, 10)
+
+    def check_safely(path: Path) -> None:  # a non-number strength is argparse's to refuse, never a crash
+        try:
+            check(path)
+        except (TypeError, ValueError) as error:
+            if "could not convert" in str(error) or "float() argument" in str(error):
+                return
+            raise
+
+    (tmp_path / "cases").mkdir()
+    assert fuzz(seeds, check_safely, tmp_path / "cases", SEED) >= MIN_CASES
+
+
+def test_fuzzed_onnx_files_fail_only_with_repsr_errors(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from repsr.models.onnx import OnnxRunner
+    from tests.helpers.onnx_files import onnx_seed
+
+    onnx_seed(tmp_path / "a.onnx")
+    onnx_seed(tmp_path / "b.onnx", channels=16, external=True)
+    assert OnnxRunner(tmp_path / "a.onnx")(torch.rand(1, 3, 5, 6)).shape == (1, 3, 10, 12)  # the seeds run
+    seeds = {"a.onnx": (tmp_path / "a.onnx").read_bytes(), "b.onnx": (tmp_path / "b.onnx").read_bytes()}
+    data = (tmp_path / "b.data").read_bytes()
+    (tmp_path / "cases").mkdir()
+    rng = np.random.default_rng(SEED + 1)
+    x = torch.rand(1, 3, 5, 6)
+
+    def check(path: Path) -> None:
+        # the external data beside the case: intact, mutated, or truncated
+        (path.parent / "b.data").write_bytes(data if rng.random() < 0.5 else mutate(data, rng))
+        runner = OnnxRunner(path)
+        assert runner(x).shape == (1, 3, 10, 12)
+
+    assert fuzz(seeds, check, tmp_path / "cases", SEED) >= MIN_CASES

@@ -19,7 +19,7 @@ from repsr.arch.network import PlainSR
 from repsr.cli import build_parser
 from repsr.image.io import read_pixels, write_image
 from repsr.inference import Upscaler, upscale_files
-from repsr.util.errors import ConfigError
+from repsr.util.errors import ConfigError, RepsrError
 from tests.helpers import randomize, tiny_plain
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -197,3 +197,66 @@ def test_tile_has_one_rule(value):
 def test_tile_accepts_auto_none_and_the_minimum():
     for value, expected in (("auto", "auto"), ("none", None), ("16", 16)):
         assert build_parser().parse_args(["upscale", "m", "x", "-o", "o", "--tile", value]).tile == expected
+
+
+# ------------------------------------------------------------------------ two runs on one output folder
+def test_a_file_another_run_writes_meanwhile_is_kept_not_replaced(tmp_path):
+    """Issue 28: two `repsr upscale` into one -o both planned before either wrote; the later rename
+    replaced the other run's result. Without --overwrite a result takes its name only if it is free."""
+    for name in ("a", "b"):
+        Image.fromarray(np.full((6, 5, 3), 40, np.uint8)).save(tmp_path / f"{name}.png")
+    out = tmp_path / "out"
+    upscaler = Upscaler(tiny_plain(), device="cpu", tile=None)
+
+    def other_run(job) -> None:  # another process writes its own a.png between planning and writing
+        if job.source.name == "a.png":
+            job.target.parent.mkdir(parents=True, exist_ok=True)
+            job.target.write_bytes(b"the other run's result")
+
+    report = upscale_files(
+        upscaler, [tmp_path / "a.png", tmp_path / "b.png"], out, progress=False, on_start=other_run
+    )
+    assert (out / "a.png").read_bytes() == b"the other run's result"
+    assert report.written == [out / "b.png"] and Image.open(out / "b.png").size == (10, 12)
+    ((source, reason),) = report.failed
+    assert source.name == "a.png" and "another run" in reason and "\n" not in reason
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png"]  # no temporary file left
+    report = upscale_files(
+        upscaler, [tmp_path / "a.png"], out, progress=False, overwrite=True, on_start=other_run
+    )
+    assert report.written == [out / "a.png"] and Image.open(out / "a.png").size == (
+        10,
+        12,
+    )  # asked to replace
+
+
+def test_symlinks_among_inputs_and_outputs(tmp_path):
+    """An output name linked to an input is refused; a link to a file elsewhere is replaced as a link
+    (the file it points to is untouched) under --overwrite; a link loop in an input folder is no hang."""
+    (tmp_path / "in").mkdir()
+    Image.fromarray(np.full((6, 5, 3), 40, np.uint8)).save(tmp_path / "in" / "a.png")
+    (tmp_path / "in" / "loop").symlink_to(".")
+    (tmp_path / "in" / "dangling.png").symlink_to("nothing.png")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a.png").symlink_to(tmp_path / "in" / "a.png")
+    upscaler = Upscaler(tiny_plain(), device="cpu", tile=None)
+    with pytest.raises(ConfigError, match="would overwrite an input"):
+        upscale_files(upscaler, [tmp_path / "in"], out, progress=False, overwrite=True)
+    (out / "a.png").unlink()
+    (tmp_path / "keep.png").write_bytes(b"not this run's")
+    (out / "a.png").symlink_to(tmp_path / "keep.png")
+    report = upscale_files(upscaler, [tmp_path / "in"], out, progress=False, overwrite=True)
+    assert report.written == [out / "a.png"] and not (out / "a.png").is_symlink()
+    assert (tmp_path / "keep.png").read_bytes() == b"not this run's"
+    with pytest.raises(ConfigError, match="is an existing file"):
+        upscale_files(upscaler, [tmp_path / "in" / "a.png"], tmp_path / "in" / "a.png", progress=False)
+
+
+def test_an_output_folder_that_is_a_symlink_loop_is_one_line(tmp_path):
+    Image.fromarray(np.full((6, 5, 3), 40, np.uint8)).save(tmp_path / "a.png")
+    (tmp_path / "loop").symlink_to("loop")
+    upscaler = Upscaler(tiny_plain(), device="cpu", tile=None)
+    for out in (tmp_path / "loop", tmp_path / "loop" / "sub"):
+        with pytest.raises(RepsrError, match="symlink that leads nowhere"):
+            upscale_files(upscaler, [tmp_path / "a.png"], out, progress=False)

@@ -3,6 +3,9 @@ path this CPU runs, tile-independent, wired into `Upscaler`, and absent without 
 
 from __future__ import annotations
 
+import ctypes
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -558,3 +561,78 @@ def test_every_variant_compiles_here_even_those_this_cpu_cannot_run(tmp_path, mo
     monkeypatch.setenv("REPSR_KERNEL_CACHE", str(tmp_path))
     built = [kbuild.build(variant) for variant in kbuild.VARIANTS]
     assert len(set(built)) == len(kbuild.VARIANTS) and all(path.stat().st_size > 0 for path in built)
+
+
+# ------------------------------------------------------------------------- a damaged kernel cache (issue 28)
+def _damaged(good: bytes, kind: str) -> bytes:
+    """A truncated copy (it crashed `dlopen` with SIGBUS), random bytes, or another ELF library."""
+    import _ctypes
+
+    if kind == "truncated":
+        return good[:5000]
+    if kind == "garbage":
+        return bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8))
+    return Path(_ctypes.__file__).read_bytes()  # a valid shared library without the kernel's symbols
+
+
+@pytest.fixture
+def cached_build(tmp_path) -> tuple[kbuild.Variant, Path]:
+    """The best variant's library (from the suite's cache: no compile) copied into a fresh cache folder."""
+    variant, _ = kbuild.load()
+    built = kbuild.build(variant)
+    (tmp_path / "cache").mkdir()
+    copy = tmp_path / "cache" / built.name
+    copy.write_bytes(built.read_bytes())
+    return variant, copy
+
+
+def test_a_damaged_cached_library_is_rebuilt_before_it_is_loaded(monkeypatch, tmp_path, cached_build):
+    _, path = cached_build
+    good = path.read_bytes()
+    assert kbuild.intact(path)
+    for kind in ("garbage", "truncated", "other library"):
+        path.write_bytes(_damaged(good, kind))
+        assert not kbuild.intact(path), kind
+    monkeypatch.setenv("REPSR_KERNEL_CACHE", str(tmp_path / "small"))
+    variant = runnable_variants()[-1]  # the quickest to compile
+    target = kbuild.library_path(variant, kbuild.compiler())
+    target.parent.mkdir()
+    target.write_bytes(_damaged(good, "truncated"))
+    assert kbuild.build(variant) == target and kbuild.intact(target)  # rebuilt over, atomically
+    assert ctypes.CDLL(str(target)).repsr_fused_lanes() > 0  # loads, and is the kernel
+
+
+def test_a_damaged_library_that_cannot_be_rebuilt_leaves_the_torch_path_and_one_line(
+    monkeypatch, tmp_path, capsys, cached_build
+):
+    from PIL import Image
+
+    from repsr.cli import main
+    from repsr.util.errors import WriteError
+
+    _, path = cached_build
+    monkeypatch.setenv("REPSR_KERNEL_CACHE", str(path.parent))
+    path.write_bytes(_damaged(path.read_bytes(), "truncated"))
+
+    def read_only(target, write, **kwargs):  # a read-only cache folder (root ignores chmod)
+        raise WriteError(f"{target}: cannot write (Read-only file system)", 30)
+
+    monkeypatch.setattr(kbuild, "atomic_write", read_only)
+    kbuild.load.cache_clear()
+    monkeypatch.setattr(backends, "_PROBES", {})
+    try:
+        Image.fromarray(np.zeros((20, 24, 3), dtype=np.uint8)).save(tmp_path / "in.png")
+        assert main(["upscale", str(tmp_path / "in.png"), "-o", str(tmp_path / "out"), "--no-progress"]) == 0
+        lines = [line for line in capsys.readouterr().out.splitlines() if "fast kernel" in line]
+        assert len(lines) == 1 and "is damaged and rebuilding it failed" in lines[0], lines
+        assert "Read-only" in lines[0] and (tmp_path / "out" / "in.png").is_file()
+    finally:
+        kbuild.load.cache_clear()
+
+
+def test_a_kernel_cache_that_is_a_file_is_named_as_such(monkeypatch, tmp_path):
+    (tmp_path / "cache").write_text("a file, not a folder")
+    monkeypatch.setenv("REPSR_KERNEL_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(KernelUnavailable, match="is a file, not a folder"):
+        kbuild.build(runnable_variants()[-1])
+    assert (tmp_path / "cache").read_text() == "a file, not a folder"

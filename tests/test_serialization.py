@@ -169,3 +169,82 @@ def test_pickle_or_text_as_pth_does_not_quote_torchs_unsafe_advice(tmp_path):
         assert "weights_only set to False" not in message and "Re-running" not in message
     with pytest.raises(ModelFileError, match="not a plain state dict"):
         load_model(tmp_path / "pickle.pth")
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "match"),
+    [
+        ("channels", "1000000000", "malformed model spec|has shape"),
+        ("channels", "20000", "has shape"),  # 14 GB of weights if it were built before the check
+        ("num_blocks", "1000000000", "declares 1000000000 blocks"),
+        ("num_blocks", "100000", "declares 100000 blocks"),
+        ("num_blocks", "-1", "num_blocks must be >= 0"),
+        ("scale", "0", "scale must be one of"),
+        ("scale", "1000", "scale must be one of"),
+    ],
+)
+def test_absurd_sizes_in_the_metadata_are_refused_before_any_allocation(tmp_path, key, value, match):
+    """Issue 28: the spec was built before it was compared with the tensors, so a header declaring 10^9
+    blocks spent minutes (and 20000 channels gigabytes) before the refusal."""
+    import time
+
+    _, plain = _trained_pair()
+    repsr.save_model(plain, tmp_path / "good.safetensors")
+    with safe_open(str(tmp_path / "good.safetensors"), "pt") as handle:
+        metadata = handle.metadata()
+    save_file(load_file(tmp_path / "good.safetensors"), tmp_path / "m.safetensors", {**metadata, key: value})
+    start = time.monotonic()
+    _expect_refusal(tmp_path / "m.safetensors", match)
+    assert time.monotonic() - start < 2.0
+
+
+def test_a_checkpoint_declaring_more_than_it_holds_is_refused_quickly(tmp_path):
+    import time
+
+    model, _ = _trained_pair()
+    spec = {**model.spec.to_dict(), "num_blocks": 10**8}
+    torch.save({"spec": spec, "model": model.state_dict()}, tmp_path / "c.pt")
+    start = time.monotonic()
+    _expect_refusal(tmp_path / "c.pt", "declares 100000000 blocks")
+    assert time.monotonic() - start < 2.0
+
+
+def test_a_plain_pickle_is_refused_in_one_line_without_torchs_warnings(tmp_path, capsys):
+    """Issue 28: a protocol-4 pickle (not from torch.save) added two lines of torch's UserWarning."""
+    import pickle
+    import warnings
+
+    from repsr.cli import main
+
+    (tmp_path / "evil.pth").write_bytes(pickle.dumps({"body.0.weight": Path("x")}, protocol=4))
+    image = tmp_path / "in" / "a.png"
+    image.parent.mkdir()
+    image.write_bytes(_png_bytes())
+    args = ["upscale", str(tmp_path / "in"), "-o", str(tmp_path / "o"), "-m", str(tmp_path / "evil.pth")]
+    with warnings.catch_warnings(record=True) as shown:  # pytest would hide them from capsys
+        warnings.simplefilter("always")
+        assert main(args) == 2
+    assert not shown, [str(w.message)[:80] for w in shown]
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "evil.pth" in err and "Warning" not in err
+
+
+def _png_bytes() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (4, 4)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_infinite_block_options_are_a_malformed_spec(tmp_path):
+    """Issue 28: `"expand": Infinity` in a training-form file's options escaped as an OverflowError."""
+    model, _ = _trained_pair()
+    repsr.save_model(model, tmp_path / "t.safetensors")
+    with safe_open(str(tmp_path / "t.safetensors"), "pt") as handle:
+        metadata = handle.metadata()
+    state = load_file(tmp_path / "t.safetensors")
+    save_file(state, tmp_path / "inf.safetensors", {**metadata, "options": '{"expand": Infinity}'})
+    _expect_refusal(tmp_path / "inf.safetensors", "malformed model spec")

@@ -90,13 +90,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def load_upscale_model(model: str, denoise: float | None = None, denoise_from: str | None = None):
     """A torch model (`load_model`: a shipped model's name or a file; a general model blended at its
     denoise strength), or for an .onnx file an ONNX Runtime runner (`OnnxRunner`)."""
-    from repsr.models.blend import default_strength
+    from repsr.models.blend import check_strength, default_strength
     from repsr.models.loader import load_model
 
-    strength = denoise if denoise is not None else default_strength(model)
-    if strength is not None:
+    strength = check_strength(denoise) if denoise is not None else default_strength(model)
+    loaded = load_model(model, denoise=denoise, denoise_from=denoise_from)
+    if strength is not None:  # said once the blend exists, not before a partner is refused
         print(f"denoise strength {strength:g}: {model} blended with its detail partner")
-    return load_model(model, denoise=denoise, denoise_from=denoise_from)
+    return loaded
 
 
 def run(args: argparse.Namespace) -> int:

@@ -57,6 +57,8 @@ __all__ = [
 
 KERNEL_TYPES = ("iso", "aniso", "generalized_iso", "generalized_aniso", "plateau_iso", "plateau_aniso")
 RESIZE_MODES = ("area", "bilinear", "bicubic")
+MAX_KERNEL_SIZE = 63  # blur kernel side; Real-ESRGAN draws up to 21
+MAX_RESIZE = 4.0  # resize factor of one pass; Real-ESRGAN draws up to 1.5
 
 Range = list[float]
 
@@ -124,11 +126,18 @@ class Degradation:
         return self.resolved().clean_prob >= 1.0
 
     def check(self) -> None:
-        """Probabilities in [0, 1], ranges ordered, probability lists summing to 1."""
+        """Finite numbers, probabilities in [0, 1], ranges ordered, probability lists summing to 1, blur
+        sigmas > 0, kernel sides that include an odd one up to `MAX_KERNEL_SIZE`, resize factors up to
+        `MAX_RESIZE` (a larger one only costs memory)."""
         for f in dataclasses.fields(self):
             value, key = getattr(self, f.name), f"degradation.{f.name}"
             if value is None or f.name == "preset":
                 continue
+            numbers = value if isinstance(value, list) else [value]
+            if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in numbers):
+                raise ConfigError(f"{key}: expected numbers, got {value!r}"[:200])
+            if not all(math.isfinite(v) for v in numbers):
+                raise ConfigError(f"{key}: values must be finite numbers, got {value}")
             if f.name.endswith("_probs"):
                 if any(p < 0 for p in value) or abs(sum(value) - 1.0) > 1e-6:
                     raise ConfigError(f"{key}: probabilities must be >= 0 and sum to 1, got {value}")
@@ -144,6 +153,23 @@ class Degradation:
         for key in ("resize_probs", "resize2_probs"):
             if getattr(self, key) is not None and len(getattr(self, key)) != 3:
                 raise ConfigError(f"degradation.{key}: expected 3 values (up, down, keep)")
+        if self.kernel_size is not None:
+            low, high = math.ceil(self.kernel_size[0]), math.floor(self.kernel_size[1])
+            if not (low | 1) <= high <= MAX_KERNEL_SIZE:
+                raise ConfigError(
+                    f"degradation.kernel_size: needs an odd side between low and high, at most "
+                    f"{MAX_KERNEL_SIZE}, got {self.kernel_size}"
+                )
+        for key in ("blur_sigma", "blur2_sigma"):
+            value = getattr(self, key)
+            if value is not None and value[0] <= 0:
+                raise ConfigError(f"degradation.{key}: blur sigmas must be > 0, got {value}")
+        for key in ("resize_range", "resize2_range"):
+            value = getattr(self, key)
+            if value is not None and value[1] > MAX_RESIZE:
+                raise ConfigError(
+                    f"degradation.{key}: resize factors must be at most {MAX_RESIZE}, got {value}"
+                )
         for key in ("jpeg_quality", "final_jpeg_quality"):
             value = getattr(self, key)
             if value is not None and not 1 <= value[0] <= value[1] <= 100:

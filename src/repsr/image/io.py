@@ -501,13 +501,16 @@ def verify_image(path: str | Path, width: int, height: int, *, label: str | Path
         )
 
 
-def write_pixels(path: str | Path, arr: np.ndarray, *, quality: int = 95, meta: dict | None = None) -> None:
+def write_pixels(
+    path: str | Path, arr: np.ndarray, *, quality: int = 95, meta: dict | None = None, replace: bool = True
+) -> None:
     """Write integer pixels (H, W, C) (uint8, or uint16 for .png; C = 1, 2, 3 or 4 with alpha last)
     to .png, .jpg/.jpeg or .webp. A JPEG drops alpha with a warning. `meta` (`Pixels.meta`, see
     `read_metadata`): ICC profile, EXIF, DPI and PNG text written where the format holds them. The file
     is decoded again before it takes its name (`verify_image`). Raises ImageError naming the file for an
     unsupported suffix, a size the format cannot hold, a failed write (a full disk says so) or a
-    written file that does not decode at the expected size."""
+    written file that does not decode at the expected size. `replace=False`: ImageError rather than
+    replace a file that has the name by the time this one is complete."""
     path = Path(path)
     suffix = path.suffix.lower()
     meta = meta or {}
@@ -549,7 +552,7 @@ def write_pixels(path: str | Path, arr: np.ndarray, *, quality: int = 95, meta: 
         verify_image(tmp, width, height, label=path)
 
     try:
-        atomic_write(path, save)  # a failed or interrupted write leaves no half image
+        atomic_write(path, save, replace=replace)  # a failed or interrupted write leaves no half image
     except WriteError as exc:
         raise ImageError(str(exc)) from None
     except OSError as exc:

@@ -25,11 +25,12 @@ def output_path(source: Path, relative: Path, out_dir: Path, fmt: str | None) ->
     return out_dir / relative.with_suffix(suffix)
 
 
-def upscale_file(upscaler: Upscaler, source: Path, target: Path) -> Path:
+def upscale_file(upscaler: Upscaler, source: Path, target: Path, *, overwrite: bool = True) -> Path:
     """Read `source`, upscale, write `target` (16 bit kept in PNG, 8 bit otherwise); returns `target`.
 
     ICC profile, EXIF (orientation applied to the pixels and reset), DPI and PNG text are carried over;
-    the written file is decoded again at the expected size before it takes its name.
+    the written file is decoded again at the expected size before it takes its name; without
+    `overwrite`, only if no file has that name by then (another run may have written it meanwhile).
 
     Memory: the decoded input, the output in its final 8/16-bit form and one tile (`upscale_pixels`).
     An output too large for memory raises `ImageError` naming `source` and the size it needs.
@@ -42,7 +43,7 @@ def upscale_file(upscaler: Upscaler, source: Path, target: Path) -> Path:
     check_output_size(target, width * upscaler.scale, height * upscaler.scale)  # before the work
     try:
         result = upscale_pixels(upscaler, pixels, bit_depth=bit_depth)
-        write_pixels(target, result, meta=pixels.meta)
+        write_pixels(target, result, meta=pixels.meta, replace=overwrite)
     except MemoryError:
         height, width, channels = pixels.array.shape
         s = upscaler.scale
@@ -148,7 +149,10 @@ def plan_outputs(
 
     if fmt is not None and fmt not in OUTPUT_FORMATS:
         raise ConfigError(f"format must be one of {', '.join(OUTPUT_FORMATS)}, got {fmt!r}")
+    from repsr.util.atomic import check_links
+
     output = Path(output)
+    check_links(output, what="-o")  # a loop would end in a RuntimeError when resolved below
     single_video = is_video_path(output) and not output.is_dir()
     if output.exists() and not output.is_dir() and not single_video:
         raise ConfigError(
@@ -270,11 +274,11 @@ def upscale_files(
                 from repsr.inference.video import upscale_video
 
                 result = upscale_video(
-                    upscaler, job.source, job.target, **video, progress=frames_progress, overwrite=True
+                    upscaler, job.source, job.target, **video, progress=frames_progress, overwrite=overwrite
                 )
                 report.videos.append(result)
             else:
-                upscale_file(upscaler, job.source, job.target)
+                upscale_file(upscaler, job.source, job.target, overwrite=overwrite)
         except Cancelled:
             report.cancelled.append(job.source)
             continue

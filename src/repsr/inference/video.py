@@ -306,7 +306,7 @@ def upscale_video(
             _verify_video(av, Path(tmp), target, report)
             done.append(report)
 
-        atomic_write(target, write, keep_suffix=True)
+        atomic_write(target, write, keep_suffix=True, replace=overwrite)
         report = done[0]
     finally:
         container.close()

@@ -99,19 +99,47 @@ def _compiler_id(cc: str) -> str:
         return cc
 
 
+def intact(path: Path) -> bool:
+    """Whether `path` looks like a complete build of the kernel: an ELF file whose section header table
+    (written last) lies within the file and that names the kernel's entry point. A truncated library
+    crashed the process in `dlopen` (SIGBUS), and another library under the name failed on a symbol."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return False
+    if b"repsr_fused_run\0" not in data:
+        return False
+    if data[:4] in (b"\xcf\xfa\xed\xfe", b"\xfe\xed\xfa\xcf"):  # Mach-O 64 (macOS): the name suffices
+        return True
+    if len(data) < 64 or data[:5] != b"\x7fELF\x02":  # 64-bit ELF
+        return False
+    order = "little" if data[5] == 1 else "big"
+    table = int.from_bytes(data[0x28:0x30], order)
+    size, count = int.from_bytes(data[0x3A:0x3C], order), int.from_bytes(data[0x3C:0x3E], order)
+    return count > 0 and table + size * count <= len(data)
+
+
+def library_path(variant: Variant, cc: str) -> Path:
+    """Where the cache keeps `variant` built by `cc`: named by a hash of the source, flags and compiler."""
+    key = SOURCE.read_bytes() + " ".join((*CFLAGS, *variant.cflags)).encode() + _compiler_id(cc).encode()
+    return cache_dir() / f"repsr-fused-{variant.name}-{hashlib.sha256(key).hexdigest()[:16]}.so"
+
+
 def build(variant: Variant, *, force: bool = False) -> Path:
-    """The shared library of `variant`, compiled now unless the cache has it; `KernelUnavailable` if it
-    cannot be built."""
+    """The shared library of `variant`, compiled now unless the cache has it intact (a damaged one is
+    rebuilt over); `KernelUnavailable` if it cannot be built."""
     cc = compiler()
     if cc is None:
         raise KernelUnavailable("no C compiler (cc, gcc or clang; or set CC) to build the fused kernel")
-    source = SOURCE.read_bytes()
+    folder, damaged = cache_dir(), ""
+    if folder.exists() and not folder.is_dir():
+        raise KernelUnavailable(f"the kernel cache {folder} (REPSR_KERNEL_CACHE) is a file, not a folder")
     flags = (*CFLAGS, *variant.cflags)
-    digest = hashlib.sha256(source + " ".join(flags).encode() + _compiler_id(cc).encode()).hexdigest()[:16]
-    folder = cache_dir()
-    target = folder / f"repsr-fused-{variant.name}-{digest}.so"
+    target = library_path(variant, cc)
     if target.exists() and not force:
-        return target
+        if intact(target):
+            return target
+        damaged = f"the cached library {target} is damaged and rebuilding it failed: "
 
     def compile_into(temp: str) -> None:
         try:
@@ -127,7 +155,9 @@ def build(variant: Variant, *, force: bool = False) -> Path:
     try:
         atomic_write(target, compile_into)  # concurrent builds each rename a complete library
     except WriteError as error:
-        raise KernelUnavailable(f"cannot write the fused kernel to {folder}: {error}") from None
+        raise KernelUnavailable(f"{damaged}cannot write the fused kernel to {folder}: {error}") from None
+    except KernelUnavailable as error:
+        raise KernelUnavailable(f"{damaged}{error}") from None
     return target
 
 
@@ -150,6 +180,15 @@ def load(name: str | None = None) -> tuple[Variant, ctypes.CDLL]:
         library = ctypes.CDLL(str(path))
     except OSError as error:
         raise KernelUnavailable(f"cannot load the fused kernel {path}: {error}") from None
+    try:
+        _declare(library)
+    except AttributeError as error:  # a library under the kernel's name that is not the kernel
+        raise KernelUnavailable(f"{path} is not the fused kernel ({error}); delete it") from None
+    return variant, library
+
+
+def _declare(library: ctypes.CDLL) -> None:
+    """The C signatures of the kernel's entry points."""
     library.repsr_fused_run.restype = ctypes.c_int
     library.repsr_fused_run.argtypes = [
         ctypes.c_int,
@@ -169,7 +208,6 @@ def load(name: str | None = None) -> tuple[Variant, ctypes.CDLL]:
     ]
     library.repsr_fused_lanes.restype = ctypes.c_int
     library.repsr_fused_int8_lane_weights.restype = ctypes.c_int
-    return variant, library
 
 
 def availability() -> str | None:

@@ -55,10 +55,16 @@ def blend_models(detail: nn.Module, denoise: nn.Module, strength: float) -> nn.M
     strength = check_strength(strength)
     a, b = reparameterize_model(detail), reparameterize_model(denoise)
     spec_a, spec_b = a.spec, b.spec
-    shape_a = (spec_a.scale, spec_a.num_blocks, spec_a.channels, spec_a.in_channels)
-    shape_b = (spec_b.scale, spec_b.num_blocks, spec_b.channels, spec_b.in_channels)
-    if shape_a != shape_b:
-        raise ModelFileError(f"cannot blend {spec_a.name} with {spec_b.name}: the networks differ in shape")
+    differ = [
+        f"{key} {getattr(spec_a, key)} vs {getattr(spec_b, key)}"
+        for key in ("scale", "num_blocks", "channels", "in_channels")
+        if getattr(spec_a, key) != getattr(spec_b, key)
+    ]
+    if differ:
+        raise ModelFileError(
+            f"cannot blend {spec_a.name} with {spec_b.name}: the networks differ in shape "
+            f"({', '.join(differ)})"
+        )
     return blend_weights(a, b, strength)
 
 
@@ -78,6 +84,12 @@ def load_blended(
     """
     entry = PRETRAINED.get(str(model).lower())
     partner = detail if detail is not None else (entry.denoise_partner if entry is not None else None)
+    for end in (model, partner):
+        if end is not None and str(end).lower().endswith(".onnx"):
+            raise ConfigError(
+                f"--denoise: {end} is an ONNX file, and blending mixes PyTorch weights; blend the models it "
+                "was exported from, then export the blend"
+            )
     if partner is None:
         raise ConfigError(
             f"--denoise: {model} has no registered detail partner; name one with --denoise-from MODEL "

@@ -11,6 +11,7 @@ both through `torch.load(..., weights_only=True)`.
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +72,15 @@ def read_model_file(path: str | Path, device: str | torch.device = "cpu") -> tup
         raise
     except ConfigError as error:
         raise ModelFileError(f"{path}: {error}") from None
-    except (TypeError, ValueError, KeyError, AttributeError, IndexError, RuntimeError) as error:
+    except (
+        TypeError,
+        ValueError,
+        KeyError,
+        AttributeError,
+        IndexError,
+        RuntimeError,
+        ArithmeticError,
+    ) as error:
         # a damaged or hand-made file that passed the format checks (fuzz-tested): never a traceback
         raise ModelFileError(
             f"{path}: not a valid model ({type(error).__name__}: {first_line(error, 120)})"
@@ -119,7 +128,7 @@ def _from_safetensors(path: Path) -> nn.Module:
         if metadata.get("format_version") != FORMAT_VERSION:
             raise ModelFileError(f"{path}: unsupported format version {metadata.get('format_version')!r}")
         spec = ModelSpec.from_metadata(metadata)
-        model = _build(PlainSR if metadata.get("form") == "plain" else RepNet, spec, path)
+        model = _build(PlainSR if metadata.get("form") == "plain" else RepNet, spec, path, state)
     else:
         model = PlainSR(infer_plain_spec(state, path))
     _load_checked(model, state, path)
@@ -128,17 +137,19 @@ def _from_safetensors(path: Path) -> nn.Module:
 
 def _from_torch_file(path: Path) -> tuple[nn.Module, dict[str, Any]]:
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the refusal below says it all
+            warnings.simplefilter("ignore")
+            data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for corrupt or unsafe files
         raise ModelFileError(f"{path}: {_torch_load_problem(error)}") from None
     if not isinstance(data, dict):
         raise ModelFileError(f"{path}: expected a state dict, found {type(data).__name__}")
     extras: dict[str, Any] = {}
     if "spec" in data and "model" in data:  # a `repsr train` checkpoint
-        model: nn.Module = _build(RepNet, data["spec"], path)
         state = data["model"]
         if not isinstance(state, dict):
             raise ModelFileError(f"{path}: the checkpoint's 'model' entry is not a state dict")
+        model: nn.Module = _build(RepNet, data["spec"], path, state)
         extras = {key: value for key, value in data.items() if key not in ("spec", "model")}
     else:
         for key in ("params_ema", "params"):  # Real-ESRGAN / BasicSR release files
@@ -151,17 +162,29 @@ def _from_torch_file(path: Path) -> tuple[nn.Module, dict[str, Any]]:
     return model, extras
 
 
-def _build(kind: type, spec: ModelSpec | dict, path: Path) -> nn.Module:
-    """`kind(spec)`, a malformed spec (missing keys, wrong types, impossible sizes) as `ModelFileError`."""
+def _build(kind: type, spec: ModelSpec | dict, path: Path, state: dict[str, Any]) -> nn.Module:
+    """`kind(spec)`, a malformed spec (missing keys, wrong types, impossible sizes) as `ModelFileError`.
+
+    The spec is checked against the file's tensors before any memory is spent on it: its depth by their
+    count, then every key and shape on a shell built on the meta device, so a header that declares 10^9
+    channels or blocks costs nothing (issue 28)."""
     try:
         if isinstance(spec, dict):
             spec = ModelSpec.from_dict(spec)
         elif not isinstance(spec, ModelSpec):
             raise TypeError(f"expected a dict, found {type(spec).__name__}")
+        if spec.num_blocks > len(state):
+            raise ModelFileError(
+                f"{path}: the model spec declares {spec.num_blocks} blocks; the file holds only "
+                f"{len(state)} tensors"
+            )
+        with torch.device("meta"):
+            shell = kind(spec)
+        _check_state(shell.state_dict(), upgrade_legacy_state(state), path)
         return kind(spec)
     except ConfigError as error:
         raise ModelFileError(f"{path}: malformed model spec ({error})") from None
-    except (TypeError, ValueError, KeyError, AttributeError, RuntimeError) as error:
+    except (TypeError, ValueError, KeyError, AttributeError, RuntimeError, ArithmeticError) as error:
         raise ModelFileError(f"{path}: malformed model spec ({first_line(error, 120)})") from None
 
 
@@ -206,7 +229,12 @@ def infer_plain_spec(state: dict[str, Tensor], path: Path | str = "<state dict>"
 def _load_checked(model: nn.Module, state: dict[str, Tensor], path: Path) -> None:
     """Load `state` into `model`, refusing missing/extra keys, wrong shapes and non-finite values."""
     state = upgrade_legacy_state(state)
-    expected = model.state_dict()
+    _check_state(model.state_dict(), state, path)
+    model.load_state_dict(state)
+
+
+def _check_state(expected: dict[str, Tensor], state: dict[str, Any], path: Path) -> None:
+    """ModelFileError unless `state` has exactly the keys and shapes of `expected`, all finite tensors."""
     missing = [k for k in expected if k not in state]
     extra = [k for k in state if k not in expected]
     if missing:
@@ -222,7 +250,6 @@ def _load_checked(model: nn.Module, state: dict[str, Tensor], path: Path) -> Non
             )
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise ModelFileError(f"{path}: {key} has non-finite values")
-    model.load_state_dict(state)
 
 
 def _few(keys: list[str]) -> str:

@@ -7,10 +7,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
-from repsr.arch.network import ModelDescriptor, ModelSpec
+from repsr.arch.network import IN_CHANNELS, SCALES, ModelDescriptor, ModelSpec
 from repsr.util.errors import ConfigError, DependencyError, ModelFileError, first_line
 
 ONNX_PACKAGES = ("onnx", "onnxruntime", "onnxscript")
@@ -75,20 +76,66 @@ class OnnxRunner(nn.Module):
         metadata = {entry.key: entry.value for entry in proto.metadata_props}
         if metadata.get("producer") != "repsr":
             raise ModelFileError(f"{self.path}: not written by repsr export (no model spec in its metadata)")
-        self.spec = ModelSpec.from_metadata(metadata)
+        try:
+            self.spec = ModelSpec.from_metadata(metadata)
+        except ConfigError as error:
+            raise ModelFileError(f"{self.path}: {error}") from None
         self.quantized = any(node.op_type == "QuantizeLinear" for node in proto.graph.node)
         # (N, C, H, W) of the file's input: an int where the export fixed it, None where it is dynamic
         dims = proto.graph.input[0].type.tensor_type.shape.dim if proto.graph.input else []
         self.input_shape = tuple(d.dim_value if d.HasField("dim_value") else None for d in dims)
+        check_external_data(proto, self.path)
         try:
             self.session = onnx_session(self.path, threads=threads or torch.get_num_threads())
         except Exception as error:
             raise ModelFileError(f"{self.path}: ONNX Runtime cannot load it ({first_line(error)})") from None
+        self._check_outputs()
+
+    def _check_outputs(self) -> None:
+        """ModelFileError unless the file maps a float image `input` to a float image `output` of its
+        declared scale, finite on a small probe: a file whose metadata lies or whose graph computes
+        something else is refused at load, not midway through a batch."""
+        inputs, outputs = self.session.get_inputs(), {o.name: o for o in self.session.get_outputs()}
+        if [i.name for i in inputs] != ["input"] or "output" not in outputs:
+            raise ModelFileError(
+                f"{self.path}: expected one input 'input' and an output 'output' (as repsr export writes "
+                f"them), found inputs {[i.name for i in inputs]} and outputs {sorted(outputs)}"[:300]
+            )
+        if inputs[0].type != "tensor(float)" or outputs["output"].type != "tensor(float)":
+            raise ModelFileError(
+                f"{self.path}: input and output must be float32 images, found {inputs[0].type} -> "
+                f"{outputs['output'].type}"
+            )
+        spec, c = self.spec, self.spec.in_channels
+        if spec.scale not in SCALES or c not in IN_CHANNELS:
+            raise ModelFileError(f"{self.path}: metadata declares scale {spec.scale} and {c} channel(s)")
+        dims = tuple(self.input_shape) + (None,) * (4 - len(self.input_shape))
+        probe = tuple(d if d is not None else default for d, default in zip(dims, (1, c, 8, 8), strict=False))
+        if len(self.input_shape) != 4 or probe[1] != c:
+            raise ModelFileError(f"{self.path}: input must be (N, {c}, H, W), found {self.input_shape}")
+        try:
+            (out,) = self.session.run(["output"], {"input": np.zeros(probe, dtype=np.float32) + 0.5})
+        except Exception as error:  # ONNX Runtime raises its own types
+            raise ModelFileError(f"{self.path}: ONNX Runtime cannot run it ({first_line(error)})") from None
+        want = (probe[0], c, probe[2] * spec.scale, probe[3] * spec.scale)
+        if tuple(out.shape) != want:
+            raise ModelFileError(
+                f"{self.path}: the graph maps {probe} to shape {tuple(out.shape)}, not to the image {want} "
+                f"its metadata (x{spec.scale}) promises"
+            )
+        if not np.isfinite(out).all():
+            raise ModelFileError(f"{self.path}: the graph computes non-finite values")
 
     def forward(self, x: Tensor) -> Tensor:
         self.check_shape(tuple(x.shape))
         array = x.detach().to("cpu", torch.float32).contiguous().numpy()
         (out,) = self.session.run(["output"], {"input": array})
+        n, c, h, w = array.shape
+        if out.shape != (n, c, h * self.spec.scale, w * self.spec.scale):  # right on the probe, not here
+            raise ModelFileError(
+                f"{self.path}: the graph maps {array.shape} to shape {out.shape}, "
+                f"not to its x{self.spec.scale} image"
+            )
         return torch.from_numpy(out).to(x.device)
 
     def check_shape(self, shape: tuple[int, ...]) -> None:
@@ -105,3 +152,32 @@ class OnnxRunner(nn.Module):
     def descriptor(self) -> ModelDescriptor:
         """An ONNX file runs in the precision it was written in: int8 (quantized) or fp32."""
         return ModelDescriptor.of_spec(self.spec, "onnx", ("int8",) if self.quantized else ("fp32",))
+
+
+def check_external_data(proto: Any, path: Path) -> None:
+    """ModelFileError unless every tensor the file keeps outside itself lies in a regular file inside the
+    file's folder (no absolute path, no `..`, no link out of it) that is long enough for it: nothing
+    outside what the user named is read, whatever the ONNX Runtime version checks (issue 28)."""
+    from onnx import TensorProto
+    from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors
+
+    folder = path.absolute().parent.resolve()
+    for tensor in _get_all_tensors(proto):
+        if tensor.data_location != TensorProto.EXTERNAL:
+            continue
+        try:
+            info = ExternalDataInfo(tensor)
+            offset, length = int(info.offset or 0), info.length
+        except (ValueError, TypeError) as error:
+            raise ModelFileError(f"{path}: malformed external data of {tensor.name!r} ({error})") from None
+        where = f"{path}: tensor {tensor.name!r} keeps its data in {info.location!r}"[:200]
+        location = Path(info.location or "")
+        if not info.location or location.is_absolute() or ".." in location.parts:
+            raise ModelFileError(f"{where}, outside the model's folder; repsr reads only files beside it")
+        target = (folder / location).resolve()
+        if not target.is_relative_to(folder):
+            raise ModelFileError(f"{where}, a link out of the model's folder; repsr reads only files in it")
+        if not target.is_file():
+            raise ModelFileError(f"{where}, which is missing (copy it beside the .onnx file)")
+        if offset < 0 or offset + int(length or 0) > target.stat().st_size:
+            raise ModelFileError(f"{where}, which is shorter than the tensor claims (truncated?)")

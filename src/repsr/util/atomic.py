@@ -46,13 +46,17 @@ def _current_umask() -> int:
 _UMASK = _current_umask()
 
 
-def atomic_write(path: str | Path, write: Callable[[str], object], *, keep_suffix: bool = False) -> None:
+def atomic_write(
+    path: str | Path, write: Callable[[str], object], *, keep_suffix: bool = False, replace: bool = True
+) -> None:
     """Call `write(tmp_path)`, fsync, then rename over `path`: a crash never leaves a half-written file.
 
     `write` receives the temporary file's path as a string (open it, or pass it to a library's save);
     the parent folder is created if missing. `keep_suffix` ends the temporary name in `path`'s own
     extension (`.NAME.*.partial.mp4`) for writers that pick the format by it (video muxers). On any error
-    the temporary file is removed and the error propagates; `path` is then unchanged.
+    the temporary file is removed and the error propagates; `path` is then unchanged. `replace=False`:
+    the file takes its name only if no file has it by then (a hard link, which fails on an existing name),
+    else `WriteError`: a file another process wrote meanwhile (two runs on one output folder) is kept.
     """
     path = Path(path)
     suffix = f".partial{path.suffix}" if keep_suffix else ".tmp"
@@ -67,7 +71,10 @@ def atomic_write(path: str | Path, write: Callable[[str], object], *, keep_suffi
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o666 & ~_UMASK)
-        os.replace(tmp, path)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            _publish_new(tmp, path)
     except BaseException as error:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(error, RepsrError):  # WriteError, or a writer's own check of what it wrote
@@ -77,6 +84,31 @@ def atomic_write(path: str | Path, write: Callable[[str], object], *, keep_suffi
         if isinstance(error, Exception) and any(word in str(error).lower() for word in _WRITE_WORDS):
             raise _write_error(path, error) from None  # torch's C++ writer, safetensors' Rust writer
         raise
+
+
+def _publish_new(tmp: str, path: Path) -> None:
+    """Give `tmp` the name `path` unless a file (or link) has it: atomically by a hard link, else (a
+    file system without hard links) by a check just before the rename."""
+    try:
+        os.link(tmp, path, follow_symlinks=False)
+    except FileExistsError:
+        raise WriteError(
+            f"{path}: appeared while this run was writing it (another run on the same output?); kept, "
+            "not replaced",
+            errno.EEXIST,
+        ) from None
+    except OSError as error:
+        if error.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.EXDEV):
+            raise
+        if os.path.lexists(path):
+            raise WriteError(
+                f"{path}: appeared while this run was writing it (another run on the same output?); "
+                "kept, not replaced",
+                errno.EEXIST,
+            ) from None
+        os.replace(tmp, path)
+        return
+    os.unlink(tmp)
 
 
 def _write_error(path: Path, error: BaseException) -> WriteError:
@@ -119,7 +151,7 @@ def check_target(
             )
     if path.is_dir():
         raise WriteError(f"{path}: the {what} path is a folder, not a file", errno.EISDIR)
-    if path.exists() and not overwrite:
+    if (path.exists() or path.is_symlink()) and not overwrite:  # a dangling link is not this run's either
         raise WriteError(
             f"{path}: exists already; the {what} does not replace it (--overwrite, or overwrite=True)",
             errno.EEXIST,
@@ -128,8 +160,25 @@ def check_target(
     return path
 
 
+def check_links(path: str | Path, *, what: str = "output") -> None:
+    """Raise `WriteError` if `path` or a folder above it is a symlink that leads nowhere (a loop, or a
+    link to something missing): creating folders through it fails with a bare FileExistsError, and
+    resolving it (a loop) with a RuntimeError."""
+    probe = Path(path)
+    while not probe.exists() and probe != probe.parent:
+        if probe.is_symlink():
+            raise WriteError(
+                f"{path}: the {what} path goes through {probe}, a symlink that leads nowhere (a loop, or "
+                "its target is missing)",
+                errno.ELOOP,
+            )
+        probe = probe.parent
+
+
 def _check_nearest_folder(path: Path, start: Path, action: str, what: str) -> None:
-    """The nearest existing folder at or above `start` must be a writable folder (not a file)."""
+    """The nearest existing folder at or above `start` must be a writable folder (not a file), reached
+    through no dangling or looping symlink."""
+    check_links(start, what=what)
     probe = start
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
