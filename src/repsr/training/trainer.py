@@ -48,7 +48,7 @@ from repsr.training.builders import build_train_set, build_val_sets, initial_wei
 from repsr.training.config import TrainConfig, save_config
 from repsr.training.distributed import Distributed
 from repsr.training.lock import RunLock
-from repsr.training.loop import LossMeter, run_steps
+from repsr.training.loop import LossMeter, TermMeter, run_steps
 from repsr.training.resume import find_resume_state, refuse_fresh_start
 from repsr.training.run_log import RunLog
 from repsr.training.sampling import PRECISE_STREAM, TRAIN_STREAM, KeyBatches
@@ -194,6 +194,7 @@ class Trainer:
             folder,
             metrics,
             tensorboard=tensorboard,
+            term_columns=self.step.term_names,
             history=self.state.history,
             start_iteration=self.iteration,
         )
@@ -236,7 +237,10 @@ class Trainer:
 
     def _loop(self, stop: int) -> None:
         self._losses = LossMeter(self.device, checked_at=self.iteration)
+        self._terms = TermMeter(self.step.term_names, self.device)
         self.model.train()
+        for network in self.state.networks.values():
+            network.module.train()
         if self.iteration >= stop:
             return
         loader = self._loader(TRAIN_STREAM, self.total, self.iteration)
@@ -251,6 +255,7 @@ class Trainer:
 
             def after(iteration: int, loss: Tensor) -> None:
                 self._losses.add(loss)
+                self._terms.add(self.step.terms)
                 self.state.iteration = iteration
                 if bar is not None:
                     bar.update(1)
@@ -282,7 +287,10 @@ class Trainer:
             self._check_finite()
             lr = config.train.lr * lr_factor(config, it - 1)  # the rate of the step just taken
             loss, phase, seconds = self._losses.mean(self.dist), str(self.phase), self.state.seconds
-            self.log.report(it, self.total, loss=loss, lr=lr, phase=phase, seconds=seconds, bar=bar)
+            terms = self._terms.mean(self.dist)
+            self.log.report(
+                it, self.total, loss=loss, lr=lr, phase=phase, seconds=seconds, bar=bar, terms=terms
+            )
         if last:
             self._switch_if_due()  # bn.switch_at 1.0: precise statistics for the delivered model
         if (config.val.every and it % config.val.every == 0) or last:
