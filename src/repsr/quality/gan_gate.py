@@ -71,6 +71,7 @@ __all__ = [
     "GanGateReport",
     "blockiness",
     "flat_noise",
+    "grid_crop",
     "look_checks",
     "look_figures",
     "noisy_flat_checks",
@@ -172,17 +173,24 @@ def blockiness(out: Tensor, scale: int) -> float:
     return sum(values) / len(values)
 
 
+def grid_crop(hr: Tensor, scale: int, side: int | None = None) -> Tensor:
+    """The centre crop of `hr` (C, H, W) whose sides are multiples of 8 * scale (the LR's JPEG grid then
+    starts at the crop's corner), at most `side` pixels (None: as large as fits)."""
+    period = 8 * scale
+    h, w = hr.shape[-2:]
+    ch, cw = (min(n, side or n) // period * period for n in (h, w))
+    top, left = (h - ch) // 2, (w - cw) // 2
+    return hr[:, top : top + ch, left : left + cw]
+
+
 def _photo_hrs(scale: int) -> list[tuple[str, Tensor]]:
-    """Centre crops of the gate photographs, side a multiple of 8 * scale (the JPEG grid of the LR)."""
+    """Square centre crops of the gate photographs (`grid_crop`, `_PHOTO_SIDE`)."""
     folder = sample_images()["val"][0].parent
     side = _PHOTO_SIDE // (8 * scale) * (8 * scale)
-    hrs = []
-    for file in GATE_PHOTOS:
-        rgb = rio.read_image(folder / file).rgb.double()
-        h, w = rgb.shape[-2:]
-        top, left = (h - side) // 2, (w - side) // 2
-        hrs.append((Path(file).stem, rgb[:, top : top + side, left : left + side].float()))
-    return hrs
+    return [
+        (Path(file).stem, grid_crop(rio.read_image(folder / file).rgb.float(), scale, side))
+        for file in GATE_PHOTOS
+    ]
 
 
 def _bicubic(lr: Tensor, scale: int) -> Tensor:
@@ -203,16 +211,21 @@ class LookFigures:
     bicubic: dict[str, float]
 
 
-def look_figures(model: nn.Module, conditions: tuple[str, ...] = GAN_CONDITIONS) -> list[LookFigures]:
-    """`sharpness`, `flat noise`, `blockiness` and Y-PSNR of the model and of bicubic per condition,
-    the mean over the gate photographs (seeded degradations, as the degraded benchmark makes them)."""
+def look_figures(
+    model: nn.Module,
+    conditions: tuple[str, ...] = GAN_CONDITIONS,
+    photos: list[tuple[str, Tensor]] | None = None,
+) -> list[LookFigures]:
+    """`sharpness`, `flat noise`, `blockiness` and Y-PSNR of the model and of bicubic per condition, the
+    mean over `photos` ((name, HR) with sides multiples of 8 * scale, `grid_crop`; default the gate
+    photographs), LR degraded with seeded noise as the degraded benchmark makes it."""
     scale, channels = model.spec.scale, model.spec.in_channels
+    photos = _photo_hrs(scale) if photos is None else photos
     found = []
     for name in conditions:
         condition = CONDITIONS[name]
         index = list(CONDITIONS).index(name)
         sums: dict[str, dict[str, float]] = {"model": {}, "bicubic": {}}
-        photos = _photo_hrs(scale)
         for photo, hr in photos:
             lr = degrade_lr(hr, scale, condition, (index, zlib.crc32(photo.encode())))
             if channels == 1:
