@@ -233,3 +233,17 @@ def test_gan_fine_tuning_starts_from_a_checkpoint_given_as_train_init(tmp_path):
 def test_config_errors_name_the_key(overrides, message):
     with pytest.raises(ConfigError, match=message):
         tiny_config(**overrides)
+
+
+def test_resuming_a_single_network_checkpoint_reports_no_config_change(tmp_path, caplog):
+    """Its config has no `train.losses` or `discriminator`: they were at their defaults, nothing changed."""
+    old = torch.load(FIXTURES / "ckpt_00000004.pt", weights_only=True)
+    with caplog.at_level(logging.WARNING, logger="repsr.training"):
+        _resume_fixture(tmp_path, TrainConfig.from_dict(old["config"])).close()
+    assert "config differs" not in caplog.text
+    with caplog.at_level(logging.WARNING, logger="repsr.training"):
+        changed = TrainConfig.from_dict(old["config"]).with_overrides(
+            ["train.losses=[{type: l1, weight: 2}]"]
+        )
+        _resume_fixture(tmp_path / "b", changed).close()
+    assert "config differs from the checkpoint's in train.losses" in caplog.text
