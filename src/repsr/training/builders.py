@@ -142,7 +142,11 @@ def build_train_set(
 
 
 def make_loader(dataset: Dataset, sampler: Sampler, workers: int, device: torch.device) -> DataLoader:
-    """The training loader over `dataset` with a batch sampler (`sampling.KeyBatches`)."""
+    """The training loader over `dataset` with a batch sampler (`sampling.KeyBatches`).
+
+    The loader's own generator gives its base seed, so opening a loader leaves the global RNG alone (the
+    data come from patch keys and never use that seed): a resumed run's RNG state is then the same as an
+    uninterrupted run's, though it opens one more loader."""
     return DataLoader(
         dataset,
         batch_sampler=sampler,
@@ -150,6 +154,7 @@ def make_loader(dataset: Dataset, sampler: Sampler, workers: int, device: torch.
         pin_memory=device.type == "cuda",
         prefetch_factor=4 if workers else None,
         persistent_workers=False,
+        generator=torch.Generator().manual_seed(0),
     )
 
 
