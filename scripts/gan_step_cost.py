@@ -1,7 +1,9 @@
 """Time one training step of the sharp recipe per discriminator (docs/results/gan-losses.md).
 
-    python scripts/gan_step_cost.py            # one thread, fp32 and bf16 autocast, median of 7 steps
+    python scripts/gan_step_cost.py            # one thread, fp32 and bf16 autocast, median of 5 steps
 
+Times are the process's CPU time per step (one thread), which a shared machine's other load does not
+inflate the way it does wall time.
 The generator is M4C16 x4 in its merged phase (as the sharp recipe trains almost throughout), batch 16,
 LR patch 32 (HR 128); the data are fixed random patches, so only the step is timed (no degradations).
 Rows: the pixel step (no discriminator), then the GAN step (L1 + LDL + adversarial) with each
@@ -21,7 +23,7 @@ from torch.utils.data import Dataset
 from repsr.training import Trainer, load_config
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "sharp-M4C16-x4.yaml"
-DISCRIMINATORS = (("none", 0), ("patch", 16), ("patch", 32), ("patch", 64), ("unet", 16), ("unet", 32))
+DISCRIMINATORS = (("none", 32), ("patch", 16), ("patch", 32), ("patch", 64), ("unet", 16), ("unet", 32))
 
 
 class Fixed(Dataset):
@@ -33,7 +35,7 @@ class Fixed(Dataset):
         return torch.rand(3, 32, 32, generator=g), torch.rand(3, 128, 128, generator=g)
 
 
-def step_ms(kind: str, channels: int, amp: bool, steps: int = 7) -> tuple[float, int]:
+def step_ms(kind: str, channels: int, amp: bool, steps: int = 5) -> tuple[float, int]:
     overrides = [
         f"train.amp={str(amp).lower()}", "train.init=null", "bn.switch_at=0.01", "bn.precise_batches=0",
         "data.workers=0", "val.sample=false", f"discriminator.type={kind}",
@@ -53,9 +55,9 @@ def step_ms(kind: str, channels: int, amp: bool, steps: int = 7) -> tuple[float,
         lr, hr = (trainer.step.to_device(t) for t in batch)
         times = []
         for _ in range(steps + 1):
-            start = time.perf_counter()
+            start = time.process_time()  # CPU time of this (one-thread) process: robust to other load
             trainer.train_step(lr, hr)
-            times.append(time.perf_counter() - start)
+            times.append(time.process_time() - start)
         d = trainer.state.networks.get("discriminator")
         params = sum(p.numel() for p in d.module.parameters()) if d is not None else 0
         trainer.close()
@@ -64,7 +66,7 @@ def step_ms(kind: str, channels: int, amp: bool, steps: int = 7) -> tuple[float,
 
 def main() -> None:
     torch.set_num_threads(1)
-    print("| discriminator | parameters | step fp32 (ms) | step bf16 autocast (ms) |")
+    print("| discriminator | parameters | step fp32 (CPU ms) | step bf16 autocast (CPU ms) |")
     print("|---|---|---|---|")
     for kind, channels in DISCRIMINATORS:
         fp32, params = step_ms(kind, channels, False)

@@ -202,6 +202,11 @@ def test_gan_fine_tuning_starts_from_a_checkpoint_given_as_train_init(tmp_path):
     assert all(
         torch.equal(a, b) for a, b in zip(trainer.model.parameters(), pixel.model.parameters(), strict=True)
     )
+    # the EMA starts from those weights too (it used to keep the random initial ones: a run delivering the
+    # EMA then blended decay^iterations of random weights into its model)
+    ema = trainer.state.ema.module.state_dict()
+    weights = {k: v for k, v in trainer.model.state_dict().items() if not k.endswith("_extra_state")}
+    assert all(torch.equal(ema[k], v) for k, v in weights.items())  # (the BN mode follows at each update)
     trainer.close()
 
 

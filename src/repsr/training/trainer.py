@@ -47,6 +47,7 @@ from repsr.training.artifacts import BEST_MODEL, DEPLOYED_MODEL, FINAL_CHECKPOIN
 from repsr.training.builders import build_train_set, build_val_sets, initial_weights, make_loader
 from repsr.training.config import TrainConfig, save_config
 from repsr.training.distributed import Distributed
+from repsr.training.ema import ModelEMA
 from repsr.training.lock import RunLock
 from repsr.training.loop import LossMeter, TermMeter, run_steps
 from repsr.training.resume import find_resume_state, refuse_fresh_start
@@ -148,6 +149,8 @@ class Trainer:
         saved = find_resume_state(self.run_dir, config, self.model.spec, self.dist) if resume else None
         if saved is None and config.train.init:
             self.model.load_state_dict(initial_weights(config.train.init, self.model.spec))
+            if self.state.ema is not None:  # the average starts from the starting weights, not random ones
+                self.state.ema = ModelEMA(self.model, config.ema.decay)
         if not resume:
             refuse_fresh_start(self.run_dir, self.dist)
         if saved is not None:
