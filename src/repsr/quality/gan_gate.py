@@ -69,6 +69,7 @@ __all__ = [
     "RAMP_TEXTURE_MARGIN_LEVELS",
     "SHARPNESS_MIN_GAIN",
     "GanGateReport",
+    "LookFigures",
     "blockiness",
     "flat_noise",
     "grid_crop",
