@@ -13,6 +13,11 @@ $(VENV)/.installed: pyproject.toml src/repsr/kernels/fused.c
 	$(PY) -m pip install -e '.[dev,onnx,video,ncnn]'
 	$(PY) -m pip install --no-deps pnnx
 	$(PY) -m repsr.kernels  # the fused CPU kernel; without a compiler it says so and torch runs
+	@# the browser tests of `repsr app` drive Debian's Chromium through Playwright (no browser download)
+	@if command -v chromium >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
+	else echo "make install: no chromium and not root (apt-get install chromium): the browser tests will skip"; fi
 	touch $@
 
 lint: install

@@ -37,12 +37,15 @@ def test_demo_writes_model_pictures_and_report(tmp_path, monkeypatch):
         "demo_config",
         lambda minutes: TrainConfig().with_overrides([*demo.DEMO_SETTINGS, *TINY, "device=cpu"]),
     )
-    result = demo.run_demo(minutes=1, out=tmp_path / "demo", progress=False)
+    monkeypatch.setattr(demo, "MIN_ITERATIONS", 4)
+    result = demo.run_demo(minutes=1e-4, out=tmp_path / "demo", progress=False)  # over at once: 8 -> 4
+    assert result.iterations == 4 and len(result.replans) == 1
     assert result.merge_error < 1e-4
     plain = repsr.load_model(result.model_path)
     assert isinstance(plain, repsr.PlainSR) and plain.spec.scale == 4
     report = result.report_path.read_text()
     assert f"{result.psnr:.2f}" in report and f"{result.bicubic_psnr:.2f}" in report
+    assert "re-planned from 8 to 4 iterations" in report and "trained for\n4 iterations" in report
     assert 20 < result.bicubic_psnr < 45  # the sample photographs at x4
     width, height = Image.open(result.comparison_path).size
     assert width > 4 * height / 2  # four panels side by side
@@ -88,6 +91,52 @@ def test_demo_config_fits_the_budget(monkeypatch):
     config = demo.demo_config(minutes=2)
     assert config.train.iterations == int(2 * 60 * demo.TRAIN_SHARE / 0.1)
     assert config.model.block == "repsr" and config.bn.mode == "switch"
+
+
+class SlowingClock:
+    """A clock that training steps advance: 1 s each until `slow_after` steps, then `slow` s each."""
+
+    def __init__(self, slow_after: int, slow: float) -> None:
+        self.now, self.steps, self.slow_after, self.slow = 0.0, 0, slow_after, slow
+
+    def __call__(self) -> float:
+        return self.now
+
+    def step(self) -> None:
+        self.steps += 1
+        self.now += 1.0 if self.steps <= self.slow_after else self.slow
+
+
+@pytest.mark.parametrize(
+    "slow,floor,planned", [(3.0, 1, 8), (3.0, 12, 12), (0.25, 1, 52)], ids=["slower", "floor", "faster"]
+)
+def test_the_demo_re_measures_its_pace_and_re_plans_its_length(tmp_path, monkeypatch, slow, floor, planned):
+    """16 iterations planned for a 16 s budget; after 4 steps each step takes `slow` s instead of 1: the
+    run re-plans to what fits (never below the floor), and ends with that many iterations."""
+    from repsr.training.trainer import Trainer
+
+    clock = SlowingClock(slow_after=4, slow=slow)
+    train_step = Trainer.train_step
+
+    def timed_step(self, lr_patch, hr_patch):
+        clock.step()
+        return train_step(self, lr_patch, hr_patch)
+
+    monkeypatch.setattr(Trainer, "train_step", timed_step)
+    monkeypatch.setattr(demo, "MIN_ITERATIONS", floor)
+    tiny = [*TINY, "train.iterations=16", "val.every=0", "checkpoint.every=100", "device=cpu"]
+    config = TrainConfig().with_overrides([*demo.DEMO_SETTINGS, *tiny])
+    result, replans = demo.train_within(config, tmp_path / "run", deadline=16.0, progress=False, clock=clock)
+    assert result.extra["config"].train.iterations == planned == clock.steps
+    assert len(replans) == 1 and f"from 16 to {planned} iterations" in replans[0]
+    assert (tmp_path / "run" / "model.safetensors").is_file()
+
+
+def test_fitted_iterations_never_go_below_the_floor_or_the_steps_done():
+    assert demo.fitted_iterations(100.0, 0.1) == 1000
+    assert demo.fitted_iterations(1.0, 0.1) == demo.MIN_ITERATIONS
+    assert demo.fitted_iterations(1.0, 0.1, done=900) == 910
+    assert demo.fitted_iterations(-5.0, 0.1, done=900) == 901
 
 
 def test_batch_statistics_output_differs_from_population_statistics():

@@ -116,3 +116,22 @@ def test_init_refuses_another_spec_or_a_deployed_network(tmp_path) -> None:
     config = tiny_config(**{"model.scale": 4, "model.num_blocks": 4, "model.channels": 16})
     with pytest.raises(ConfigError, match="deployed plain network cannot start training"):
         make_trainer(tmp_path, config.with_overrides([f"train.init={plain}"]))
+
+
+def test_init_from_another_scale_takes_the_body_and_keeps_a_fresh_tail(tmp_path) -> None:
+    """A trained x2 network starts an x4 run: every layer but the tail is the x2 model's, the tail is the
+    x4 run's own seeded start (the same as without init), and another block count is still refused."""
+    from tests.helpers.train import make_trainer, tiny_config
+
+    m4c16 = {"model.num_blocks": 4, "model.channels": 16}
+    x2 = repsr.load_model(resolve_model("repsr-m4c16-x2", training_form=True)).state_dict()
+    fresh = make_trainer(tmp_path, tiny_config(**m4c16, **{"model.scale": 4}), name="fresh")
+    config = tiny_config(**m4c16, **{"model.scale": 4, "train.init": "repsr-m4c16-x2"})
+    started = make_trainer(tmp_path, config, name="init").model.state_dict()
+    own = fresh.model.state_dict()
+    body = [k for k in x2 if not k.startswith("tail.") and x2[k].is_floating_point()]
+    assert body and all(torch.equal(started[k].float(), x2[k]) for k in body)
+    assert all(torch.equal(started[k], own[k]) for k in ("tail.weight", "tail.bias"))
+    assert started["tail.weight"].shape[0] == 3 * 16 and x2["tail.weight"].shape[0] == 3 * 4
+    with pytest.raises(ConfigError, match="only model.scale may differ"):
+        make_trainer(tmp_path, tiny_config(**{"model.scale": 4, "train.init": "repsr-m4c16-x2"}), name="no")

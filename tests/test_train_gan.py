@@ -248,3 +248,18 @@ def test_resuming_a_single_network_checkpoint_reports_no_config_change(tmp_path,
         )
         _resume_fixture(tmp_path / "b", changed).close()
     assert "config differs from the checkpoint's in train.losses" in caplog.text
+
+
+def test_replan_moves_the_discriminator_to_the_new_lr_curve_too(tmp_path):
+    from repsr.training.schedule import lr_factor
+
+    config = gan_config(**{"train.iterations": 8, "val.every": 0, "checkpoint.every": 100})
+    trainer = make_trainer(tmp_path, config)
+    assert trainer.run(until=3) is None
+    trainer.replan(40)
+    d = trainer.state.networks["discriminator"]
+    factor = lr_factor(trainer.config, 3)  # the next step's rate on a 40-iteration cosine
+    assert factor > lr_factor(config, 3)  # a longer run decays later
+    assert d.optimizer.param_groups[0]["lr"] == pytest.approx(config.discriminator.lr * factor)
+    assert trainer.state.optimizer.param_groups[0]["lr"] == pytest.approx(config.train.lr * factor)
+    trainer.close()

@@ -126,3 +126,45 @@ def test_a_checkpoint_of_the_old_bn_phase_vocabulary_resumes(tmp_path):
     header = (tmp_path / "run" / "metrics.csv").read_text().splitlines()[0]
     assert header.startswith("iteration,loss,lr,phase,seconds")
     assert torch.load(result.checkpoint_path, weights_only=True)["phase"] == "merged"
+
+
+def _weights(trainer) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in trainer.model.state_dict().items()}
+
+
+def test_a_replanned_run_is_the_run_planned_that_long_from_the_start(tmp_path):
+    """A run planned for 10 iterations and replanned to 16 after 5 (before its switch at 5 of 10 would
+    matter: the switch moves to 8 of 16) ends exactly as a 16-iteration run: the same patches, the same
+    LR, the same switch. The LR is constant so that the first 5 steps agree by construction."""
+    settings = {"bn.switch_at": 0.5, "train.scheduler": "constant", "val.every": 0, "checkpoint.every": 100}
+    whole = make_trainer(tmp_path, tiny_config(**settings, **{"train.iterations": 16}), name="whole")
+    whole.run()
+    short = make_trainer(tmp_path, tiny_config(**settings, **{"train.iterations": 10}), name="short")
+    assert short.run(until=4) is None
+    short.replan(16)
+    assert short.total == 16 and short.switch_at == 8 and short.config.train.iterations == 16
+    short.run()
+    mine, planned = _weights(short), _weights(whole)
+    assert mine.keys() == planned.keys() and all(torch.equal(mine[k], planned[k]) for k in mine)
+    assert (tmp_path / "short" / "config.yaml").read_text() == (
+        tmp_path / "whole" / "config.yaml"
+    ).read_text()
+
+
+def test_replan_puts_the_next_step_on_the_new_lr_curve_and_a_past_switch_happens_at_once(tmp_path):
+    config = tiny_config(**{"train.iterations": 20, "bn.switch_at": 0.5, "val.every": 0})
+    trainer = make_trainer(tmp_path, config)
+    assert trainer.run(until=6) is None
+    trainer.replan(8)  # the switch (0.5 of 8 = 4) is already past: due before the next step
+    new_lr = config.train.lr * lr_factor(trainer.config, 6)
+    assert new_lr < config.train.lr * lr_factor(config, 6)  # a shorter cosine: lower at the same step
+    assert [g["lr"] for g in trainer.state.optimizer.param_groups] == [new_lr]
+    assert trainer.phase == Phase.BATCH_STATS
+    result = trainer.run()
+    assert result is not None and trainer.iteration == 8 and trainer.phase == Phase.MERGED
+    try:
+        trainer.replan(8)
+    except Exception as error:  # noqa: BLE001 - the one-line error
+        assert "8 iterations, but 8 are done" in str(error)
+    else:
+        raise AssertionError("replanning to the iterations done must be refused")

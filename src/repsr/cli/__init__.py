@@ -22,7 +22,19 @@ from repsr.util.runtime import use_passive_omp_wait
 # name -> module; each module defines add_parser() and run().
 COMMANDS: dict[str, str] = {
     name: f"repsr.cli.{name}"
-    for name in ("train", "deploy", "upscale", "eval", "export", "bench", "demo", "study", "models", "corpus")
+    for name in (
+        "train",
+        "deploy",
+        "upscale",
+        "eval",
+        "export",
+        "bench",
+        "demo",
+        "study",
+        "models",
+        "corpus",
+        "app",
+    )
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -197,14 +198,20 @@ def plan_outputs(
     return jobs, missing
 
 
+class Cancelled(RepsrError):
+    """The batch was cancelled (`upscale_files(cancel=...)`) while this file was being upscaled."""
+
+
 @dataclass
 class UpscaleReport:
     """Outcome of a batch: what was written and which inputs failed, with the one-line reason.
-    `videos`: the `repsr.inference.video.VideoReport` of each video written."""
+    `videos`: the `repsr.inference.video.VideoReport` of each video written. `cancelled`: inputs not
+    finished because the batch was cancelled (nothing of theirs is left under the output name)."""
 
     written: list[Path] = field(default_factory=list)
     failed: list[tuple[Path, str]] = field(default_factory=list)
     videos: list = field(default_factory=list)
+    cancelled: list[Path] = field(default_factory=list)
 
 
 def upscale_files(
@@ -217,6 +224,10 @@ def upscale_files(
     overwrite: bool = False,
     video: dict | None = None,
     on_done: Callable[[Path, Path], None] | None = None,
+    on_start: Callable[[Job], None] | None = None,
+    on_failed: Callable[[Path, str], None] | None = None,
+    on_frames: Callable[[int], None] | None = None,
+    cancel: threading.Event | None = None,
 ) -> UpscaleReport:
     """Upscale every image and video named by `inputs` into `out_dir`, mirroring names; one bad file
     spoils nothing.
@@ -226,9 +237,18 @@ def upscale_files(
     (unreadable, not an image, a damaged video, an output that fails its check) are collected in the
     report instead of raised, and leave no file behind. `video`: encoder options for videos (`codec`,
     `crf`, `preset`; see `repsr.inference.video.upscale_video`), checked before any work.
+
+    Hooks for a program that shows the batch (`repsr app`): `on_start(job)` before each file,
+    `on_done(source, target)` after each file written, `on_failed(source, reason)` for each failure,
+    `on_frames(n)` as video frames are written (instead of the tqdm bar). `cancel`: when set, the file
+    being upscaled stops (a video between two batches of frames, an image when it is done), no file is
+    left under its name, and it and the files not started are listed in `report.cancelled`.
     """
     jobs, missing = plan_outputs(inputs, out_dir, fmt=fmt, overwrite=overwrite)
     report = UpscaleReport(failed=[(path, reason) for path, reason in missing])
+    if on_failed is not None:
+        for path, reason in missing:
+            on_failed(path, reason)
     video = dict(video or {})
     if any(job.video for job in jobs):
         from repsr.inference.video import check_container, check_encoding
@@ -236,43 +256,77 @@ def upscale_files(
         check_encoding(video.get("codec", "libx264"), video.get("crf", 18), video.get("preset"))
         for target in {job.target.suffix.lower(): job.target for job in jobs if job.video}.values():
             check_container(target, video.get("codec", "libx264"))
-    images = [job for job in jobs if not job.video]
-    for job in (job for job in jobs if job.video):
-        from repsr.inference.video import upscale_video
-
+    ordered = [job for job in jobs if job.video] + [job for job in jobs if not job.video]
+    images = sum(not job.video for job in jobs)
+    frames_progress = _frames_hook(on_frames, cancel) if (on_frames or cancel) else progress
+    for job in _progress(ordered, bool(progress), images):
+        if cancel is not None and cancel.is_set():
+            report.cancelled.append(job.source)
+            continue
+        if on_start is not None:
+            on_start(job)
         try:
-            result = upscale_video(
-                upscaler, job.source, job.target, **video, progress=progress, overwrite=True
-            )
+            if job.video:
+                from repsr.inference.video import upscale_video
+
+                result = upscale_video(
+                    upscaler, job.source, job.target, **video, progress=frames_progress, overwrite=True
+                )
+                report.videos.append(result)
+            else:
+                upscale_file(upscaler, job.source, job.target)
+        except Cancelled:
+            report.cancelled.append(job.source)
+            continue
         except (RepsrError, OSError) as error:
-            report.failed.append((job.source, str(error)))
+            _fail(report, job.source, str(error), on_failed)
             continue
-        except MemoryError:
-            report.failed.append((job.source, f"{job.source}: not enough memory to upscale this video"))
+        except MemoryError:  # decoding a huge input
+            what = "upscale this video" if job.video else "read and upscale this image"
+            _fail(report, job.source, f"{job.source}: not enough memory to {what}", on_failed)
             continue
-        report.videos.append(result)
         report.written.append(job.target)
         if on_done is not None:
             on_done(job.source, job.target)
-    for job in _progress(images, progress):
-        source, target = job.source, job.target
-        try:
-            upscale_file(upscaler, source, target)
-        except (RepsrError, OSError) as error:
-            report.failed.append((source, str(error)))
-            continue
-        except MemoryError:  # decoding a huge input
-            report.failed.append((source, f"{source}: not enough memory to read and upscale this image"))
-            continue
-        report.written.append(target)
-        if on_done is not None:
-            on_done(source, target)
     return report
 
 
-def _progress(jobs: list[Job], enabled: bool) -> Iterable[Job]:
-    if not enabled:
+def _fail(report: UpscaleReport, source: Path, reason: str, hook: Callable[[Path, str], None] | None) -> None:
+    report.failed.append((source, reason))
+    if hook is not None:
+        hook(source, reason)
+
+
+def _frames_hook(
+    on_frames: Callable[[int], None] | None, cancel: threading.Event | None
+) -> Callable[[int], None]:
+    """The video progress callable: reports frames, and raises `Cancelled` once `cancel` is set (the
+    video pipeline stops and removes its temporary file)."""
+
+    def hook(count: int) -> None:
+        if on_frames is not None:
+            on_frames(count)
+        if cancel is not None and cancel.is_set():
+            raise Cancelled("cancelled")
+
+    return hook
+
+
+def _progress(jobs: list[Job], enabled: bool, images: int) -> Iterable[Job]:
+    """The jobs, with a tqdm bar over the images when `enabled` (each video has its own frame bar)."""
+    if not enabled or images == 0:
         return jobs
+    return _with_bar(jobs, images)
+
+
+def _with_bar(jobs: list[Job], images: int) -> Iterable[Job]:
     from tqdm import tqdm
 
-    return tqdm(jobs, desc="upscale", unit="img", leave=False)
+    bar = tqdm(total=images, desc="upscale", unit="img", leave=False)
+    try:
+        for job in jobs:
+            yield job
+            if not job.video:
+                bar.update(1)
+    finally:
+        bar.close()

@@ -6,6 +6,8 @@ reads the config and calls their plain constructors.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from repsr.arch.blocks import BLOCKS
 from repsr.arch.discriminator import build_discriminator as _discriminator
-from repsr.arch.network import ModelSpec, RepNet, build_model
+from repsr.arch.network import RepNet, build_model
 from repsr.data.datasets import EvalPair, TrainPatches
 from repsr.data.samples import sample_images
 from repsr.models.files import load_model
@@ -43,6 +45,9 @@ __all__ = [
     "initial_weights",
     "make_loader",
 ]
+
+log = logging.getLogger("repsr.training")
+TAIL = "tail."  # the state-dict prefix of the last conv, the one layer whose shape depends on the scale
 
 
 def build_network(config: TrainConfig) -> RepNet:
@@ -174,12 +179,15 @@ def build_val_sets(
     return sets
 
 
-def initial_weights(reference: str | Path, spec: ModelSpec) -> dict[str, Tensor]:
-    """The training-form weights `train.init` names (fine-tuning): a shipped model's training form
-    (`repsr-m4c16-x4`) or a training-form file (checkpoint, `final.pt`, `NAME.train.safetensors`).
+def initial_weights(reference: str | Path, model: RepNet) -> dict[str, Tensor]:
+    """The training-form weights `train.init` names (fine-tuning), as a state dict for `model`: a shipped
+    model's training form (`repsr-m4c16-x4`) or a training-form file (checkpoint, `final.pt`,
+    `NAME.train.safetensors`).
 
-    The file's spec must equal the config's; a deployed plain network cannot start training (its
-    branches are gone). Both are `ConfigError`s naming the file.
+    The file's spec must equal `model`'s, except that it may be another scale: then its body starts this
+    run and the tail (the last conv, whose outputs are channels x scale^2) keeps `model`'s own seeded
+    initialization, so a trained x2 network starts an x4 run. A deployed plain network cannot start
+    training (its branches are gone). Each refusal is a `ConfigError` naming the file.
     """
     path = resolve_model(reference, training_form=True)
     source = load_model(path)
@@ -188,9 +196,18 @@ def initial_weights(reference: str | Path, spec: ModelSpec) -> dict[str, Tensor]
             f"train.init {path}: a deployed plain network cannot start training; give a training-form "
             "model (a checkpoint, final.pt, NAME.train.safetensors or a shipped model's name)"
         )
-    if source.spec != spec:
+    spec = model.spec
+    if dataclasses.replace(source.spec, scale=spec.scale) != spec:
         raise ConfigError(
             f"train.init {path}: holds model {source.spec.to_dict()} but the config describes "
-            f"{spec.to_dict()}; set model.* to match it"
+            f"{spec.to_dict()}; set model.* to match it (only model.scale may differ)"
         )
-    return source.state_dict()
+    weights = source.state_dict()
+    if source.spec.scale != spec.scale:
+        own = model.state_dict()
+        weights = {k: own[k] if k.startswith(TAIL) else v for k, v in weights.items()}
+        log.info(
+            "train.init %s: an x%d model; its body starts this x%d run, the tail starts fresh",
+            path, source.spec.scale, spec.scale,
+        )  # fmt: skip
+    return weights

@@ -148,7 +148,7 @@ class Trainer:
         self.state = TrainState.create(config, self.schedule, self.device, dtype)
         saved = find_resume_state(self.run_dir, config, self.model.spec, self.dist) if resume else None
         if saved is None and config.train.init:
-            self.model.load_state_dict(initial_weights(config.train.init, self.model.spec))
+            self.model.load_state_dict(initial_weights(config.train.init, self.model))
             if self.state.ema is not None:  # the average starts from the starting weights, not random ones
                 self.state.ema = ModelEMA(self.model, config.ema.decay)
         if not resume:
@@ -213,6 +213,31 @@ class Trainer:
         if self.dist.is_main:
             seconds = time.perf_counter() - started
             log.info(report.describe(self.iteration, bn.freeze_affine, self.phase == Phase.MERGED, seconds))
+
+    def replan(self, iterations: int) -> None:
+        """Change the run's length to `iterations` between partial runs (`run(until=...)`): what a time
+        budget does when it re-measures the machine's pace (`repsr demo`).
+
+        The schedule follows: the LR curve is the one of an `iterations`-long run from the next step on,
+        and the BN switch moves to `bn.switch_at` of the new length (due at once if that is already
+        past). Patch keys are functions of the iteration, so the data of the steps done is unchanged.
+        `config.yaml` and later checkpoints record the new length, so `--resume` continues the new plan.
+        """
+        if iterations <= self.iteration:
+            raise ConfigError(f"replan: {iterations} iterations, but {self.iteration} are done already")
+        train = dataclasses.replace(self.config.train, iterations=iterations)
+        self.config = self.step.config = dataclasses.replace(self.config, train=train)
+        self.total = iterations
+        self.schedule = self.step.schedule = PhaseSchedule.from_config(self.config)
+        config = self.config
+        schedulers = [self.state.scheduler, *(n.scheduler for n in self.state.networks.values())]
+        for scheduler in schedulers:  # the generator's and (GAN training) the discriminator's
+            scheduler.lr_lambdas = [lambda step: lr_factor(config, step)] * len(scheduler.lr_lambdas)
+            factor = lr_factor(config, scheduler.last_epoch)  # the next step's rate, on the new curve
+            for group, base in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, strict=True):
+                group["lr"] = base * factor
+        if self.log is not None and self.dist.is_main:
+            save_config(self.config, self.run_dir / "config.yaml")
 
     def run(self, until: int | None = None) -> TrainResult | None:
         """Train to the end (returns the result, closes the run) or until iteration `until` (returns None).
