@@ -107,6 +107,11 @@ def test_shipped_configs_load_and_build(path):
         assert model.spec.name == path.stem.replace("clean-", "repsr-")
         assert config.degradation.is_clean and config.data.channel_shuffle
         assert config.checkpoint.keep == 1  # the folder keeps one checkpoint in the repository
+    elif path.stem.startswith("sharp-"):  # GAN fine-tunes of a general model (docs/results/gan-losses.md)
+        assert model.spec.name == path.stem.replace("sharp-", "repsr-")
+        assert config.train.init == model.spec.name.lower().replace("repsr-", "repsr-general-")
+        assert config.discriminator.enabled and "gan" in {t.type for t in config.train.losses}
+        assert config.ema.enabled and not config.degradation.is_clean
     elif path.stem != "quick":
         assert model.spec.name == path.stem  # e.g. repsr-M4C16-x2
         assert config.train.iterations >= 100_000 and config.device == "auto"

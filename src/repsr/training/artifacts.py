@@ -55,8 +55,10 @@ def checkpoint_state(
     rng: dict[str, Any] | None = None,
     weights: str = "model",
     dtype: torch.dtype | None = None,
+    networks: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The one checkpoint format (plain types only, loadable with `weights_only=True`)."""
+    """The one checkpoint format (plain types only, loadable with `weights_only=True`); `networks` holds
+    the named networks besides the generator (`TrainState.networks`: GAN training's discriminator)."""
     return {
         "format": CHECKPOINT_FORMAT,
         "spec": model.spec.to_dict(),
@@ -72,6 +74,7 @@ def checkpoint_state(
         "best": best,
         "seconds": seconds,
         "weights": weights,  # what `model` holds: the raw weights or (final.pt) the EMA
+        "networks": networks or {},  # {name: {"kind", "model", "optimizer", "scheduler"}}
     }
 
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,20 +18,24 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from repsr.arch.blocks import BLOCKS
+from repsr.arch.discriminator import build_discriminator as _discriminator
 from repsr.arch.network import RepNet, build_model
 from repsr.data.datasets import EvalPair, TrainPatches
 from repsr.data.samples import sample_images
 from repsr.models.files import load_model
 from repsr.models.pretrained import resolve_model
 from repsr.training.config import TrainConfig
-from repsr.training.losses import LOSSES
+from repsr.training.losses import LOSSES, TERMS, LossInputs
 from repsr.training.optim import OPTIMIZERS
 from repsr.training.schedule import config_has_bn, lr_factor
 from repsr.training.validation import build_eval_sets
 from repsr.util.errors import ConfigError
 
 __all__ = [
+    "WeightedTerm",
+    "build_discriminator",
     "build_loss",
+    "build_loss_terms",
     "build_network",
     "build_optimizer",
     "build_scheduler",
@@ -66,18 +71,57 @@ def build_loss(config: TrainConfig) -> nn.Module:
     return LOSSES[config.train.loss]()
 
 
-def build_optimizer(config: TrainConfig, params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
-    """The optimizer `train.optimizer` names (`optim.OPTIMIZERS`) over `params`, with `train.lr`,
-    `train.betas` and `train.weight_decay`."""
+@dataclass(frozen=True)
+class WeightedTerm:
+    """One term of the generator's loss: `weight * fn(inputs)`, logged as `loss/NAME`."""
+
+    name: str
+    weight: float
+    fn: Callable[[LossInputs], Tensor]
+    needs: frozenset[str]
+
+
+def build_loss_terms(config: TrainConfig) -> list[WeightedTerm]:
+    """The weighted terms `train.losses` lists (`losses.TERMS`), or `train.loss` alone with weight 1.
+
+    Names are the term types, numbered when a type repeats (`l1`, `l1_2`)."""
+    terms = config.train.losses
+    if not terms:
+        term = TERMS[config.train.loss]
+        return [WeightedTerm(config.train.loss, 1.0, term.make(), term.needs)]
+    built, seen = [], {}
+    for t in terms:
+        seen[t.type] = seen.get(t.type, 0) + 1
+        name = t.type if seen[t.type] == 1 else f"{t.type}_{seen[t.type]}"
+        term = TERMS[t.type]
+        built.append(WeightedTerm(name, float(t.weight), term.make(**t.options), term.needs))
+    return built
+
+
+def build_discriminator(config: TrainConfig) -> nn.Module:
+    """The discriminator the `discriminator` section describes (config checked: its type is not none)."""
+    d = config.discriminator
+    return _discriminator(d.type, config.model.in_channels, d.channels, d.spectral_norm)
+
+
+def build_optimizer(
+    config: TrainConfig, params: Iterable[nn.Parameter], *, network: str = "generator"
+) -> torch.optim.Optimizer:
+    """The optimizer `train.optimizer` names (`optim.OPTIMIZERS`) over `params`: for the generator with
+    `train.lr`, `train.betas` and `train.weight_decay`, for the discriminator with its section's."""
     t = config.train
-    betas = (float(t.betas[0]), float(t.betas[1]))
-    return OPTIMIZERS[t.optimizer](params, t.lr, betas, t.weight_decay)
+    lr, betas, decay = t.lr, t.betas, t.weight_decay
+    if network == "discriminator":
+        d = config.discriminator
+        lr, betas, decay = d.lr, d.betas, d.weight_decay
+    return OPTIMIZERS[t.optimizer](params, lr, (float(betas[0]), float(betas[1])), decay)
 
 
 def build_scheduler(
     config: TrainConfig, optimizer: torch.optim.Optimizer
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """The LR schedule: `train.lr` times `schedule.lr_factor` (warm-up, then cosine/step/constant)."""
+    """The LR schedule: the optimizer's rate times `schedule.lr_factor` (warm-up, then cosine/step/constant);
+    the generator and the discriminator follow the same shape."""
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(config, step))
 
 
@@ -103,7 +147,11 @@ def build_train_set(
 
 
 def make_loader(dataset: Dataset, sampler: Sampler, workers: int, device: torch.device) -> DataLoader:
-    """The training loader over `dataset` with a batch sampler (`sampling.KeyBatches`)."""
+    """The training loader over `dataset` with a batch sampler (`sampling.KeyBatches`).
+
+    The loader's own generator gives its base seed, so opening a loader leaves the global RNG alone (the
+    data come from patch keys and never use that seed): a resumed run's RNG state is then the same as an
+    uninterrupted run's, though it opens one more loader."""
     return DataLoader(
         dataset,
         batch_sampler=sampler,
@@ -111,6 +159,7 @@ def make_loader(dataset: Dataset, sampler: Sampler, workers: int, device: torch.
         pin_memory=device.type == "cuda",
         prefetch_factor=4 if workers else None,
         persistent_workers=False,
+        generator=torch.Generator().manual_seed(0),
     )
 
 

@@ -3,11 +3,14 @@
 A checkpoint is a `torch.save` dict of plain types only (tensors, dicts, lists, numbers, strings, None),
 so `torch.load(path, weights_only=True)` reads it. Keys: `format`, `spec` (the model spec), `model`
 (training-form state dict), `optimizer`, `scheduler`, `ema` (or None), `iteration`, `phase`, `rng`,
-`config` and `history`, `best`, `seconds`, `weights` (built by `artifacts.checkpoint_state`; the run's
-`final.pt` has the same format with None for optimizer, scheduler, EMA and RNG). `repsr.load_model`
-reads `spec` + `model` as a training-form model. Files written before `weights` existed still load, and
-so do files that recorded `bn_phase` (`batch`, `frozen`, `none`) instead of `phase`: `read_checkpoint`
-renames the key and `schedule.PhaseSchedule.parse` reads either vocabulary.
+`config` and `history`, `best`, `seconds`, `weights`, `networks` (built by `artifacts.checkpoint_state`;
+the run's `final.pt` has the same format with None for optimizer, scheduler, EMA and RNG). `networks`
+holds the named networks besides the generator (GAN training's `discriminator`: `{name: {"kind",
+"model", "optimizer", "scheduler"}}`), empty for a single-network run; files written before it have no
+such key and load as single-network runs. `repsr.load_model` reads `spec` + `model` as a training-form
+model. Files written before `weights` existed still load, and so do files that recorded `bn_phase`
+(`batch`, `frozen`, `none`) instead of `phase`: `read_checkpoint` renames the key and
+`schedule.PhaseSchedule.parse` reads either vocabulary.
 
 Files are written with `atomic_write` (temp file, fsync, rename): a run killed while saving leaves the
 previous checkpoints intact and at worst a stray temp file, which the next resume removes.

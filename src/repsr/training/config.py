@@ -11,7 +11,11 @@ as in BasicSR's later recipes; configs/README.md gives the source of each choice
 
 `bn.mode` is held parsed, as a `BNSchedule`; `model.*` block options are checked by the block's own
 `Options` (`repsr.arch.blocks`), so a new block's options need no change here. Losses and optimizers are the
-names of `training.losses.LOSSES` and `training.optim.OPTIMIZERS`.
+names of `training.losses.LOSSES` / `TERMS` and `training.optim.OPTIMIZERS`.
+
+GAN training: `train.losses` (a list of `LossTerm`s: `{type, weight, options}`) replaces the single
+`train.loss` with a weighted sum, and a `discriminator` section (`type: unet | patch`) makes the step a
+GAN step (discriminator and generator in turn). Without either, a config trains exactly as before.
 """
 
 from __future__ import annotations
@@ -27,9 +31,10 @@ from typing import Any
 import yaml
 
 from repsr.arch.blocks import BLOCKS
+from repsr.arch.discriminator import DISCRIMINATORS
 from repsr.arch.network import IN_CHANNELS, SCALES
 from repsr.data.degradations import Degradation
-from repsr.training.losses import LOSSES
+from repsr.training.losses import ADVERSARIAL, LOSSES, TERMS
 from repsr.training.optim import OPTIMIZERS
 from repsr.util.errors import ConfigError, first_line
 
@@ -92,6 +97,16 @@ class DataConfig:
 
 
 @dataclass
+class LossTerm:
+    """One weighted term of `train.losses`: a name in `training.losses.TERMS` (l1, l2, charbonnier, fft,
+    focal, ldl, gan, feature), its weight in the sum, and the term's own options (e.g. ldl's `kernel`)."""
+
+    type: str = "l1"
+    weight: float = 1.0
+    options: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
 class OptimConfig:
     """Optimisation: iterations, batch, Adam, LR schedule, loss and speed options."""
 
@@ -106,6 +121,9 @@ class OptimConfig:
     gamma: float = 0.5  # step: LR factor at each milestone
     warmup: int = 0  # iterations of linear warm-up
     loss: str = "l1"  # a name in training.losses.LOSSES: l1 | l2 | charbonnier
+    # weighted loss terms (GAN training: e.g. [{type: l1, weight: 1}, {type: gan, weight: 0.1}]); when
+    # given they replace `loss`; empty = `loss` alone with weight 1 (the pixel step of before)
+    losses: list[LossTerm] = field(default_factory=list)
     optimizer: str = "adam"  # a name in training.optim.OPTIMIZERS: adam | adamw
     grad_clip: float = 0.0  # max gradient norm, 0 = off
     # bfloat16 autocast of the forward pass (CPU and CUDA); loss, BN statistics and optimizer stay in
@@ -127,6 +145,24 @@ class BNConfig:
     freeze_affine: bool = False  # also stop training gamma/beta after the switch
     merged_training: bool = True  # once all BN statistics are fixed, train each block as one 3x3 conv
     sync: bool = False  # SyncBatchNorm across processes before the switch
+
+
+@dataclass
+class DiscriminatorConfig:
+    """The discriminator of GAN training (`type: none`: no GAN, the pixel step). It trains with its own
+    optimizer (`train.optimizer`'s kind) at `lr`, under the same schedule shape as the generator."""
+
+    type: str = "none"  # none | unet (Real-ESRGAN's U-Net design) | patch (PatchGAN)
+    channels: int = 32  # base width (Real-ESRGAN's U-Net: 64; the CPU cost grows with its square)
+    spectral_norm: bool = True  # spectral normalization of the inner convolutions
+    loss: str = "vanilla"  # the adversarial loss, both sides: vanilla (BCE with logits) | hinge | lsgan
+    lr: float = 1e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
+    weight_decay: float = 0.0
+
+    @property
+    def enabled(self) -> bool:
+        return self.type != "none"
 
 
 @dataclass
@@ -173,6 +209,7 @@ class TrainConfig:
     degradation: Degradation = field(default_factory=Degradation)
     train: OptimConfig = field(default_factory=OptimConfig)
     bn: BNConfig = field(default_factory=BNConfig)
+    discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
     ema: EMAConfig = field(default_factory=EMAConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     val: ValConfig = field(default_factory=ValConfig)
@@ -353,6 +390,7 @@ def validate(config: TrainConfig) -> None:
     _check(optim.gamma > 0, "train.gamma", "must be > 0")
     _check(optim.warmup >= 0, "train.warmup", "must be >= 0")
     _check(optim.loss in LOSSES, "train.loss", f"must be one of {', '.join(LOSSES)}, got {optim.loss!r}")
+    _check_losses(config)
     _check(
         optim.optimizer in OPTIMIZERS,
         "train.optimizer",
@@ -369,6 +407,48 @@ def validate(config: TrainConfig) -> None:
     crop = config.val.crop_border
     _check(crop is None or crop >= 0, "val.crop_border", "must be >= 0")
     _check(config.log.every >= 1, "log.every", "must be >= 1")
+
+
+def _check_losses(config: TrainConfig) -> None:
+    """`train.losses` terms and the `discriminator` section: known names, what each term needs."""
+    disc, terms = config.discriminator, config.train.losses
+    kinds = ", ".join(["none", *DISCRIMINATORS])
+    _check(
+        disc.type == "none" or disc.type in DISCRIMINATORS, "discriminator.type", f"must be one of {kinds}"
+    )
+    _check(disc.channels >= 1, "discriminator.channels", "must be >= 1")
+    _check(disc.loss in ADVERSARIAL, "discriminator.loss", f"must be one of {', '.join(ADVERSARIAL)}")
+    _check(disc.lr > 0, "discriminator.lr", "must be > 0")
+    _check(
+        len(disc.betas) == 2 and all(0 <= b < 1 for b in disc.betas),
+        "discriminator.betas",
+        "needs 2 in [0,1)",
+    )
+    needs: set[str] = set()
+    for i, term in enumerate(terms):
+        key = f"train.losses[{i}]"
+        _check(term.type in TERMS, f"{key}.type", f"must be one of {', '.join(TERMS)}, got {term.type!r}")
+        _check(term.weight >= 0, f"{key}.weight", "must be >= 0")
+        known = TERMS[term.type].options
+        for name in term.options:
+            takes = ", ".join(known) or "no options"
+            _check(
+                name in known,
+                f"{key}.options.{name}",
+                f"loss {term.type!r} does not take it (it takes {takes})",
+            )
+        needs |= TERMS[term.type].needs
+        if "ema" in TERMS[term.type].needs:
+            _check(
+                config.ema.enabled, f"{key}.type", f"{term.type} compares with the EMA: set ema.enabled: true"
+            )
+        if "discriminator" in TERMS[term.type].needs:
+            _check(disc.enabled, f"{key}.type", f"{term.type} needs a discriminator: set discriminator.type")
+    _check(
+        not disc.enabled or "discriminator" in needs,
+        "discriminator.type",
+        "a discriminator trains only with an adversarial term: add {type: gan, weight: ...} to train.losses",
+    )
 
 
 def _check_block_options(model: ModelConfig) -> None:

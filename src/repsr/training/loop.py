@@ -2,7 +2,8 @@
 
 `run_steps` calls `before(i)`, `step(batch)` and `after(i + 1, loss)` for i in [start, stop).
 `LossMeter` sums the losses on their device (no host sync per step) and remembers whether any was
-non-finite; `mean` and `any_bad` reduce over processes when reporting.
+non-finite; `mean` and `any_bad` reduce over processes when reporting. `TermMeter` does the same for the
+named loss terms of a multi-term or GAN step.
 """
 
 from __future__ import annotations
@@ -33,6 +34,32 @@ def run_steps(
         iteration += 1
         after(iteration, loss)
     return iteration
+
+
+class TermMeter:
+    """Sums of the named loss terms (`TrainStep.terms`) since the last report, on their device."""
+
+    def __init__(self, names: list[str], device: torch.device) -> None:
+        self.names = names
+        self.sum = torch.zeros(len(names), dtype=torch.float64, device=device)
+        self.count = 0
+
+    def add(self, terms: dict[str, Tensor]) -> None:
+        if self.names:
+            self.sum += torch.stack([terms[name].to(torch.float64) for name in self.names])
+            self.count += 1
+
+    def mean(self, dist: Distributed) -> dict[str, float]:
+        """The mean of each term since the last call, over all processes; starts a new interval."""
+        if not self.names:
+            return {}
+        count = torch.tensor([float(self.count)], dtype=torch.float64, device=self.sum.device)
+        packed = dist.all_reduce_sum(torch.cat([self.sum, count]))
+        self.sum.zero_()
+        self.count = 0
+        return {
+            name: float(v) for name, v in zip(self.names, packed[:-1] / packed[-1].clamp_min(1), strict=True)
+        }
 
 
 class LossMeter:

@@ -47,7 +47,7 @@ def find_resume_state(
             f"{spec.to_dict()}; resume with the run's own config ({run_dir}/config.yaml)"
         )
     if dist.is_main:
-        changed = changed_keys(state["config"], config.to_dict())
+        changed = changed_keys(_with_defaults(state["config"]), config.to_dict())
         if changed:
             log.warning(
                 "--resume: config differs from the checkpoint's in %s; the run continues with the "
@@ -57,6 +57,15 @@ def find_resume_state(
             )
         log.info("resuming from %s (iteration %d)", path, state["iteration"])
     return state
+
+
+def _with_defaults(recorded: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's config with the keys of later versions filled in at their defaults (a file written
+    before `train.losses` or `discriminator` existed trained as their defaults do), else as recorded."""
+    try:
+        return TrainConfig.from_dict(recorded).to_dict()
+    except ConfigError:
+        return recorded
 
 
 def refuse_fresh_start(run_dir: Path, dist: Distributed) -> None:

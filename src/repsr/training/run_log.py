@@ -27,13 +27,14 @@ class RunLog:
         metric_columns: list[str],
         *,
         tensorboard: bool,
+        term_columns: list[str] | None = None,
         history: list[dict[str, Any]] | None = None,
         start_iteration: int = 0,
     ) -> None:
         self.history: list[dict[str, Any]] = [
             _upgrade(h) for h in (history or []) if h["iteration"] <= start_iteration
         ]
-        self.columns = [*BASE_COLUMNS, *metric_columns]
+        self.columns = [*BASE_COLUMNS, *(term_columns or []), *metric_columns]
         self.enabled = run_dir is not None
         self._pending: dict[str, Any] | None = None
         self._csv_file = None
@@ -68,13 +69,16 @@ class RunLog:
         phase: str,
         seconds: float,
         bar: Any = None,
+        terms: dict[str, float] | None = None,
     ) -> None:
-        """Record the loss row of `iteration`, show it on the progress `bar` and log it (rank 0)."""
-        self.record(iteration, loss=loss, lr=lr, phase=phase, seconds=round(seconds, 3))
+        """Record the loss row of `iteration` (and each loss term's mean, `terms`), show it on the
+        progress `bar` and log it (rank 0)."""
+        self.record(iteration, loss=loss, lr=lr, phase=phase, seconds=round(seconds, 3), **(terms or {}))
         if bar is not None:
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", phase=phase)
         if self.enabled:
-            log.info("iter %d/%d loss %.5f lr %.3e phase %s", iteration, total, loss, lr, phase)
+            parts = "".join(f" {name} {value:.5f}" for name, value in (terms or {}).items())
+            log.info("iter %d/%d loss %.5f lr %.3e phase %s%s", iteration, total, loss, lr, phase, parts)
 
     def record(self, iteration: int, **values: Any) -> None:
         """Add values for `iteration` (merged with others recorded for the same iteration)."""

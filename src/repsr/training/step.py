@@ -1,8 +1,19 @@
 """`TrainStep`: what one run does to its `TrainState` on a batch, at the BN switch and at validation.
 
 No loop, no files, no signals: the runner (`trainer.Trainer`) decides when each happens. The loss comes
-from its table (`losses.LOSSES`, built by `builders.build_loss`), so a new loss is a table entry, not a
-branch here.
+from its tables (`losses.LOSSES` / `losses.TERMS`, built by `builders.build_loss_terms`: `train.loss`
+alone, or the weighted terms of `train.losses`), so a new loss is a table entry, not a branch here.
+
+Two step strategies, chosen by the config:
+- the pixel step (no `discriminator`): forward, the weighted loss, backward, optimizer, EMA; with the
+  default single loss it computes exactly what it always did (the loss is not even multiplied by 1);
+- the GAN step (`discriminator.type` set), BasicSR's `SRGANModel.optimize_parameters` order: the
+  generator steps with the discriminator frozen (its parameters need no gradient) on the weighted sum of
+  its terms (pixel, frequency, LDL, adversarial, feature matching), then the discriminator steps on real
+  HR against the detached generator output; then the generator's EMA. Every forward runs under the same
+  autocast as the pixel step; losses are computed in float32. One process only (no DDP for two networks).
+The last step's terms are kept, detached, in `terms` (`loss/NAME`, and `d/real`, `d/fake` for the
+discriminator) for the run log.
 """
 
 from __future__ import annotations
@@ -16,12 +27,14 @@ from torch import Tensor, nn
 from repsr.arch.blocks import RepBlock
 from repsr.arch.phase import Phase
 from repsr.training.bn_switch import SwitchReport, switch_to_population_statistics
-from repsr.training.builders import build_loss
+from repsr.training.builders import build_loss, build_loss_terms
 from repsr.training.config import TrainConfig
 from repsr.training.distributed import Distributed
+from repsr.training.losses import LossInputs, discriminator_adversarial
 from repsr.training.schedule import PhaseSchedule
 from repsr.training.state import TrainState
 from repsr.training.validation import evaluate
+from repsr.util.errors import ConfigError
 
 __all__ = ["TrainStep"]
 
@@ -46,9 +59,25 @@ class TrainStep:
         self.device = dist.device
         self.dtype = dtype
         self.channels_last = channels_last
-        self.loss = build_loss(config)
+        self.loss = build_loss(config)  # `train.loss` (the pixel loss of a single-loss run)
+        self.loss_terms = build_loss_terms(config)
+        self.needs = frozenset().union(*(t.needs for t in self.loss_terms))
+        self.discriminator = state.networks.get("discriminator")
+        if self.discriminator is not None and dist.enabled:
+            raise ConfigError("discriminator: GAN training runs in one process (no torchrun/DDP yet)")
+        if "ema" in self.needs and state.ema is None:
+            raise ConfigError("train.losses: ldl compares with the EMA: set ema.enabled: true")
+        self.terms: dict[str, Tensor] = {}  # the last step's loss terms, detached (`term_names`)
         self.forward_model: nn.Module = state.model
         self.prepare()
+
+    @property
+    def term_names(self) -> list[str]:
+        """The names of the per-term losses a step reports (none for a single-loss pixel run)."""
+        if self.discriminator is None and len(self.loss_terms) == 1:
+            return []
+        names = [f"loss/{t.name}" for t in self.loss_terms]
+        return names + (["d/real", "d/fake"] if self.discriminator is not None else [])
 
     def prepare(self) -> None:
         """Put the model in its phase, memory format and wrappers (at the start, the switch, a resume)."""
@@ -80,18 +109,92 @@ class TrainStep:
         x = x.to(self.device, self.dtype, non_blocking=True)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
+    def _autocast(self) -> torch.autocast:
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bool(self.config.train.amp))
+
     def __call__(self, lr_patch: Tensor, hr_patch: Tensor) -> Tensor:
-        """One optimisation step on a batch (already on the device); returns the (detached) loss."""
-        state, train = self.state, self.config.train
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bool(train.amp)):
+        """One optimisation step on a batch (already on the device); returns the (detached) generator
+        loss. The GAN step when the config has a discriminator, else the pixel step."""
+        if self.discriminator is not None:
+            return self._gan_step(lr_patch, hr_patch)
+        state = self.state
+        with self._autocast():
             sr = self.forward_model(lr_patch)
-        loss = self.loss(sr.to(hr_patch.dtype), hr_patch)
+        if len(self.loss_terms) == 1 and not self.needs:  # `train.loss` alone: exactly as it always was
+            loss = self.loss_terms[0].fn(LossInputs(sr.to(hr_patch.dtype), hr_patch))
+        else:
+            loss = self._generator_loss(self._inputs(lr_patch, sr, hr_patch))
+        self._generator_update(loss)
+        if state.ema is not None:
+            state.ema.update(state.model)
+        return loss.detach()
+
+    def _inputs(self, lr_patch: Tensor, sr: Tensor, hr_patch: Tensor) -> LossInputs:
+        """What the generator's terms look at; the EMA's output only when a term needs it."""
+        inputs = LossInputs(sr.to(hr_patch.dtype), hr_patch, adversarial=self.config.discriminator.loss)
+        if "ema" in self.needs:
+            with torch.no_grad(), self._autocast():
+                inputs.ema = self.state.ema.module(lr_patch).to(hr_patch.dtype)
+        return inputs
+
+    def _generator_loss(self, inputs: LossInputs) -> Tensor:
+        """The weighted sum of the terms (a weight of 1 is not multiplied); keeps each term in `terms`."""
+        total: Tensor | None = None
+        terms = {}
+        for term in self.loss_terms:
+            value = term.fn(inputs)
+            terms[f"loss/{term.name}"] = value.detach()
+            weighted = value if term.weight == 1.0 else term.weight * value
+            total = weighted if total is None else total + weighted
+        self.terms = terms
+        assert total is not None  # the config has at least one term
+        return total
+
+    def _generator_update(self, loss: Tensor) -> None:
+        state, train = self.state, self.config.train
         state.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if train.grad_clip:
             nn.utils.clip_grad_norm_(state.model.parameters(), train.grad_clip)
         state.optimizer.step()
         state.scheduler.step()
+
+    def _gan_step(self, lr_patch: Tensor, hr_patch: Tensor) -> Tensor:
+        """The generator with the discriminator frozen, then the discriminator on real vs detached fake."""
+        state, d = self.state, self.discriminator
+        assert d is not None
+        kind = self.config.discriminator.loss
+        for parameter in d.module.parameters():
+            parameter.requires_grad_(False)
+        with self._autocast():
+            sr = self.forward_model(lr_patch)
+        inputs = self._inputs(lr_patch, sr, hr_patch)
+        with self._autocast():
+            if "features" in self.needs:
+                fake, inputs.fake_features = d.module(inputs.sr, features=True)
+                with torch.no_grad():
+                    _, inputs.real_features = d.module(hr_patch, features=True)
+            else:
+                fake = d.module(inputs.sr)
+        inputs.fake = fake.to(hr_patch.dtype)
+        if inputs.fake_features is not None:
+            inputs.fake_features = [f.to(hr_patch.dtype) for f in inputs.fake_features]
+            inputs.real_features = [f.to(hr_patch.dtype) for f in inputs.real_features or []]
+        loss = self._generator_loss(inputs)
+        self._generator_update(loss)
+
+        for parameter in d.module.parameters():
+            parameter.requires_grad_(True)
+        d.optimizer.zero_grad(set_to_none=True)
+        with self._autocast():
+            real_logits = d.module(hr_patch)
+            fake_logits = d.module(inputs.sr.detach())
+        d_real = discriminator_adversarial(real_logits.to(hr_patch.dtype), True, kind)
+        d_fake = discriminator_adversarial(fake_logits.to(hr_patch.dtype), False, kind)
+        (d_real + d_fake).backward()
+        d.optimizer.step()
+        d.scheduler.step()
+        self.terms.update({"d/real": d_real.detach(), "d/fake": d_fake.detach()})
         if state.ema is not None:
             state.ema.update(state.model)
         return loss.detach()

@@ -47,8 +47,9 @@ from repsr.training.artifacts import BEST_MODEL, DEPLOYED_MODEL, FINAL_CHECKPOIN
 from repsr.training.builders import build_train_set, build_val_sets, initial_weights, make_loader
 from repsr.training.config import TrainConfig, save_config
 from repsr.training.distributed import Distributed
+from repsr.training.ema import ModelEMA
 from repsr.training.lock import RunLock
-from repsr.training.loop import LossMeter, run_steps
+from repsr.training.loop import LossMeter, TermMeter, run_steps
 from repsr.training.resume import find_resume_state, refuse_fresh_start
 from repsr.training.run_log import RunLog
 from repsr.training.sampling import PRECISE_STREAM, TRAIN_STREAM, KeyBatches
@@ -148,6 +149,8 @@ class Trainer:
         saved = find_resume_state(self.run_dir, config, self.model.spec, self.dist) if resume else None
         if saved is None and config.train.init:
             self.model.load_state_dict(initial_weights(config.train.init, self.model))
+            if self.state.ema is not None:  # the average starts from the starting weights, not random ones
+                self.state.ema = ModelEMA(self.model, config.ema.decay)
         if not resume:
             refuse_fresh_start(self.run_dir, self.dist)
         if saved is not None:
@@ -194,6 +197,7 @@ class Trainer:
             folder,
             metrics,
             tensorboard=tensorboard,
+            term_columns=self.step.term_names,
             history=self.state.history,
             start_iteration=self.iteration,
         )
@@ -225,11 +229,13 @@ class Trainer:
         self.config = self.step.config = dataclasses.replace(self.config, train=train)
         self.total = iterations
         self.schedule = self.step.schedule = PhaseSchedule.from_config(self.config)
-        scheduler, config = self.state.scheduler, self.config
-        scheduler.lr_lambdas = [lambda step: lr_factor(config, step)] * len(scheduler.lr_lambdas)
-        factor = lr_factor(config, scheduler.last_epoch)  # the next step's rate, on the new curve
-        for group, base in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, strict=True):
-            group["lr"] = base * factor
+        config = self.config
+        schedulers = [self.state.scheduler, *(n.scheduler for n in self.state.networks.values())]
+        for scheduler in schedulers:  # the generator's and (GAN training) the discriminator's
+            scheduler.lr_lambdas = [lambda step: lr_factor(config, step)] * len(scheduler.lr_lambdas)
+            factor = lr_factor(config, scheduler.last_epoch)  # the next step's rate, on the new curve
+            for group, base in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, strict=True):
+                group["lr"] = base * factor
         if self.log is not None and self.dist.is_main:
             save_config(self.config, self.run_dir / "config.yaml")
 
@@ -259,7 +265,10 @@ class Trainer:
 
     def _loop(self, stop: int) -> None:
         self._losses = LossMeter(self.device, checked_at=self.iteration)
+        self._terms = TermMeter(self.step.term_names, self.device)
         self.model.train()
+        for network in self.state.networks.values():
+            network.module.train()
         if self.iteration >= stop:
             return
         loader = self._loader(TRAIN_STREAM, self.total, self.iteration)
@@ -274,6 +283,7 @@ class Trainer:
 
             def after(iteration: int, loss: Tensor) -> None:
                 self._losses.add(loss)
+                self._terms.add(self.step.terms)
                 self.state.iteration = iteration
                 if bar is not None:
                     bar.update(1)
@@ -305,7 +315,10 @@ class Trainer:
             self._check_finite()
             lr = config.train.lr * lr_factor(config, it - 1)  # the rate of the step just taken
             loss, phase, seconds = self._losses.mean(self.dist), str(self.phase), self.state.seconds
-            self.log.report(it, self.total, loss=loss, lr=lr, phase=phase, seconds=seconds, bar=bar)
+            terms = self._terms.mean(self.dist)
+            self.log.report(
+                it, self.total, loss=loss, lr=lr, phase=phase, seconds=seconds, bar=bar, terms=terms
+            )
         if last:
             self._switch_if_due()  # bn.switch_at 1.0: precise statistics for the delivered model
         if (config.val.every and it % config.val.every == 0) or last:
