@@ -75,6 +75,15 @@ def test_external_data_outside_the_folder_or_missing_is_refused(exported, tmp_pa
     _refused(path, "missing" if location == "no.data" else "out(side| of) the model.s folder")
 
 
+def test_external_data_named_by_bytes_that_are_not_utf8_is_refused(exported, tmp_path):
+    """The fuzzer's case 2463: a location whose bytes are not UTF-8 (protobuf hands them over as bytes)."""
+    path = _with_external_data(exported, tmp_path, "wxdata")
+    raw = path.read_bytes()
+    assert raw.count(b"wxdata") >= 1
+    path.write_bytes(raw.replace(b"wxdata", b"w\xb8data"))  # same length: the file still parses
+    _refused(path, "not UTF-8")
+
+
 def test_external_data_shorter_than_claimed_is_refused(exported, tmp_path):
     path = _with_external_data(exported, tmp_path, "w.data")
     data = tmp_path / "w.data"

@@ -171,6 +171,8 @@ def check_external_data(proto: Any, path: Path) -> None:
         except (ValueError, TypeError) as error:
             raise ModelFileError(f"{path}: malformed external data of {tensor.name!r} ({error})") from None
         where = f"{path}: tensor {tensor.name!r} keeps its data in {info.location!r}"[:200]
+        if not isinstance(info.location or "", str):  # a name that is not UTF-8 stays bytes
+            raise ModelFileError(f"{where}, a file name that is not UTF-8 text")
         location = Path(info.location or "")
         if not info.location or location.is_absolute() or ".." in location.parts:
             raise ModelFileError(f"{where}, outside the model's folder; repsr reads only files beside it")
