@@ -89,23 +89,20 @@ def atomic_write(
 def _publish_new(tmp: str, path: Path) -> None:
     """Give `tmp` the name `path` unless a file (or link) has it: atomically by a hard link, else (a
     file system without hard links) by a check just before the rename."""
+    taken = WriteError(
+        f"{path}: appeared while this run was writing it (another run on the same output?); kept, "
+        "not replaced",
+        errno.EEXIST,
+    )
     try:
         os.link(tmp, path, follow_symlinks=False)
     except FileExistsError:
-        raise WriteError(
-            f"{path}: appeared while this run was writing it (another run on the same output?); kept, "
-            "not replaced",
-            errno.EEXIST,
-        ) from None
+        raise taken from None
     except OSError as error:
         if error.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.EXDEV):
             raise
         if os.path.lexists(path):
-            raise WriteError(
-                f"{path}: appeared while this run was writing it (another run on the same output?); "
-                "kept, not replaced",
-                errno.EEXIST,
-            ) from None
+            raise taken from None
         os.replace(tmp, path)
         return
     os.unlink(tmp)
