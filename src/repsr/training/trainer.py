@@ -221,7 +221,8 @@ class Trainer:
         The schedule follows: the LR curve is the one of an `iterations`-long run from the next step on,
         and the BN switch moves to `bn.switch_at` of the new length (due at once if that is already
         past). Patch keys are functions of the iteration, so the data of the steps done is unchanged.
-        `config.yaml` and later checkpoints record the new length, so `--resume` continues the new plan.
+        The run folder's `config.yaml` and later checkpoints record the new length: resuming with that
+        `config.yaml` continues the new plan.
         """
         if iterations <= self.iteration:
             raise ConfigError(f"replan: {iterations} iterations, but {self.iteration} are done already")
