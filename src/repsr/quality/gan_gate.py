@@ -57,6 +57,7 @@ from repsr.quality.gate import (
     _margin,
     _ramps,
     _run,
+    evaluating,
     flat_colour_checks,
     ramp_checks,
 )
@@ -338,9 +339,7 @@ class GanGateReport(GateReport):
 
 def run_gan_gate(model: nn.Module) -> GanGateReport:
     """Every GAN-gate check of `model` (plain or training form with `.spec`, run in eval mode)."""
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         report = GanGateReport(model.spec.name)
         report.checks += flat_colour_checks(model)
         report.checks += ramp_checks(model)
@@ -348,6 +347,4 @@ def run_gan_gate(model: nn.Module) -> GanGateReport:
         report.checks += noisy_flat_checks(model)
         report.figures = look_figures(model)
         report.checks += look_checks(report.figures)
-    finally:
-        model.train(was_training)
     return report

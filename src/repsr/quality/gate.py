@@ -19,8 +19,10 @@ the module constants below. `make test` runs it over every model in `repsr.model
 from __future__ import annotations
 
 import colorsys
+import contextlib
 import itertools
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -227,15 +229,23 @@ def photo_checks(model: nn.Module) -> list[Check]:
     return checks
 
 
-def run_gate(model: nn.Module) -> GateReport:
-    """Every gate check of `model` (a plain or training-form network with `.spec`, run in eval mode)."""
+@contextlib.contextmanager
+def evaluating(model: nn.Module) -> Iterator[nn.Module]:
+    """`model` in eval mode for the block, its own mode restored after (the gates leave a training
+    network as they found it)."""
     was_training = model.training
     model.eval()
     try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def run_gate(model: nn.Module) -> GateReport:
+    """Every gate check of `model` (a plain or training-form network with `.spec`, run in eval mode)."""
+    with evaluating(model):
         report = GateReport(model.spec.name)
         report.checks += flat_colour_checks(model)
         report.checks += ramp_checks(model)
         report.checks += photo_checks(model)
-    finally:
-        model.train(was_training)
     return report
