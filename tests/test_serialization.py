@@ -121,13 +121,18 @@ def test_refuses_pickled_objects(tmp_path):
     _expect_refusal(path, "not a loadable weights-only")
 
 
+def _tensors_and_metadata(path):
+    """A safetensors file's tensors and header metadata, to write a doctored copy of it."""
+    with safe_open(str(path), "pt") as handle:
+        metadata = handle.metadata()
+    return load_file(path), metadata
+
+
 def test_refuses_mismatched_tensors(tmp_path):
     _, plain = _trained_pair()
     repsr.save_model(plain, tmp_path / "good.safetensors")
 
-    with safe_open(str(tmp_path / "good.safetensors"), "pt") as handle:
-        metadata = handle.metadata()
-    state = load_file(tmp_path / "good.safetensors")
+    state, metadata = _tensors_and_metadata(tmp_path / "good.safetensors")
 
     def write(name, tensors):
         save_file(tensors, tmp_path / name, metadata=metadata)
@@ -243,8 +248,6 @@ def test_infinite_block_options_are_a_malformed_spec(tmp_path):
     """Issue 28: `"expand": Infinity` in a training-form file's options escaped as an OverflowError."""
     model, _ = _trained_pair()
     repsr.save_model(model, tmp_path / "t.safetensors")
-    with safe_open(str(tmp_path / "t.safetensors"), "pt") as handle:
-        metadata = handle.metadata()
-    state = load_file(tmp_path / "t.safetensors")
+    state, metadata = _tensors_and_metadata(tmp_path / "t.safetensors")
     save_file(state, tmp_path / "inf.safetensors", {**metadata, "options": '{"expand": Infinity}'})
     _expect_refusal(tmp_path / "inf.safetensors", "malformed model spec")
