@@ -23,12 +23,12 @@ from pathlib import Path
 
 import torch
 import yaml
-from repsr.data.datasets.datasets import EvalSet
-from repsr.models.loader.blend import blend_weights
-from repsr.models.loader.files import load_model as load_torch_model
-from repsr.models.loader.pretrained import FOLDER, resolve_model
 
 import repsr
+from repsr.data.datasets import EvalSet
+from repsr.models.blend import blend_weights
+from repsr.models.files import load_model as load_torch_model
+from repsr.models.pretrained import FOLDER, resolve_model
 from repsr.quality.degraded import degraded_sets, format_gains, select_conditions
 from repsr.quality.evaluation import evaluate
 from repsr.quality.gate import run_gate

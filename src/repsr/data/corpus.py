@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from repsr.image.assess import blockiness
 from repsr.util.errors import DataError, DependencyError
 
 PACKAGES = ("lomiri-wallpapers-16.04", "lomiri-wallpapers-20.04", "plasma-workspace-wallpapers")
@@ -86,17 +87,6 @@ PHOTOS: tuple[Photo, ...] = (
 SKIMAGE_HOLDOUT = ("chelsea", "rocket")
 
 
-def blockiness(gray: np.ndarray) -> float:
-    """Mean absolute gradient across 8x8 JPEG block borders over the mean gradient elsewhere (1 = none)."""
-    dx = np.abs(np.diff(gray, axis=1))
-    dy = np.abs(np.diff(gray, axis=0))
-    on_x = np.arange(dx.shape[1]) % 8 == 7
-    on_y = np.arange(dy.shape[0]) % 8 == 7
-    across = dx[:, on_x].mean() + dy[on_y].mean()
-    inside = dx[:, ~on_x].mean() + dy[~on_y].mean()
-    return float(across / inside)
-
-
 def _require(tool: str) -> None:
     if shutil.which(tool) is None:
         raise DependencyError(
@@ -128,7 +118,7 @@ def _prepare(path: Path) -> tuple[torch.Tensor, float, bool]:
 
     with Image.open(path) as im:
         rgb = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
-    score = blockiness(rgb.mean(axis=2))
+    score = blockiness([rgb.mean(axis=2)])
     img = torch.from_numpy(rgb).permute(2, 0, 1)
     downscaled = score > BLOCKY
     if downscaled:

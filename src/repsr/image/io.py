@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from repsr.image.assess import jpeg_quality
 from repsr.image.pixels import levels_of, to_integers
 from repsr.util.atomic import atomic_write
 from repsr.util.errors import DataError, ImageError, WriteError, describe_os_error, first_line
@@ -54,6 +55,7 @@ class Pixels:
     array: np.ndarray
     bit_depth: int
     meta: dict = field(default_factory=dict)  # what `write_pixels` carries over: `read_metadata`
+    jpeg_quality: int | None = None  # a JPEG file's quality, from its tables (`repsr.image.assess`)
 
 
 @dataclass
@@ -277,6 +279,8 @@ def read_pixels(path: str | Path) -> Pixels:
                     "only: extract the frames first"
                 )
             pixels = _decode(im, path)
+            if im.format == "JPEG":
+                pixels.jpeg_quality = jpeg_quality(getattr(im, "quantization", None))
     except ImageError:
         raise
     except PermissionError as exc:
