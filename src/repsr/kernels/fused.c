@@ -743,6 +743,33 @@ static inline __attribute__((always_inline)) void epilogue(const int Q8, const i
         }
         return;
     }
+#else
+    if (co0 % s == 0 && (co1 - co0) % s == 0 && (s == 2 || s == 4)) {
+        /* AVX2, x2 and x4: an output row segment (ch, i) takes channels co..co+s-1 (sub-columns j) of each
+         * pixel: s consecutive floats in tmp[p] and in the output. x4: one 4-float vector per pixel; x2: two
+         * pixels per 4-float vector. The skip value repeats per sub-column. The same adds as below. */
+        for (int co = co0; co < co1; co += s) {
+            const float *skip = in + job->skip_off[co];
+            float *dst = out + job->out_off[co];
+            int p = 0;
+            if (s == 4) {
+                for (; p < valid; p++)
+                    _mm_storeu_ps(dst + 4 * p, _mm_add_ps(_mm_loadu_ps(&tmp[p][co - co0]), _mm_set1_ps(skip[p])));
+            } else {
+                for (; p + 2 <= valid; p += 2) {
+                    const __m128d t = _mm_loadh_pd(_mm_load_sd((const double *)(const void *)&tmp[p][co - co0]),
+                                                   (const double *)(const void *)&tmp[p + 1][co - co0]);
+                    const __m128 k = _mm_castpd_ps(_mm_load_sd((const double *)(const void *)(skip + p)));
+                    _mm_storeu_ps(dst + 2 * p, _mm_add_ps(_mm_castpd_ps(t), _mm_unpacklo_ps(k, k)));
+                }
+                for (; p < valid; p++) {
+                    dst[2 * p] = tmp[p][co - co0] + skip[p];
+                    dst[2 * p + 1] = tmp[p][co - co0 + 1] + skip[p];
+                }
+            }
+        }
+        return;
+    }
 #endif
     for (int co = co0; co < co1; co++) {
         const float *skip = in + job->skip_off[co];
