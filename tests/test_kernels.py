@@ -636,3 +636,18 @@ def test_a_kernel_cache_that_is_a_file_is_named_as_such(monkeypatch, tmp_path):
     with pytest.raises(KernelUnavailable, match="is a file, not a folder"):
         kbuild.build(runnable_variants()[-1])
     assert (tmp_path / "cache").read_text() == "a file, not a folder"
+
+
+def test_packed_weights_and_scalars_start_on_a_cache_line() -> None:
+    """The kernel reads weight vectors as memory operands: numpy's 16-byte alignment split 32-byte loads
+    across cache lines (AVX2 int8 18% slower); `pack_layers` copies both blobs to 64-byte boundaries."""
+    from repsr.kernels.fused import ALIGNMENT, aligned, pack_layers
+
+    for size, dtype in ((1, np.int8), (37, np.float32), (1000, np.int16)):
+        source = np.arange(size, dtype=dtype)
+        for _ in range(4):  # several allocations: a lucky placement must not pass
+            copy = aligned(source)
+            assert copy.ctypes.data % ALIGNMENT == 0 and np.array_equal(copy, source)
+    plain = reparameterize_model(build_model("repsr", scale=2, num_blocks=2, channels=8).eval())
+    _, weights, scalars = pack_layers(plain, 8, "fp32", None)
+    assert weights.ctypes.data % ALIGNMENT == 0 and scalars.ctypes.data % ALIGNMENT == 0
