@@ -21,6 +21,7 @@ from repsr.apps.app.jobs import Job
 from repsr.apps.app.library import Folders, PathError
 from repsr.apps.app.preview import bicubic_pixels, crop_box
 from repsr.image.io import read_pixels
+from repsr.inference.denoise import choose_for
 from repsr.models.files import save_model
 from repsr.models.pretrained import shipped
 from repsr.util.errors import ConfigError
@@ -361,14 +362,20 @@ def test_preview_is_the_crop_through_the_model_and_moves_with_the_denoise_streng
     with running_app(tmp_path) as (base, _):
         sid = upload(base, source)[1]["id"]
         url = f"{base}/api/preview?source={sid}&model={GENERAL_X2}&size=64&cx=0.5&cy=0.5"
-        images = {}
+        images, said = {}, {}
         for denoise in ("0", "0.5", "1", "auto"):
             status, headers, png = request(f"{url}&denoise={denoise}")
             assert status == 200 and headers["X-Repsr-Box"] == "16,8,80,72"
             images[denoise] = np.asarray(Image.open(io.BytesIO(png)))
             assert images[denoise].shape == (128, 128, 3)
+            said[denoise] = headers.get("X-Repsr-Denoise")
         assert not np.array_equal(images["0"], images["1"]) and not np.array_equal(images["0"], images["0.5"])
-        assert np.array_equal(images["auto"], images["1"])  # auto: the model's default strength, 1
+        assert said["0"] is None and said["1"] is None  # a strength given: nothing chosen
+        # auto: the strength `--denoise auto` picks for the whole picture, as a batch run would
+        expected = choose_for(read_pixels(source).array, read_pixels(source).jpeg_quality)
+        assert said["auto"] == expected.describe()
+        status, _, png = request(f"{url}&denoise={expected.strength:g}")
+        assert np.array_equal(images["auto"], np.asarray(Image.open(io.BytesIO(png))))
         status, _, png = request(f"{base}/api/preview?source={sid}&model=bicubic&scale=2&size=64")
         crop = read_pixels(source)
         crop.array = crop.array[8:72, 16:80]

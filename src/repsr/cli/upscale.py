@@ -5,8 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from repsr.cli.args import add_device, add_overwrite, add_progress, show_progress, tile_type
+
+if TYPE_CHECKING:
+    from repsr.inference import AutoDenoise, Upscaler
+    from repsr.models.auto_denoise import DenoiseChoice
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -31,11 +36,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--denoise",
-        type=float,
+        type=denoise_type,
         metavar="S",
         help="denoise strength 0..1 of a general model: 0 keeps the most detail (its clean partner), 1 "
-        "removes the most noise and JPEG blocking; the weights are blended once at load time (default: "
-        "the model's own default, printed)",
+        "removes the most noise and JPEG blocking; the weights are blended once at load time. auto (the "
+        "default for a model with a partner): a strength per image from its JPEG quality, noise and block "
+        "grid, printed per file",
     )
     parser.add_argument(
         "--denoise-from",
@@ -87,17 +93,46 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def load_upscale_model(model: str, denoise: float | None = None, denoise_from: str | None = None):
-    """A torch model (`load_model`: a shipped model's name or a file; a general model blended at its
-    denoise strength), or for an .onnx file an ONNX Runtime runner (`OnnxRunner`)."""
-    from repsr.models.blend import check_strength, default_strength
-    from repsr.models.loader import load_model
+def denoise_type(value: str) -> str | float:
+    """`--denoise`: "auto" or a number (argparse names the option when it is neither; the range is
+    checked with the model, as the Python API checks it)."""
+    if value.strip().lower() == "auto":
+        return "auto"
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected auto or a strength between 0 and 1, got {value!r}"
+        ) from None
 
-    strength = check_strength(denoise) if denoise is not None else default_strength(model)
-    loaded = load_model(model, denoise=denoise, denoise_from=denoise_from)
-    if strength is not None:  # said once the blend exists, not before a partner is refused
-        print(f"denoise strength {strength:g}: {model} blended with its detail partner")
-    return loaded
+
+def make_upscaler(
+    model: str, denoise: str | float | None, denoise_from: str | None, **options
+) -> Upscaler | AutoDenoise:
+    """`repsr.inference.make_upscaler`, saying which blend runs once it is loaded (not before a partner
+    is refused)."""
+    from repsr.inference import AutoDenoise, make_upscaler
+    from repsr.models.blend import check_strength
+
+    if denoise is not None and denoise != "auto":
+        denoise = check_strength(denoise)
+    runner = make_upscaler(model, denoise, denoise_from, **options)
+    if isinstance(runner, AutoDenoise):
+        print(f"denoise auto: {model} blended with its detail partner at a strength per image (from its "
+              "JPEG quality, noise and block grid; --denoise S forces one)")  # fmt: skip
+    elif denoise is not None:
+        print(f"denoise strength {denoise:g}: {model} blended with its detail partner")
+    return runner
+
+
+def say(line: str, progress: bool) -> None:
+    """Print `line` above the progress bar when there is one (tqdm.write), else plainly."""
+    if progress:
+        from tqdm import tqdm
+
+        tqdm.write(line)
+    else:
+        print(line, flush=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -120,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from repsr.inference import Upscaler, plan_outputs, resolve_device, upscale_files
+    from repsr.inference import plan_outputs, resolve_device, upscale_files
     from repsr.inference.video import check_container, check_encoding, describe
 
     # Every output path and encoder setting is checked before the model loads and any work starts.
@@ -132,8 +167,10 @@ def _run(args: argparse.Namespace) -> int:
         for target in {job.target.suffix.lower(): job.target for job in videos}.values():
             check_container(target, args.codec)
     precision = "fp16" if args.half else args.precision
-    upscaler = Upscaler(
-        load_upscale_model(args.model, args.denoise, args.denoise_from),
+    upscaler = make_upscaler(
+        args.model,
+        args.denoise,
+        args.denoise_from,
         device=args.device,
         precision=precision,
         tile=args.tile,
@@ -147,6 +184,10 @@ def _run(args: argparse.Namespace) -> int:
         if missing:
             print(f"fast kernel unavailable: {missing}")
     progress = show_progress(args)
+
+    def chosen(source: Path, choice: DenoiseChoice) -> None:
+        say(f"{source}: {choice.describe()}", progress)
+
     report = upscale_files(
         upscaler,
         args.inputs,
@@ -155,6 +196,7 @@ def _run(args: argparse.Namespace) -> int:
         progress=progress,
         overwrite=args.overwrite,
         video={"codec": args.codec, "crf": args.crf, "preset": args.preset},
+        on_denoise=chosen,
     )
     for video in report.videos:
         print(describe(video))

@@ -364,13 +364,16 @@ def add_poisson_noise(img: np.ndarray, scale: float, rng: np.random.Generator, *
     return img + rng.standard_normal(base.shape, dtype=np.float32) * std * np.float32(scale)
 
 
-def jpeg(img: np.ndarray, quality: int) -> np.ndarray:
-    """Round to 8-bit, encode as JPEG at `quality` (Pillow, 4:2:0 chroma as most encoders) and decode."""
-    pixels = to_integers(img, 8)
+def jpeg_bytes(img: np.ndarray, quality: int) -> bytes:
+    """Round to 8-bit and encode as JPEG at `quality` (Pillow, 4:2:0 chroma as most encoders): the file."""
     buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="JPEG", quality=int(quality))
-    buffer.seek(0)
-    with Image.open(buffer) as decoded:
+    Image.fromarray(to_integers(img, 8)).save(buffer, format="JPEG", quality=int(quality))
+    return buffer.getvalue()
+
+
+def jpeg(img: np.ndarray, quality: int) -> np.ndarray:
+    """`jpeg_bytes` decoded: the image as a JPEG file at `quality` holds it."""
+    with Image.open(io.BytesIO(jpeg_bytes(img, quality))) as decoded:
         return np.asarray(decoded.convert("RGB"), dtype=np.float32) / 255.0
 
 

@@ -7,6 +7,7 @@ One module per job:
 - `forms`: `Bf16PlainSR`, the bf16 form a backend builds;
 - `tiling`: exact tiles (`tile_windows`, `receptive_radius`) and the automatic tile size;
 - `upscaler`: the tiled `Upscaler`, `upscale_tensor`, and RGB/alpha/Y-channel image handling;
+- `denoise`: `AutoDenoise`, each image at the denoise strength its degradation asks for;
 - `files`: collecting inputs (files, folders, globs), output naming and the batch loop `upscale_files`;
 - `video`: streaming video upscaling (decoder thread, model, encoder thread).
 
@@ -27,6 +28,7 @@ from repsr.inference.backends import (
     prepare_input,
     prepare_model,
 )
+from repsr.inference.denoise import AutoDenoise, make_upscaler, wants_auto
 from repsr.inference.devices import free_memory_bytes, resolve_device
 from repsr.inference.files import (
     OUTPUT_FORMATS,
@@ -60,6 +62,7 @@ __all__ = [
     "OUTPUT_FORMATS",
     "REGISTRY",
     "UPSCALE_BACKENDS",
+    "AutoDenoise",
     "Backend",
     "Candidate",
     "PreparedNet",
@@ -86,4 +89,6 @@ __all__ = [
     "upscale_image",
     "upscale_rgb",
     "upscale_tensor",
+    "make_upscaler",
+    "wants_auto",
 ]

@@ -8,7 +8,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from repsr.inference.denoise import AutoDenoise
 from repsr.inference.upscaler import Upscaler, output_bytes, upscale_pixels
+from repsr.models.auto_denoise import DenoiseChoice
 from repsr.util.errors import ConfigError, DataError, ImageError, RepsrError
 
 OUTPUT_FORMATS = ("png", "jpg", "webp")
@@ -25,8 +27,18 @@ def output_path(source: Path, relative: Path, out_dir: Path, fmt: str | None) ->
     return out_dir / relative.with_suffix(suffix)
 
 
-def upscale_file(upscaler: Upscaler, source: Path, target: Path, *, overwrite: bool = True) -> Path:
+def upscale_file(
+    upscaler: Upscaler | AutoDenoise,
+    source: Path,
+    target: Path,
+    *,
+    overwrite: bool = True,
+    on_denoise: Callable[[DenoiseChoice], None] | None = None,
+) -> Path:
     """Read `source`, upscale, write `target` (16 bit kept in PNG, 8 bit otherwise); returns `target`.
+
+    An `AutoDenoise` picks the strength for this file (its pixels and, for a JPEG, its tables) and tells
+    `on_denoise` what it chose, before the work.
 
     ICC profile, EXIF (orientation applied to the pixels and reset), DPI and PNG text are carried over;
     the written file is decoded again at the expected size before it takes its name; without
@@ -38,6 +50,10 @@ def upscale_file(upscaler: Upscaler, source: Path, target: Path, *, overwrite: b
     from repsr.image.io import check_output_size, read_pixels, write_pixels
 
     pixels = read_pixels(source)
+    if isinstance(upscaler, AutoDenoise):
+        upscaler, choice = upscaler.choose(pixels.array, pixels.jpeg_quality)
+        if on_denoise is not None:
+            on_denoise(choice)
     bit_depth = pixels.bit_depth if target.suffix.lower() == ".png" else 8
     height, width = pixels.array.shape[:2]
     check_output_size(target, width * upscaler.scale, height * upscaler.scale)  # before the work
@@ -210,16 +226,18 @@ class Cancelled(RepsrError):
 class UpscaleReport:
     """Outcome of a batch: what was written and which inputs failed, with the one-line reason.
     `videos`: the `repsr.inference.video.VideoReport` of each video written. `cancelled`: inputs not
-    finished because the batch was cancelled (nothing of theirs is left under the output name)."""
+    finished because the batch was cancelled (nothing of theirs is left under the output name).
+    `denoise`: with an `AutoDenoise`, the strength chosen for each input and why."""
 
     written: list[Path] = field(default_factory=list)
     failed: list[tuple[Path, str]] = field(default_factory=list)
     videos: list = field(default_factory=list)
     cancelled: list[Path] = field(default_factory=list)
+    denoise: dict[Path, DenoiseChoice] = field(default_factory=dict)  # what `AutoDenoise` chose per input
 
 
 def upscale_files(
-    upscaler: Upscaler,
+    upscaler: Upscaler | AutoDenoise,
     inputs: Sequence[str | Path],
     out_dir: str | Path,
     *,
@@ -231,6 +249,7 @@ def upscale_files(
     on_start: Callable[[Job], None] | None = None,
     on_failed: Callable[[Path, str], None] | None = None,
     on_frames: Callable[[int], None] | None = None,
+    on_denoise: Callable[[Path, DenoiseChoice], None] | None = None,
     cancel: threading.Event | None = None,
 ) -> UpscaleReport:
     """Upscale every image and video named by `inputs` into `out_dir`, mirroring names; one bad file
@@ -244,9 +263,11 @@ def upscale_files(
 
     Hooks for a program that shows the batch (`repsr app`): `on_start(job)` before each file,
     `on_done(source, target)` after each file written, `on_failed(source, reason)` for each failure,
-    `on_frames(n)` as video frames are written (instead of the tqdm bar). `cancel`: when set, the file
-    being upscaled stops (a video between two batches of frames, an image when it is done), no file is
-    left under its name, and it and the files not started are listed in `report.cancelled`.
+    `on_frames(n)` as video frames are written (instead of the tqdm bar), `on_denoise(source, choice)`
+    when an `AutoDenoise` has chosen a file's strength (also kept in `report.denoise`). `cancel`: when
+    set, the file being upscaled stops (a video between two batches of frames, an image when it is
+    done), no file is left under its name, and it and the files not started are listed in
+    `report.cancelled`.
     """
     jobs, missing = plan_outputs(inputs, out_dir, fmt=fmt, overwrite=overwrite)
     report = UpscaleReport(failed=[(path, reason) for path, reason in missing])
@@ -269,16 +290,26 @@ def upscale_files(
             continue
         if on_start is not None:
             on_start(job)
+
+        def chosen(choice: DenoiseChoice, source: Path = job.source) -> None:
+            report.denoise[source] = choice
+            if on_denoise is not None:
+                on_denoise(source, choice)
+
         try:
             if job.video:
                 from repsr.inference.video import upscale_video
 
+                runner = upscaler
+                if isinstance(upscaler, AutoDenoise):
+                    runner, choice = upscaler.choose_video()
+                    chosen(choice)
                 result = upscale_video(
-                    upscaler, job.source, job.target, **video, progress=frames_progress, overwrite=overwrite
+                    runner, job.source, job.target, **video, progress=frames_progress, overwrite=overwrite
                 )
                 report.videos.append(result)
             else:
-                upscale_file(upscaler, job.source, job.target, overwrite=overwrite)
+                upscale_file(upscaler, job.source, job.target, overwrite=overwrite, on_denoise=chosen)
         except Cancelled:
             report.cancelled.append(job.source)
             continue

@@ -20,12 +20,18 @@ from repsr.models.files import load_model
 from repsr.models.pretrained import PRETRAINED
 from repsr.util.errors import ConfigError, ModelFileError
 
-__all__ = ["blend_models", "blend_weights", "check_strength", "default_strength", "load_blended"]
+__all__ = ["blend_models", "blend_weights", "check_strength", "default_strength", "load_blended", "load_pair"]
 
 
 def check_strength(strength: float) -> float:
     """`strength` as a float in [0, 1]; ConfigError naming --denoise otherwise."""
-    value = float(strength)
+    try:
+        value = float(strength)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"--denoise: the strength must be a number between 0 and 1, got {strength!r} (a strength per "
+            "image: --denoise auto, or repsr.inference.AutoDenoise in Python)"
+        ) from None
     if not 0.0 <= value <= 1.0 or value != value:
         raise ConfigError(f"--denoise: the strength must be between 0 and 1, got {strength}")
     return value
@@ -74,14 +80,9 @@ def default_strength(model: str | Path) -> float | None:
     return entry.denoise_default if entry is not None and entry.denoise_partner else None
 
 
-def load_blended(
-    model: str | Path, strength: float | None = None, *, detail: str | Path | None = None
-) -> nn.Module:
-    """`model` (the denoising end, strength 1) blended with `detail` (strength 0) at `strength`.
-
-    `detail` defaults to the shipped partner of a shipped general model (its clean model of the same
-    size); `strength` defaults to that model's default. For other files both must be given.
-    """
+def load_pair(model: str | Path, detail: str | Path | None = None) -> tuple[nn.Module, nn.Module]:
+    """(detail end, denoising end) of a blend: `detail` or the shipped partner of the shipped general
+    `model`, and `model` itself, both loaded; ConfigError when there is no partner or one is an ONNX file."""
     entry = PRETRAINED.get(str(model).lower())
     partner = detail if detail is not None else (entry.denoise_partner if entry is not None else None)
     for end in (model, partner):
@@ -95,8 +96,20 @@ def load_blended(
             f"--denoise: {model} has no registered detail partner; name one with --denoise-from MODEL "
             "(a model of the same size fine-tuned from the same start)"
         )
+    return load_model(partner), load_model(model)
+
+
+def load_blended(
+    model: str | Path, strength: float | None = None, *, detail: str | Path | None = None
+) -> nn.Module:
+    """`model` (the denoising end, strength 1) blended with `detail` (strength 0) at `strength`.
+
+    `detail` defaults to the shipped partner of a shipped general model (its clean model of the same
+    size); `strength` defaults to that model's default. For other files both must be given.
+    """
+    ends = load_pair(model, detail)
     if strength is None:
         strength = default_strength(model)
         if strength is None:
             raise ConfigError(f"--denoise: {model} has no default strength; give one between 0 and 1")
-    return blend_models(load_model(partner), load_model(model), strength)
+    return blend_models(*ends, strength)

@@ -10,6 +10,7 @@ worst image beside the mean.
 
 from __future__ import annotations
 
+import io
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -17,16 +18,25 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import Tensor
 
 from repsr.data import degradations as dg
 from repsr.data.datasets import EvalPair
-from repsr.image.pixels import quantize
+from repsr.image.pixels import quantize, to_integers
 from repsr.image.resize import bicubic_lr
 from repsr.quality.evaluation import EvalResults, table_lines
 from repsr.util.errors import ConfigError
 
-__all__ = ["CONDITIONS", "Condition", "degrade_lr", "degraded_sets", "format_gains", "select_conditions"]
+__all__ = [
+    "CONDITIONS",
+    "Condition",
+    "degrade_lr",
+    "degraded_file",
+    "degraded_sets",
+    "format_gains",
+    "select_conditions",
+]
 
 
 @dataclass(frozen=True)
@@ -75,9 +85,30 @@ def select_conditions(names: Sequence[str] | None) -> list[Condition]:
     return [CONDITIONS[n] for n in names]
 
 
+def degraded_file(hr: Tensor, scale: int, condition: Condition, seed: Sequence[int]) -> tuple[bytes, str]:
+    """(the bytes, the suffix) of the file whose decoded pixels are `degrade_lr`'s LR (RGB): the JPEG the
+    condition's last stage writes, or a PNG; what `repsr upscale` is given in a benchmark of files."""
+    img = _before_jpeg(hr, scale, condition, seed)
+    if condition.jpeg is not None:
+        return dg.jpeg_bytes(img, condition.jpeg), ".jpg"
+    buffer = io.BytesIO()
+    Image.fromarray(to_integers(np.asarray(img, dtype=np.float64), 8)).save(buffer, "PNG")
+    return buffer.getvalue(), ".png"
+
+
 def degrade_lr(hr: Tensor, scale: int, condition: Condition, seed: Sequence[int]) -> Tensor:
     """The condition's LR of `hr` (C, H, W) in [0, 1] with H, W multiples of `scale`: (C, H/s, W/s) float32
     on 8-bit levels, as a decoded file would be. Noise comes from `numpy.random.default_rng(seed)`."""
+    img = _before_jpeg(hr, scale, condition, seed)
+    if condition.jpeg is not None:
+        img = dg.jpeg(img, condition.jpeg)
+    lr = torch.from_numpy(quantize(np.asarray(img, dtype=np.float64), 8)).float()
+    lr = lr.permute(2, 0, 1).contiguous()
+    return lr[:1] if hr.shape[0] == 1 else lr
+
+
+def _before_jpeg(hr: Tensor, scale: int, condition: Condition, seed: Sequence[int]) -> np.ndarray:
+    """(H/s, W/s, 3) float32 in [0, 1]: blur, downscaler and noise of the condition, before its JPEG."""
     if hr.shape[0] not in (1, 3):
         raise ValueError(f"expected 1 or 3 channels, got {hr.shape[0]}")
     rgb = hr.expand(3, -1, -1) if hr.shape[0] == 1 else hr
@@ -95,12 +126,7 @@ def degrade_lr(hr: Tensor, scale: int, condition: Condition, seed: Sequence[int]
         img = dg.add_gaussian_noise(
             img.astype(np.float32), condition.noise, np.random.default_rng(seed), gray=condition.gray
         )
-    img = np.clip(img, 0, 1)
-    if condition.jpeg is not None:
-        img = dg.jpeg(img, condition.jpeg)
-    lr = torch.from_numpy(quantize(np.asarray(img, dtype=np.float64), 8)).float()
-    lr = lr.permute(2, 0, 1).contiguous()
-    return lr[:1] if hr.shape[0] == 1 else lr
+    return np.clip(img, 0, 1)
 
 
 def degraded_sets(

@@ -1,6 +1,7 @@
 """The batch queue: one job at a time, each a call of `upscale_files`, as `repsr upscale` makes it.
 
-A job loads its model with `load_model` (the denoise blend included) into an `Upscaler`, plans every
+A job makes its runner with `make_upscaler`, as the CLI does (an `AutoDenoise` for a general model
+left at denoise auto, else an `Upscaler` of the model at the strength asked for), plans every
 output with `plan_outputs` (a collision, an output that would replace an input, or an existing file
 without "overwrite" refuses the whole job before any work, as the CLI does) and runs `upscale_files`
 with hooks that record each file's progress and outcome. So a job writes, verifies and reports exactly
@@ -20,10 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from repsr.inference.denoise import make_upscaler
 from repsr.inference.files import plan_outputs, upscale_files
-from repsr.inference.upscaler import Upscaler
 from repsr.inference.video import describe
-from repsr.models.loader import load_model
+from repsr.models.auto_denoise import DenoiseChoice
 from repsr.util.errors import ConfigError, RepsrError, first_line
 
 
@@ -52,7 +53,7 @@ class FileState:
     frames_done: int = 0
     status: str = "queued"  # queued, running, written, failed, cancelled
     reason: str = ""
-    detail: str = ""  # the CLI's line for a written video
+    detail: str = ""  # the CLI's line: a written video's, or what denoise auto chose for an image
 
     def done_units(self) -> float:
         if self.status in ("written", "failed", "cancelled"):
@@ -168,6 +169,12 @@ class Job:
                 state.status = "written"
                 state.frames_done = state.frames_total
 
+    def on_denoise(self, source: Path, choice: DenoiseChoice) -> None:
+        with self._lock:
+            state = self._file(source)
+            if state is not None:
+                state.detail = choice.describe()
+
     def on_failed(self, source: Path, reason: str) -> None:
         with self._lock:
             state = self._file(source)
@@ -200,8 +207,7 @@ class Job:
                     self.files.append(FileState(job.source, job.target, job.video, units, frames))
             if self.cancel.is_set():
                 raise _CancelledBeforeStart
-            model = load_model(request.model, denoise=request.denoise)
-            upscaler = Upscaler(model, **upscaler_options)
+            upscaler = make_upscaler(request.model, request.denoise, **upscaler_options)
             self.model_line = f"{request.model}: precision {upscaler.precision}: {upscaler.precision_reason}"
             report = upscale_files(
                 upscaler,
@@ -215,6 +221,7 @@ class Job:
                 on_done=self.on_done,
                 on_failed=self.on_failed,
                 on_frames=self.on_frames,
+                on_denoise=self.on_denoise,
                 cancel=self.cancel,
             )
         except _CancelledBeforeStart:

@@ -23,7 +23,9 @@ from typing import BinaryIO
 import numpy as np
 
 from repsr.image.io import IMAGE_SUFFIXES, Pixels, list_images, read_pixels
+from repsr.inference.denoise import VIDEO_CHOICE, choose_for
 from repsr.inference.video import VIDEO_EXTENSIONS, VideoError, is_video_path, require_av
+from repsr.models.auto_denoise import DenoiseChoice
 from repsr.util.errors import ImageError, RepsrError, first_line
 
 CHUNK = 1 << 20
@@ -235,6 +237,7 @@ class Library:
         self.folder_entries: dict[str, FolderEntry] = {}
         self._lock = threading.Lock()
         self._pixels: OrderedDict[Path, Pixels] = OrderedDict()  # decoded pictures, most recent last
+        self._choices: OrderedDict[Path, DenoiseChoice] = OrderedDict()  # --denoise auto per picture
 
     def close(self) -> None:
         """Remove the uploads folder."""
@@ -327,6 +330,22 @@ class Library:
         if source is None:
             raise PathError(f"{source_id}: no such file on this page (it was removed, or the app restarted)")
         return source
+
+    def denoise_choice(self, source_id: str) -> DenoiseChoice:
+        """What `--denoise auto` picks for a source (a batch run picks the same), cached with its pixels."""
+        source = self.source(source_id)
+        if source.video:
+            return VIDEO_CHOICE
+        with self._lock:
+            cached = self._choices.get(source.path)
+        if cached is None:
+            pixels = self.pixels(source_id)
+            cached = choose_for(pixels.array, pixels.jpeg_quality)
+            with self._lock:
+                self._choices[source.path] = cached
+                while len(self._choices) > 64:
+                    self._choices.popitem(last=False)
+        return cached
 
     def pixels(self, source_id: str) -> Pixels:
         """The decoded picture of a source (a video's first frame), cached for the preview."""

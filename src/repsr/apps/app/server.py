@@ -46,6 +46,7 @@ from repsr.apps.app.choices import FAMILY, KINDS, SCALES, has_denoise, model_cho
 from repsr.apps.app.jobs import JobQueue, JobRequest
 from repsr.apps.app.library import UPLOAD_SUFFIXES, Folders, Library, PathError, UploadError, thumbnail_png
 from repsr.apps.app.preview import BICUBIC, DEFAULT_CROP, PreviewAbandoned, Previewer
+from repsr.inference.denoise import wants_auto
 from repsr.inference.files import OUTPUT_FORMATS
 from repsr.models.blend import check_strength
 from repsr.models.pretrained import DEFAULT_MODEL, PRETRAINED
@@ -165,6 +166,10 @@ class App:
         except ValueError:
             raise ConfigError("preview: cx, cy, size and scale must be numbers") from None
         pixels = self.library.pixels(source)
+        choice = None
+        if model != BICUBIC and wants_auto(model, denoise):  # the strength a batch run would pick
+            choice = self.library.denoise_choice(source)
+            denoise = choice.strength
         result = self.previewer.preview(
             pixels, model, denoise, cx=cx, cy=cy, size=size, scale=scale, wanted=wanted
         )
@@ -175,6 +180,8 @@ class App:
             "X-Repsr-Millis": f"{result.seconds * 1000:.0f}",
             "X-Repsr-Precision": result.precision,
         }
+        if choice is not None:
+            headers["X-Repsr-Denoise"] = choice.describe()
         return result.png, headers
 
     def submit(self, body: dict) -> dict[str, Any]:

@@ -245,8 +245,9 @@ async function updatePreview() {
     img.dataset.model = model.name;
     img.dataset.millis = String(millis);
     $("#before-label").textContent = mode === "bicubic" ? "bicubic" : mode;
+    const auto = after.headers.get("X-Repsr-Denoise");
     $("#preview-status").textContent = `preview ${millis} ms (model ${after.headers.get("X-Repsr-Millis")} ms ` +
-      `on the server, ${after.headers.get("X-Repsr-Precision")})`;
+      `on the server, ${after.headers.get("X-Repsr-Precision")})` + (auto ? `; ${auto}` : "");
     drawCropBox(after.headers.get("X-Repsr-Box"), after.headers.get("X-Repsr-Size"));
     applyZoom();
   } catch (error) {
