@@ -70,6 +70,8 @@ def test_noise_sigma_is_low_on_clean_photographs_and_ignores_clipped_areas() -> 
     measured = assess(np.clip(image, 0, 255).round().astype(np.uint8)).noise
     assert 3.2 < measured < 5.0  # the clipped blocks are left out, not read as noise-free
     assert assess(np.full((64, 64, 3), 90, np.uint8)).noise == 0.0  # flat: no noise at all
+    tiny = assess(photo()[:10, :7])  # too small to measure: read as clean, not as blocky or noisy
+    assert tiny.noise == 0.0 and tiny.blockiness == 1.0 and auto_strength(tiny).strength == 0.0
 
 
 def test_blockiness_sees_jpeg_blocks_in_the_pixels_even_after_saving_as_png() -> None:

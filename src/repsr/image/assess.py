@@ -124,9 +124,15 @@ def noise_sigma(pieces: list[np.ndarray]) -> float:
     return float(np.percentile(sigmas, _QUIET)) if sigmas.size else 0.0
 
 
+_MIN_GRID = 32  # pixels per side below which a grid ratio is noise (under 4 blocks each way): read as 1
+
+
 def blockiness(pieces: list[np.ndarray]) -> float:
     """Mean absolute gradient across 8x8 JPEG block borders over the mean gradient elsewhere (1 = none),
-    over one or more (H, W) luma pieces whose rows and columns start on the grid."""
+    over one or more (H, W) luma pieces whose rows and columns start on the grid; 1 for an image under
+    `_MIN_GRID` pixels on a side."""
+    if any(min(piece.shape) < _MIN_GRID for piece in pieces):
+        return 1.0
     across = across_n = inside = inside_n = 0.0
     for y in pieces:
         dx = np.abs(np.diff(y, axis=1))
