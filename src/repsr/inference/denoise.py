@@ -7,7 +7,10 @@ blended with its clean partner at that strength (`repsr.models.blend`). Clean in
 
 The first blend built (strength 1, the general model) decides precision and backend, timed when they are
 `auto`; every other strength reuses that decision explicitly (the blends are the same network, so the
-timing would be the same), and is built once and kept (at most `KEEP` of them at a time).
+timing would be the same), and is built once and kept (at most `KEEP` of them at a time). So a reduced
+precision that `auto` accepted for the general model is also used for the other blends without being
+checked again on each (measured: on the held-out photographs the int8 clean end through `AutoDenoise`
+scored as the clean model's own `auto` Upscaler did, docs/results/denoise-auto.md).
 
 A video is one decision for the whole clip: it is a compressed stream, so it gets the denoising end
 (strength 1), and `choose_video` says so.
