@@ -25,7 +25,7 @@ import torch
 
 from repsr.image.io import read_image
 from repsr.image.metrics import psnr
-from repsr.image.pixels import to_levels
+from repsr.image.pixels import to_integers
 from repsr.image.resize import imresize
 from repsr.inference import AutoDenoise, Upscaler, upscale_files
 from repsr.models.loader import load_model
@@ -35,11 +35,6 @@ from repsr.quality.evaluation import open_datasets
 RUNNERS = ("clean (S = 0)", "general (S = 1)", "default (auto)")
 
 
-def as_uint8(img: torch.Tensor) -> np.ndarray:
-    """(3, H, W) float on 8-bit levels -> (H, W, 3) uint8."""
-    return np.asarray(to_levels(img, 8)).transpose(1, 2, 0).astype(np.uint8)
-
-
 def write_lr(folder: Path, pair, scale: int, condition: Condition) -> Path:
     """The pair's LR as the file it would be (`degraded_file`: the condition's JPEG, or a PNG), checked
     to decode to the benchmark's LR exactly."""
@@ -47,7 +42,7 @@ def write_lr(folder: Path, pair, scale: int, condition: Condition) -> Path:
     data, suffix = degraded_file(pair.hr, scale, condition, seed)
     path = folder / f"{pair.name}{suffix}"
     path.write_bytes(data)
-    if not np.array_equal(as_uint8(read_image(path).rgb), as_uint8(pair.lr)):
+    if not np.array_equal(to_integers(read_image(path).rgb), to_integers(pair.lr)):
         raise SystemExit(f"{path}: the written file does not decode to the benchmark's LR")
     return path
 

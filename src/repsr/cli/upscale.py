@@ -106,7 +106,7 @@ def denoise_type(value: str) -> str | float:
         ) from None
 
 
-def make_upscaler(
+def announced_upscaler(
     model: str, denoise: str | float | None, denoise_from: str | None, **options
 ) -> Upscaler | AutoDenoise:
     """`repsr.inference.make_upscaler`, saying which blend runs once it is loaded (not before a partner
@@ -167,7 +167,7 @@ def _run(args: argparse.Namespace) -> int:
         for target in {job.target.suffix.lower(): job.target for job in videos}.values():
             check_container(target, args.codec)
     precision = "fp16" if args.half else args.precision
-    upscaler = make_upscaler(
+    upscaler = announced_upscaler(
         args.model,
         args.denoise,
         args.denoise_from,
