@@ -73,6 +73,7 @@ def test_auto_spells_none_only_for_optional_switches(tmp_path):
         ({}, ["train.iterations"], "key=value"),
         ({"seed": 1}, ["seed.value=1"], "seed is not a section"),
         ({}, ["seed.value=1"], "seed: expected an integer"),
+        ({}, ["data.smooth_share=1.5"], "data.smooth_share: must be within"),
     ],
 )
 def test_bad_configs_name_the_key(tmp_path, data, overrides, message):

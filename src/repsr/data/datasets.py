@@ -29,10 +29,10 @@ import numpy as np
 import torch
 
 from repsr.data.degradations import Degradation, degrade, stage_rng
+from repsr.data.smooth import smooth_pair
 from repsr.image import io as rio
 from repsr.image.color import rgb_to_y
-from repsr.image.pixels import to_integers
-from repsr.image.resize import bicubic_lr
+from repsr.image.resize import bicubic_lr, make_lr
 from repsr.util.atomic import atomic_write_stream
 from repsr.util.errors import DataError, ImageError, RepsrError
 
@@ -72,14 +72,6 @@ def modcrop(img: Img, scale: int) -> Img:
         return img[..., : h - h % scale, : w - w % scale]
     h, w = img.shape[0], img.shape[1]
     return img[: h - h % scale, : w - w % scale]
-
-
-def make_lr(hr: np.ndarray, scale: int) -> np.ndarray:
-    """LR from integer HR pixels (H, W, C) uint8/uint16 by `repsr.image.resize.bicubic_lr`, as the
-    same integer type (what MATLAB's imresize gives on uint8 images)."""
-    depth = 8 if hr.dtype == np.uint8 else 16
-    x = torch.from_numpy(np.array(hr, dtype=np.float64) / np.iinfo(hr.dtype).max).permute(2, 0, 1)
-    return to_integers(bicubic_lr(x, scale, depth).permute(1, 2, 0), depth)
 
 
 def _to_rgb3(arr: np.ndarray) -> np.ndarray:
@@ -238,7 +230,10 @@ class TrainPatches(torch.utils.data.Dataset):
     `clean_prob` of patches keep the cached bicubic LR, the others get LR degraded from the HR patch on
     the fly (after flips and channel order), with choices from a generator of their own seeded by the
     key, so patches without degradation are the same as without the recipe. ``y_channel``: return the Y of
-    :func:`repsr.image.color.rgb_to_y` (1 channel) instead of RGB.
+    :func:`repsr.image.color.rgb_to_y` (1 channel) instead of RGB. ``smooth_share``: the share of
+    patches replaced by a synthetic flat colour or ramp (:mod:`repsr.data.smooth`), flipped, shuffled and
+    degraded like the others; which patches, and their content, come from a generator of their own, so
+    the other patches are the same as without it.
 
     Indexing is deterministic for exact resume: ``dataset[key]`` uses image ``key % len(dataset)`` and takes
     every random choice from ``numpy.random.default_rng(key)``, so the same key always gives the same
@@ -262,6 +257,7 @@ class TrainPatches(torch.utils.data.Dataset):
         channel_shuffle: bool = False,
         degradation: Degradation | None = None,
         y_channel: bool = False,
+        smooth_share: float = 0.0,
     ):
         if int(scale) != scale or scale < 1:
             raise ValueError(f"scale must be a positive integer, got {scale}")
@@ -274,6 +270,9 @@ class TrainPatches(torch.utils.data.Dataset):
         recipe = degradation.resolved() if degradation is not None else None
         self.degradation = None if recipe is None or recipe.clean_prob >= 1.0 else recipe
         self.y_channel = y_channel
+        if not 0.0 <= smooth_share <= 1.0:
+            raise ValueError(f"smooth_share must be within [0, 1], got {smooth_share}")
+        self.smooth_share = float(smooth_share)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         sources = self._list_sources(hr)
         lr_index = _index_lr(Path(lr), self.scale) if lr is not None else None
@@ -380,6 +379,12 @@ class TrainPatches(torch.utils.data.Dataset):
         left = int(rng.integers(0, lw - p + 1))
         lr_patch = np.asarray(lr[top : top + p, left : left + p])
         hr_patch = np.asarray(hr[top * s : (top + p) * s, left * s : (left + p) * s])
+        if self.smooth_share > 0.0:
+            smooth_rng = np.random.default_rng((key, 2))
+            if smooth_rng.random() < self.smooth_share:
+                lr_patch, hr_patch = smooth_pair(smooth_rng, p, s)
+                if lr.dtype != np.uint8:  # a 16-bit source: the same levels on its scale
+                    lr_patch, hr_patch = lr_patch.astype(lr.dtype) * 257, hr_patch.astype(hr.dtype) * 257
         hflip, vflip, transpose = rng.random(3) < 0.5
         if self.augment:
             if hflip:

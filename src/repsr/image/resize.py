@@ -27,7 +27,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-__all__ = ["bicubic_lr", "imresize", "output_size", "resize_weights", "cubic"]
+from repsr.image.pixels import to_integers
+
+__all__ = ["bicubic_lr", "imresize", "make_lr", "output_size", "resize_weights", "cubic"]
 
 _KERNEL_WIDTH = 4.0  # support of the cubic kernel, [-2, 2]
 _CACHE_SIZE = 64
@@ -154,3 +156,11 @@ def bicubic_lr(hr: torch.Tensor, scale: int, bit_depth: int | None = 8) -> torch
     h, w = hr.shape[-2], hr.shape[-1]
     small = imresize(hr[..., : h - h % scale, : w - w % scale].double(), 1.0 / scale)
     return small if bit_depth is None else quantize(small, bit_depth)
+
+
+def make_lr(hr: np.ndarray, scale: int) -> np.ndarray:
+    """LR from integer HR pixels (H, W, C) uint8/uint16 by :func:`bicubic_lr`, as the
+    same integer type (what MATLAB's imresize gives on uint8 images)."""
+    depth = 8 if hr.dtype == np.uint8 else 16
+    x = torch.from_numpy(np.array(hr, dtype=np.float64) / np.iinfo(hr.dtype).max).permute(2, 0, 1)
+    return to_integers(bicubic_lr(x, scale, depth).permute(1, 2, 0), depth)

@@ -143,6 +143,7 @@ def build_train_set(
         channel_shuffle=config.data.channel_shuffle,
         degradation=config.degradation,
         y_channel=config.model.in_channels == 1,
+        smooth_share=config.data.smooth_share,
     )
 
 

@@ -92,6 +92,9 @@ class DataConfig:
     # random order of the R, G, B channels per patch (RGB models): colours the photographs lack, such as
     # saturated green and blue (none in the `repsr corpus` photographs), are seen in training too
     channel_shuffle: bool = False
+    # share of patches replaced by synthetic flat colours and ramps (repsr.data.smooth): GAN training,
+    # where the adversarial term otherwise paints texture on skies and walls (docs/results/gan-losses.md)
+    smooth_share: float = 0.0
     cache_dir: str | None = None  # on-disk cache of decoded/downscaled images (None = the data default)
     workers: int = 4  # DataLoader worker processes (0 = load in the training process)
 
@@ -379,6 +382,7 @@ def validate(config: TrainConfig) -> None:
     _check_block_options(model)
     _check(config.data.patch_size >= 4, "data.patch_size", "must be at least 4 (LR pixels)")
     _check(config.data.workers >= 0, "data.workers", "must be >= 0")
+    _check(0.0 <= config.data.smooth_share <= 1.0, "data.smooth_share", "must be within [0, 1]")
     config.degradation.resolved()  # unknown preset, bad probability or range: ConfigError naming the key
     _check(optim.iterations >= 1, "train.iterations", "must be >= 1")
     _check(optim.batch_size >= 1, "train.batch_size", "must be >= 1")
