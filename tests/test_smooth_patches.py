@@ -67,7 +67,7 @@ def test_smooth_share_replaces_that_share_and_leaves_the_other_patches_exactly_a
         assert hr1.shape == hr0.shape and lr1.shape == lr0.shape
         assert hr1.diff(dim=-1).abs().max() <= 3.5 / 255  # smooth content
     assert 40 <= replaced <= 80  # about 30% of 200
-    assert all(torch.equal(a, b) for a, b in zip(mixed[7], mixed[7]))  # deterministic per key
+    assert all(torch.equal(a, b) for a, b in zip(mixed[7], mixed[7], strict=True))  # deterministic per key
 
 
 def test_smooth_share_must_be_a_share(hr_folder, tmp_path):
