@@ -17,6 +17,7 @@ from repsr.training.losses import (
     focal_frequency_loss,
     generator_adversarial,
     ldl_loss,
+    texture_weights,
 )
 
 
@@ -81,6 +82,23 @@ def test_terms_name_what_they_need():
     assert float(TERMS["l1"].make()(inputs)) == pytest.approx(0.1)
     with pytest.raises(ValueError, match="ldl"):
         TERMS["ldl"].make()(inputs)  # no EMA output computed
+
+
+def test_texture_weighted_adversarial_term_leaves_flat_areas_and_ramps_to_the_pixel_terms():
+    flat = torch.full((1, 3, 32, 32), 0.2)
+    ramp = flat + torch.linspace(0, 0.8, 32)  # 6.6 levels a pixel: steep, but no texture
+    textured = flat + 0.1 * _images(shape=(1, 3, 32, 32))  # noise of std ~7 levels
+    hr = torch.cat([flat, ramp, textured])
+    logits = torch.zeros(3, 1, 2, 2, requires_grad=True)  # a PatchGAN-like map, 16x16 HR pixels a logit
+    weights = texture_weights(hr, logits, texture=4.0)
+    assert weights.shape == (3, 1, 2, 2)
+    assert float(weights[:2].max()) < 1e-3 and float(weights[2].min()) > 0.9
+    loss = TERMS["gan"].make(texture=4.0)(LossInputs(hr, hr, fake=logits))
+    loss.backward()
+    assert float(logits.grad[:2].abs().max()) < 1e-3 * float(logits.grad[2].abs().min())
+    plain = TERMS["gan"].make()(LossInputs(hr, hr, fake=logits.detach()))
+    assert float(plain) == pytest.approx(float(generator_adversarial(logits.detach(), "vanilla")))
+    assert float(loss.detach()) < float(plain)
 
 
 @pytest.mark.parametrize("kind", ["unet", "patch"])

@@ -17,7 +17,10 @@ the config; `training.builders` builds what `train.loss` / `train.losses` name.
     1/5), kept only where the generator is worse than its EMA (the stable model): it punishes the
     noisy, high-variance residual typical of GAN artifacts, not texture the EMA has too; the map is
     detached (a weight, not a target);
-  - `gan`: the generator's adversarial loss on the discriminator's logits of SR (`adversarial`);
+  - `gan`: the generator's adversarial loss on the discriminator's logits of SR (`adversarial`); with
+    `texture` (levels of 0..255) each logit's loss is weighted by how textured the HR is under it (the
+    RMS of its high-pass up to `texture` levels -> 0..1, `texture_weights`): flat colours and ramps get
+    no adversarial push at all, only the pixel terms, so the generator is not paid to paint them;
   - `feature`: feature matching (Salimans et al. 2016; pix2pixHD): L1 between the discriminator's
     feature maps of SR and of HR, averaged over layers: a perceptual loss from a network trained here.
 - `generator_adversarial` / `discriminator_adversarial` with `ADVERSARIAL` kinds `vanilla` (BCE with
@@ -42,6 +45,7 @@ __all__ = [
     "LossInputs",
     "Term",
     "artifact_map",
+    "texture_weights",
     "discriminator_adversarial",
     "feature_matching",
     "fft_amplitude_loss",
@@ -71,15 +75,29 @@ LOSSES: dict[str, Callable[[], nn.Module]] = {
 ADVERSARIAL = ("vanilla", "hinge", "lsgan")
 
 
-def generator_adversarial(fake: Tensor, kind: str) -> Tensor:
-    """The generator's loss on the discriminator's logits of its output: it wants them judged real."""
+def generator_adversarial(fake: Tensor, kind: str, weights: Tensor | None = None) -> Tensor:
+    """The generator's loss on the discriminator's logits of its output: it wants them judged real.
+    `weights` (broadcastable to `fake`): a weight per logit, the mean of weight x loss is returned."""
     if kind == "vanilla":
-        return F.binary_cross_entropy_with_logits(fake, torch.ones_like(fake))
-    if kind == "hinge":
-        return -fake.mean()
-    if kind == "lsgan":
-        return F.mse_loss(fake, torch.ones_like(fake))
-    raise ValueError(f"unknown adversarial loss {kind!r}; known: {', '.join(ADVERSARIAL)}")
+        loss = F.binary_cross_entropy_with_logits(fake, torch.ones_like(fake), reduction="none")
+    elif kind == "hinge":
+        loss = -fake
+    elif kind == "lsgan":
+        loss = (fake - 1.0) ** 2
+    else:
+        raise ValueError(f"unknown adversarial loss {kind!r}; known: {', '.join(ADVERSARIAL)}")
+    return (loss if weights is None else weights * loss).mean()
+
+
+def texture_weights(hr: Tensor, logits: Tensor, texture: float) -> Tensor:
+    """(N, 1, h, w) weights in 0..1 for `logits` (N, *, h, w): the RMS over 7 x 7 of the HR's high-pass
+    (the channels' mean, in levels of 0..255, minus its 3 x 3 mean: zero on flats and linear ramps alike)
+    divided by `texture` and clipped at 1, averaged over the HR pixels each logit covers."""
+    gray = hr.detach().mean(dim=1, keepdim=True) * 255.0
+    high = gray[..., 1:-1, 1:-1] - F.avg_pool2d(gray, 3, stride=1)  # inside only: a ramp's border is exact
+    high = F.pad(high, (1, 1, 1, 1), mode="replicate")
+    rms = F.avg_pool2d(F.pad(high * high, (3, 3, 3, 3), mode="replicate"), 7, stride=1).sqrt()
+    return F.adaptive_avg_pool2d((rms / texture).clamp(max=1.0), logits.shape[-2:])
 
 
 def discriminator_adversarial(logits: Tensor, real: bool, kind: str) -> Tensor:
@@ -176,6 +194,12 @@ def _needs(value: Tensor | list[Tensor] | None, term: str) -> Any:
     return value
 
 
+def _adversarial(x: LossInputs, texture: float | None) -> Tensor:
+    fake = _needs(x.fake, "gan")
+    weights = None if texture is None else texture_weights(x.hr, fake, texture)
+    return generator_adversarial(fake, x.adversarial, weights)
+
+
 TERMS: dict[str, Term] = {
     **{name: _pixel(name) for name in LOSSES},
     "fft": Term(lambda: lambda x: fft_amplitude_loss(x.sr, x.hr)),
@@ -188,8 +212,9 @@ TERMS: dict[str, Term] = {
         options=("kernel",),
     ),
     "gan": Term(
-        lambda: lambda x: generator_adversarial(_needs(x.fake, "gan"), x.adversarial),
+        lambda texture=None: lambda x: _adversarial(x, None if texture is None else float(texture)),
         needs=frozenset({"discriminator"}),
+        options=("texture",),
     ),
     "feature": Term(
         lambda: (
