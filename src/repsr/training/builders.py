@@ -28,6 +28,7 @@ from repsr.training.config import TrainConfig
 from repsr.training.losses import LOSSES, TERMS, LossInputs
 from repsr.training.optim import OPTIMIZERS
 from repsr.training.schedule import config_has_bn, lr_factor
+from repsr.training.signals import worker_stop_rule
 from repsr.training.validation import build_eval_sets
 from repsr.util.errors import ConfigError
 
@@ -161,6 +162,7 @@ def make_loader(dataset: Dataset, sampler: Sampler, workers: int, device: torch.
         prefetch_factor=4 if workers else None,
         persistent_workers=False,
         generator=torch.Generator().manual_seed(0),
+        worker_init_fn=worker_stop_rule if workers else None,
     )
 
 

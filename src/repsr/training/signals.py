@@ -2,6 +2,14 @@
 
 `StopSignals` is a context manager that installs the handlers (main thread only: signals go there) and
 restores the previous ones on exit; `requested` holds the first signal's number, or None.
+
+A signal sent to the whole run (Ctrl-C reaches the terminal's process group, `pkill -f` matches the data
+workers' command line too, a machine shutting down signals every process) must not kill the data
+workers first: PyTorch's loader then raises in the middle of a step and no checkpoint is written.
+`worker_stop_rule` (the loader's `worker_init_fn`) gives the workers the same rule as the run: the first
+SIGINT/SIGTERM is left to the main process, which finishes the step, saves and shuts the workers down;
+a second one ends the worker at once (a stuck worker still ends: PyTorch terminates it, and Python
+again at exit).
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ import torch
 
 from repsr.training.distributed import Distributed
 
-__all__ = ["StopSignals"]
+__all__ = ["StopSignals", "worker_stop_rule"]
 
 log = logging.getLogger("repsr.training")
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -70,3 +78,21 @@ class StopSignals:
             signal.Signals(signum).name,
             self._next_iteration(),
         )
+
+
+_worker_signals_seen = 0
+
+
+def _worker_handle(signum: int, frame: Any) -> None:
+    global _worker_signals_seen
+    _worker_signals_seen += 1
+    if _worker_signals_seen >= 2:
+        signal.signal(signum, signal.SIG_DFL)
+        signal.raise_signal(signum)
+
+
+def worker_stop_rule(worker_id: int) -> None:
+    """In a data worker: ignore the first SIGINT/SIGTERM (the main process stops the run cleanly and
+    then the workers), die on a second one."""
+    for signum in SIGNALS:
+        signal.signal(signum, _worker_handle)
