@@ -77,16 +77,18 @@ ADVERSARIAL = ("vanilla", "hinge", "lsgan")
 
 def generator_adversarial(fake: Tensor, kind: str, weights: Tensor | None = None) -> Tensor:
     """The generator's loss on the discriminator's logits of its output: it wants them judged real.
-    `weights` (broadcastable to `fake`): a weight per logit, the mean of weight x loss is returned."""
-    if kind == "vanilla":
-        loss = F.binary_cross_entropy_with_logits(fake, torch.ones_like(fake), reduction="none")
-    elif kind == "hinge":
-        loss = -fake
-    elif kind == "lsgan":
-        loss = (fake - 1.0) ** 2
-    else:
+    `weights` (broadcastable to `fake`): a weight per logit, the mean of weight x loss is returned
+    (without weights the plain mean, computed as it always was)."""
+    if kind not in ADVERSARIAL:
         raise ValueError(f"unknown adversarial loss {kind!r}; known: {', '.join(ADVERSARIAL)}")
-    return (loss if weights is None else weights * loss).mean()
+    reduction = "mean" if weights is None else "none"
+    if kind == "vanilla":
+        loss = F.binary_cross_entropy_with_logits(fake, torch.ones_like(fake), reduction=reduction)
+    elif kind == "hinge":
+        loss = -fake.mean() if weights is None else -fake
+    else:
+        loss = F.mse_loss(fake, torch.ones_like(fake), reduction=reduction)
+    return loss if weights is None else (weights * loss).mean()
 
 
 def texture_weights(hr: Tensor, logits: Tensor, texture: float) -> Tensor:
