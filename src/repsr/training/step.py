@@ -11,7 +11,15 @@ Two step strategies, chosen by the config:
   generator steps with the discriminator frozen (its parameters need no gradient) on the weighted sum of
   its terms (pixel, frequency, LDL, adversarial, feature matching), then the discriminator steps on real
   HR against the detached generator output; then the generator's EMA. Every forward runs under the same
-  autocast as the pixel step; losses are computed in float32. One process only (no DDP for two networks).
+  autocast as the pixel step; losses are computed in float32.
+Under torchrun each network has its own DDP wrapper: the generator's (`forward_model`, rebuilt at the
+switch) and the discriminator's (`d_forward`, built once: its trainable parameters never change). The
+discriminator's update goes through its wrapper, so its gradients are averaged across processes; the
+generator's update calls the frozen discriminator unwrapped, so the discriminator's reducer is not
+part of a backward that gives it no gradients (the generator's gradients flow through it and are
+averaged by the generator's wrapper). Spectral norm's power iteration depends only on the weights and
+its vector u, not on the data, so with equal weights every process keeps the same u (and DDP's buffer
+broadcast from rank 0 at each wrapped forward keeps it so regardless).
 The last step's terms are kept, detached, in `terms` (`loss/NAME`, and `d/real`, `d/fake` for the
 discriminator) for the run log.
 """
@@ -63,8 +71,7 @@ class TrainStep:
         self.loss_terms = build_loss_terms(config)
         self.needs = frozenset().union(*(t.needs for t in self.loss_terms))
         self.discriminator = state.networks.get("discriminator")
-        if self.discriminator is not None and dist.enabled:
-            raise ConfigError("discriminator: GAN training runs in one process (no torchrun/DDP yet)")
+        self.d_forward: nn.Module | None = self._wrap_discriminator()
         if "ema" in self.needs and state.ema is None:
             raise ConfigError("train.losses: ldl compares with the EMA: set ema.enabled: true")
         self.terms: dict[str, Tensor] = {}  # the last step's loss terms, detached (`term_names`)
@@ -103,6 +110,17 @@ class TrainStep:
         if self.config.train.compile:
             module = torch.compile(module)
         self.forward_model = module
+
+    def _wrap_discriminator(self) -> nn.Module | None:
+        """The module the discriminator's update goes through: under torchrun its DDP wrapper (built
+        once, while all its parameters are trainable), else the discriminator itself; None without one."""
+        if self.discriminator is None:
+            return None
+        module = self.discriminator.module
+        if not self.dist.enabled:
+            return module
+        device_ids = [self.device] if self.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(module, device_ids=device_ids)
 
     def to_device(self, x: Tensor) -> Tensor:
         """A batch tensor on the training device, dtype and memory format."""
@@ -161,15 +179,15 @@ class TrainStep:
 
     def _gan_step(self, lr_patch: Tensor, hr_patch: Tensor) -> Tensor:
         """The generator with the discriminator frozen, then the discriminator on real vs detached fake."""
-        state, d = self.state, self.discriminator
-        assert d is not None
+        state, d, d_forward = self.state, self.discriminator, self.d_forward
+        assert d is not None and d_forward is not None
         kind = self.config.discriminator.loss
         for parameter in d.module.parameters():
             parameter.requires_grad_(False)
         with self._autocast():
             sr = self.forward_model(lr_patch)
         inputs = self._inputs(lr_patch, sr, hr_patch)
-        with self._autocast():
+        with self._autocast():  # the frozen discriminator unwrapped: its DDP reducer gets no gradients here
             if "features" in self.needs:
                 fake, inputs.fake_features = d.module(inputs.sr, features=True)
                 with torch.no_grad():
@@ -187,8 +205,8 @@ class TrainStep:
             parameter.requires_grad_(True)
         d.optimizer.zero_grad(set_to_none=True)
         with self._autocast():
-            real_logits = d.module(hr_patch)
-            fake_logits = d.module(inputs.sr.detach())
+            real_logits = d_forward(hr_patch)  # through DDP under torchrun: gradients averaged
+            fake_logits = d_forward(inputs.sr.detach())
         d_real = discriminator_adversarial(real_logits.to(hr_patch.dtype), True, kind)
         d_fake = discriminator_adversarial(fake_logits.to(hr_patch.dtype), False, kind)
         (d_real + d_fake).backward()
