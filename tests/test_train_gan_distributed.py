@@ -6,9 +6,10 @@ U-Net discriminator with spectral norm, the EMA) twice:
 - in float64 with BN on synchronised batch statistics throughout (`bn.mode: batch`, `bn.sync`), 2
   patches per rank, its batches recorded: a single process fed both ranks' batches together (4 patches)
   must end where the two processes did (data parallelism changes nothing but who computes what);
-- with the BN switch (the generator's wrapper is rebuilt there, the discriminator's is not), whole and
-  stopped after iteration 3 then resumed from the checkpoint of iteration 2 (rank 0 writes it), which
-  must end where the whole run did, bit for bit.
+- with each process's own BN statistics (no SyncBN, the default) until the switch after iteration 3
+  (the generator's wrapper is rebuilt there, the discriminator's is not), whole and stopped after
+  iteration 3 then resumed from the checkpoint of iteration 2 (rank 0 writes it), which must end where
+  the whole run did, bit for bit; where it stopped, the EMA must be the same on both ranks.
 """
 
 from __future__ import annotations
@@ -94,11 +95,17 @@ def _switch_run(rank: int, out: Path, config: dict[str, Any]) -> None:
     assert whole.run() is not None
     partial = _make(config, out / "split")
     assert partial.run(until=3) is None
+    stopped = _snapshot(partial)
     partial.close()
     resumed = _make(config, out / "split", resume=True)
     resumed_at = resumed.iteration
     assert resumed.run() is not None
-    record = {"whole": _snapshot(whole), "split": _snapshot(resumed), "resumed_at": resumed_at}
+    record = {
+        "whole": _snapshot(whole),
+        "stopped": stopped,
+        "split": _snapshot(resumed),
+        "resumed_at": resumed_at,
+    }
     torch.save(record, out / f"switch-rank{rank}.pt")
 
 
@@ -157,6 +164,25 @@ def test_both_processes_train_the_same_generator_discriminator_and_ema_on_differ
         assert lr0.shape[0] == lr1.shape[0] == PER_RANK and not torch.equal(hr0, hr1)  # its own data
     switch = [_load(out / f"switch-rank{r}.pt") for r in range(WORLD)]
     _assert_equal(switch[0]["whole"], switch[1]["whole"], "rank 0 vs rank 1 (BN switch)")
+
+
+@pytest.mark.slow
+def test_without_sync_bn_each_process_has_its_own_bn_statistics_but_all_have_rank_0s_ema(
+    two_process_gan_runs,
+):
+    """Before the switch, without SyncBN, a process's BN running statistics are its own after its forward
+    (DDP hands it rank 0's at the next); the EMA's are rank 0's everywhere (the one saved, and what the
+    LDL term compares with on every process), the weights are the same everywhere."""
+    runs = [_load(two_process_gan_runs / f"switch-rank{r}.pt")["stopped"] for r in range(WORLD)]
+    statistics = [k for k in runs[0]["model"] if k.endswith(("running_mean", "running_var"))]
+    assert statistics and all(not torch.equal(runs[0]["model"][k], runs[1]["model"][k]) for k in statistics)
+    for key in runs[0]["model"].keys() - set(statistics):
+        assert torch.equal(runs[0]["model"][key], runs[1]["model"][key]), key
+    _assert_equal(
+        {n: runs[0][n] for n in ("ema", "discriminator")},
+        {n: runs[1][n] for n in ("ema", "discriminator")},
+        "at 3",
+    )
 
 
 @pytest.mark.slow

@@ -19,7 +19,8 @@ generator's update calls the frozen discriminator unwrapped, so the discriminato
 part of a backward that gives it no gradients (the generator's gradients flow through it and are
 averaged by the generator's wrapper). Spectral norm's power iteration depends only on the weights and
 its vector u, not on the data, so with equal weights every process keeps the same u (and DDP's buffer
-broadcast from rank 0 at each wrapped forward keeps it so regardless).
+broadcast from rank 0 at each wrapped forward keeps it so regardless). The EMA's BN statistics are
+rank 0's on every process too (`_update_ema`), in the pixel step as in the GAN step.
 The last step's terms are kept, detached, in `terms` (`loss/NAME`, and `d/real`, `d/fake` for the
 discriminator) for the run log.
 """
@@ -135,7 +136,6 @@ class TrainStep:
         loss. The GAN step when the config has a discriminator, else the pixel step."""
         if self.discriminator is not None:
             return self._gan_step(lr_patch, hr_patch)
-        state = self.state
         with self._autocast():
             sr = self.forward_model(lr_patch)
         if len(self.loss_terms) == 1 and not self.needs:  # `train.loss` alone: exactly as it always was
@@ -143,8 +143,7 @@ class TrainStep:
         else:
             loss = self._generator_loss(self._inputs(lr_patch, sr, hr_patch))
         self._generator_update(loss)
-        if state.ema is not None:
-            state.ema.update(state.model)
+        self._update_ema()
         return loss.detach()
 
     def _inputs(self, lr_patch: Tensor, sr: Tensor, hr_patch: Tensor) -> LossInputs:
@@ -179,7 +178,7 @@ class TrainStep:
 
     def _gan_step(self, lr_patch: Tensor, hr_patch: Tensor) -> Tensor:
         """The generator with the discriminator frozen, then the discriminator on real vs detached fake."""
-        state, d, d_forward = self.state, self.discriminator, self.d_forward
+        d, d_forward = self.discriminator, self.d_forward
         assert d is not None and d_forward is not None
         kind = self.config.discriminator.loss
         for parameter in d.module.parameters():
@@ -213,9 +212,22 @@ class TrainStep:
         d.optimizer.step()
         d.scheduler.step()
         self.terms.update({"d/real": d_real.detach(), "d/fake": d_fake.detach()})
-        if state.ema is not None:
-            state.ema.update(state.model)
+        self._update_ema()
         return loss.detach()
+
+    def _update_ema(self) -> None:
+        """The EMA follows the generator's step; under DDP its BN statistics are rank 0's on every process.
+
+        Without SyncBN each process's BN running statistics are its own after its forward (DDP hands
+        every process rank 0's at the next one), and the EMA, averaging them, would keep that apart:
+        rank 0's EMA is the one saved and resumed from, and the LDL term compares with the EMA on every
+        process. After the switch the statistics are frozen, the same everywhere."""
+        ema = self.state.ema
+        if ema is None:
+            return
+        ema.update(self.state.model)
+        if self.dist.enabled and self.in_batch_stats and not self.schedule.sync_bn:
+            self.dist.broadcast_tensors([b for b in ema.module.buffers() if b.is_floating_point()])
 
     def switch_bn(self, batches: Iterable[Tensor] | None) -> SwitchReport:
         """The BN switch: precise population statistics over `batches` (None: keep the running
