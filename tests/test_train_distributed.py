@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime
 import os
 import signal
-import socket
 from pathlib import Path
 
 import pytest
@@ -17,15 +16,9 @@ from repsr.arch.blocks import RepBN
 from repsr.training import Trainer, TrainingInterrupted, train
 from repsr.training.config import TrainConfig
 from repsr.training.distributed import Distributed, SyncRepBN, combine_moments, enable_sync_bn
-from tests.helpers.train import SyntheticPatches, synthetic_val, tiny_config
+from tests.helpers.train import SyntheticPatches, free_port, synthetic_val, tiny_config
 
 WORLD = 2
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _rank_data(rank: int) -> torch.Tensor:
@@ -128,7 +121,7 @@ def two_process_run(tmp_path_factory) -> Path:
     """One spawn of two Gloo processes (a few seconds): the checks above, a whole run, a signalled one."""
     out = tmp_path_factory.mktemp("ddp")
     config = tiny_config(**{"bn.sync": True, "checkpoint.every": 4}).to_dict()
-    mp.start_processes(_worker, args=(_free_port(), str(out), config), nprocs=WORLD, start_method="spawn")
+    mp.start_processes(_worker, args=(free_port(), str(out), config), nprocs=WORLD, start_method="spawn")
     return out
 
 

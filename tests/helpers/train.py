@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -68,3 +70,10 @@ def make_trainer(tmp_path, config: TrainConfig, name: str = "run", **kwargs) -> 
         progress=False,
         **kwargs,
     )
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now: the rendezvous of test processes started as torchrun would."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -80,6 +80,20 @@ class Distributed:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
+    @torch.no_grad()
+    def broadcast_tensors(self, tensors: list[Tensor]) -> None:
+        """Rank 0's values of `tensors` on every process, in place (one broadcast per dtype)."""
+        if not self.enabled:
+            return
+        groups: dict[torch.dtype, list[Tensor]] = {}
+        for tensor in tensors:
+            groups.setdefault(tensor.dtype, []).append(tensor)
+        for group in groups.values():
+            flat = torch.cat([t.reshape(-1) for t in group])
+            dist.broadcast(flat, src=0)
+            for tensor, part in zip(group, flat.split([t.numel() for t in group]), strict=True):
+                tensor.copy_(part.view_as(tensor))
+
     def barrier(self) -> None:
         if self.enabled:
             dist.barrier()

@@ -11,7 +11,16 @@ Two step strategies, chosen by the config:
   generator steps with the discriminator frozen (its parameters need no gradient) on the weighted sum of
   its terms (pixel, frequency, LDL, adversarial, feature matching), then the discriminator steps on real
   HR against the detached generator output; then the generator's EMA. Every forward runs under the same
-  autocast as the pixel step; losses are computed in float32. One process only (no DDP for two networks).
+  autocast as the pixel step; losses are computed in float32.
+Under torchrun each network has its own DDP wrapper: the generator's (`forward_model`, rebuilt at the
+switch) and the discriminator's (`d_forward`, built once: its trainable parameters never change). The
+discriminator's update goes through its wrapper, so its gradients are averaged across processes; the
+generator's update calls the frozen discriminator unwrapped, so the discriminator's reducer is not
+part of a backward that gives it no gradients (the generator's gradients flow through it and are
+averaged by the generator's wrapper). Spectral norm's power iteration depends only on the weights and
+its vector u, not on the data, so with equal weights every process keeps the same u (and DDP's buffer
+broadcast from rank 0 at each wrapped forward keeps it so regardless). The EMA's BN statistics are
+rank 0's on every process too (`_update_ema`), in the pixel step as in the GAN step.
 The last step's terms are kept, detached, in `terms` (`loss/NAME`, and `d/real`, `d/fake` for the
 discriminator) for the run log.
 """
@@ -63,8 +72,7 @@ class TrainStep:
         self.loss_terms = build_loss_terms(config)
         self.needs = frozenset().union(*(t.needs for t in self.loss_terms))
         self.discriminator = state.networks.get("discriminator")
-        if self.discriminator is not None and dist.enabled:
-            raise ConfigError("discriminator: GAN training runs in one process (no torchrun/DDP yet)")
+        self.d_forward: nn.Module | None = self._wrap_discriminator()
         if "ema" in self.needs and state.ema is None:
             raise ConfigError("train.losses: ldl compares with the EMA: set ema.enabled: true")
         self.terms: dict[str, Tensor] = {}  # the last step's loss terms, detached (`term_names`)
@@ -104,6 +112,17 @@ class TrainStep:
             module = torch.compile(module)
         self.forward_model = module
 
+    def _wrap_discriminator(self) -> nn.Module | None:
+        """The module the discriminator's update goes through: under torchrun its DDP wrapper (built
+        once, while all its parameters are trainable), else the discriminator itself; None without one."""
+        if self.discriminator is None:
+            return None
+        module = self.discriminator.module
+        if not self.dist.enabled:
+            return module
+        device_ids = [self.device] if self.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(module, device_ids=device_ids)
+
     def to_device(self, x: Tensor) -> Tensor:
         """A batch tensor on the training device, dtype and memory format."""
         x = x.to(self.device, self.dtype, non_blocking=True)
@@ -117,7 +136,6 @@ class TrainStep:
         loss. The GAN step when the config has a discriminator, else the pixel step."""
         if self.discriminator is not None:
             return self._gan_step(lr_patch, hr_patch)
-        state = self.state
         with self._autocast():
             sr = self.forward_model(lr_patch)
         if len(self.loss_terms) == 1 and not self.needs:  # `train.loss` alone: exactly as it always was
@@ -125,8 +143,7 @@ class TrainStep:
         else:
             loss = self._generator_loss(self._inputs(lr_patch, sr, hr_patch))
         self._generator_update(loss)
-        if state.ema is not None:
-            state.ema.update(state.model)
+        self._update_ema()
         return loss.detach()
 
     def _inputs(self, lr_patch: Tensor, sr: Tensor, hr_patch: Tensor) -> LossInputs:
@@ -161,15 +178,15 @@ class TrainStep:
 
     def _gan_step(self, lr_patch: Tensor, hr_patch: Tensor) -> Tensor:
         """The generator with the discriminator frozen, then the discriminator on real vs detached fake."""
-        state, d = self.state, self.discriminator
-        assert d is not None
+        d, d_forward = self.discriminator, self.d_forward
+        assert d is not None and d_forward is not None
         kind = self.config.discriminator.loss
         for parameter in d.module.parameters():
             parameter.requires_grad_(False)
         with self._autocast():
             sr = self.forward_model(lr_patch)
         inputs = self._inputs(lr_patch, sr, hr_patch)
-        with self._autocast():
+        with self._autocast():  # the frozen discriminator unwrapped: its DDP reducer gets no gradients here
             if "features" in self.needs:
                 fake, inputs.fake_features = d.module(inputs.sr, features=True)
                 with torch.no_grad():
@@ -187,17 +204,30 @@ class TrainStep:
             parameter.requires_grad_(True)
         d.optimizer.zero_grad(set_to_none=True)
         with self._autocast():
-            real_logits = d.module(hr_patch)
-            fake_logits = d.module(inputs.sr.detach())
+            real_logits = d_forward(hr_patch)  # through DDP under torchrun: gradients averaged
+            fake_logits = d_forward(inputs.sr.detach())
         d_real = discriminator_adversarial(real_logits.to(hr_patch.dtype), True, kind)
         d_fake = discriminator_adversarial(fake_logits.to(hr_patch.dtype), False, kind)
         (d_real + d_fake).backward()
         d.optimizer.step()
         d.scheduler.step()
         self.terms.update({"d/real": d_real.detach(), "d/fake": d_fake.detach()})
-        if state.ema is not None:
-            state.ema.update(state.model)
+        self._update_ema()
         return loss.detach()
+
+    def _update_ema(self) -> None:
+        """The EMA follows the generator's step; under DDP its BN statistics are rank 0's on every process.
+
+        Without SyncBN each process's BN running statistics are its own after its forward (DDP hands
+        every process rank 0's at the next one), and the EMA, averaging them, would keep that apart:
+        rank 0's EMA is the one saved and resumed from, and the LDL term compares with the EMA on every
+        process. After the switch the statistics are frozen, the same everywhere."""
+        ema = self.state.ema
+        if ema is None:
+            return
+        ema.update(self.state.model)
+        if self.dist.enabled and self.in_batch_stats and not self.schedule.sync_bn:
+            self.dist.broadcast_tensors([b for b in ema.module.buffers() if b.is_floating_point()])
 
     def switch_bn(self, batches: Iterable[Tensor] | None) -> SwitchReport:
         """The BN switch: precise population statistics over `batches` (None: keep the running
