@@ -17,6 +17,7 @@ from repsr.training.losses import (
     focal_frequency_loss,
     generator_adversarial,
     ldl_loss,
+    phase_pattern_loss,
     texture_weights,
 )
 
@@ -82,6 +83,23 @@ def test_terms_name_what_they_need():
     assert float(TERMS["l1"].make()(inputs)) == pytest.approx(0.1)
     with pytest.raises(ValueError, match="ldl"):
         TERMS["ldl"].make()(inputs)  # no EMA output computed
+
+
+def test_phase_pattern_loss_sees_a_fixed_grid_pattern_and_not_texture_or_a_shift():
+    hr = _images(shape=(2, 3, 16, 16))
+    assert float(phase_pattern_loss(hr, hr, 4)) == 0
+    grid = torch.zeros(4, 4)
+    grid[0, 0], grid[2, 3] = 4 / 255, -4 / 255  # a pattern of the x4 output grid, +-4 levels
+    patterned = hr + grid.repeat(4, 4)
+    assert float(phase_pattern_loss(patterned, hr, 4)) == pytest.approx(8 / 255 / 16, rel=1e-4)
+    assert float(phase_pattern_loss(hr + 0.1, hr, 4)) < 1e-7  # a uniform offset is no pattern
+    textured = hr + 0.05 * _images(seed=1, shape=(2, 3, 16, 16))  # texture not locked to the grid
+    assert float(phase_pattern_loss(textured, hr, 4)) < float(F.l1_loss(textured, hr)) / 3
+    from repsr.training.builders import build_loss_terms
+    from tests.helpers.train import tiny_config
+
+    (term,) = build_loss_terms(tiny_config(**{"train.losses": "[{type: phase}]", "model.scale": 4}))
+    assert float(term.fn(LossInputs(patterned, hr))) == pytest.approx(8 / 255 / 16, rel=1e-4)  # period 4
 
 
 def test_texture_weighted_adversarial_term_leaves_flat_areas_and_ramps_to_the_pixel_terms():

@@ -85,7 +85,8 @@ class WeightedTerm:
 def build_loss_terms(config: TrainConfig) -> list[WeightedTerm]:
     """The weighted terms `train.losses` lists (`losses.TERMS`), or `train.loss` alone with weight 1.
 
-    Names are the term types, numbered when a type repeats (`l1`, `l1_2`)."""
+    Names are the term types, numbered when a type repeats (`l1`, `l1_2`). A term's `period` (`phase`)
+    is the model's scale unless the config sets it."""
     terms = config.train.losses
     if not terms:
         term = TERMS[config.train.loss]
@@ -95,7 +96,10 @@ def build_loss_terms(config: TrainConfig) -> list[WeightedTerm]:
         seen[t.type] = seen.get(t.type, 0) + 1
         name = t.type if seen[t.type] == 1 else f"{t.type}_{seen[t.type]}"
         term = TERMS[t.type]
-        built.append(WeightedTerm(name, float(t.weight), term.make(**t.options), term.needs))
+        options = dict(t.options)
+        if "period" in term.options:
+            options.setdefault("period", config.model.scale)
+        built.append(WeightedTerm(name, float(t.weight), term.make(**options), term.needs))
     return built
 
 

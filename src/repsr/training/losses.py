@@ -17,6 +17,10 @@ the config; `training.builders` builds what `train.loss` / `train.losses` name.
     1/5), kept only where the generator is worse than its EMA (the stable model): it punishes the
     noisy, high-variance residual typical of GAN artifacts, not texture the EMA has too; the map is
     detached (a weight, not a target);
+  - `phase`: the residual's pixel-shuffle pattern: the mean of SR - HR at each of the `period` x
+    `period` sub-pixel phases of each patch (`period` = the scale), less their mean, in L1: a fixed
+    pattern of the output grid (what a GAN-tuned pixel-shuffle network paints on ramps, the gate's
+    phase bias) costs, texture that is not locked to the grid does not;
   - `gan`: the generator's adversarial loss on the discriminator's logits of SR (`adversarial`); with
     `texture` (levels of 0..255) each logit's loss is weighted by how textured the HR is under it (the
     RMS of its high-pass up to `texture` levels -> 0..1, `texture_weights`): flat colours and ramps get
@@ -51,6 +55,7 @@ __all__ = [
     "fft_amplitude_loss",
     "focal_frequency_loss",
     "generator_adversarial",
+    "phase_pattern_loss",
     "ldl_loss",
 ]
 
@@ -126,6 +131,16 @@ def focal_frequency_loss(sr: Tensor, hr: Tensor, alpha: float = 1.0) -> Tensor:
     weight = distance.detach().sqrt() ** alpha
     weight = weight / weight.amax(dim=(-2, -1), keepdim=True).clamp_min(1e-12)
     return (weight * distance).mean()
+
+
+def phase_pattern_loss(sr: Tensor, hr: Tensor, period: int) -> Tensor:
+    """Mean |per-phase mean residual - its mean over phases| of (N, C, H, W) images, per patch and
+    channel; H and W are cropped to multiples of `period`."""
+    n, c, h, w = sr.shape
+    h, w = h - h % period, w - w % period
+    residual = (sr - hr)[..., :h, :w].reshape(n, c, h // period, period, w // period, period)
+    phases = residual.mean(dim=(2, 4))  # (N, C, period, period)
+    return (phases - phases.mean(dim=(2, 3), keepdim=True)).abs().mean()
 
 
 def _local_variance(x: Tensor, kernel: int) -> Tensor:
@@ -213,6 +228,7 @@ TERMS: dict[str, Term] = {
         needs=frozenset({"ema"}),
         options=("kernel",),
     ),
+    "phase": Term(lambda period: lambda x: phase_pattern_loss(x.sr, x.hr, int(period)), options=("period",)),
     "gan": Term(
         lambda texture=None: lambda x: _adversarial(x, None if texture is None else float(texture)),
         needs=frozenset({"discriminator"}),
