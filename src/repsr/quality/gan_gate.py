@@ -26,7 +26,8 @@ detail), so the artifact gate's photograph check (`gate.photo_checks`) does not 
     `BLOCKINESS_MARGIN` (JPEG condition).
   The margins are set between the shipped general model (passes) and the clean model (fails), both
   measured; a sharp model's target is to beat bicubic on every figure (margin 0), which the figures show.
-  PSNR and the gain over bicubic are reported (`GanGateReport.figures`), not required.
+  PSNR, its gain over bicubic and NIQE (`quality.niqe`, corpus-fitted; lower is more natural) are
+  reported (`GanGateReport.figures`), not required.
 
 `run_gan_gate(model)` returns a `GanGateReport` (a `gate.GateReport`); the measures are plain functions
 of tensors (`sharpness`, `flat_noise`, `blockiness`) so the comparison of loss mixes uses the same ones.
@@ -61,6 +62,7 @@ from repsr.quality.gate import (
     flat_colour_checks,
     ramp_checks,
 )
+from repsr.quality.niqe import niqe_rgb
 
 __all__ = [
     "BLOCKINESS_MARGIN",
@@ -218,9 +220,10 @@ def look_figures(
     conditions: tuple[str, ...] = GAN_CONDITIONS,
     photos: list[tuple[str, Tensor]] | None = None,
 ) -> list[LookFigures]:
-    """`sharpness`, `flat noise`, `blockiness` and Y-PSNR of the model and of bicubic per condition, the
-    mean over `photos` ((name, HR) with sides multiples of 8 * scale, `grid_crop`; default the gate
-    photographs), LR degraded with seeded noise as the degraded benchmark makes it."""
+    """`sharpness`, `flat noise`, `blockiness`, Y-PSNR and NIQE (`quality.niqe`) of the model and of
+    bicubic per condition, the mean over `photos` ((name, HR) with sides multiples of 8 * scale,
+    `grid_crop`; default the gate photographs), LR degraded with seeded noise as the degraded benchmark
+    makes it."""
     scale, channels = model.spec.scale, model.spec.in_channels
     photos = _photo_hrs(scale) if photos is None else photos
     found = []
@@ -238,6 +241,7 @@ def look_figures(
                     "flat noise": flat_noise(sr, hr, scale),
                     "blockiness": blockiness(sr, scale),
                     "psnr": psnr(sr, hr.double(), scale),
+                    "niqe": niqe_rgb(sr),
                 }
                 for key, value in figures.items():
                     sums[who][key] = sums[who].get(key, 0.0) + value / len(photos)
@@ -332,7 +336,8 @@ class GanGateReport(GateReport):
             lines.append(
                 f"  {f.condition}: sharpness {m['sharpness']:.3f} (bicubic {b['sharpness']:.3f}), flat noise "
                 f"{m['flat noise']:+.2f} ({b['flat noise']:+.2f}), blockiness {m['blockiness']:+.3f} "
-                f"({b['blockiness']:+.3f}), Y-PSNR {m['psnr']:.2f} dB ({m['psnr'] - b['psnr']:+.2f} bicubic)"
+                f"({b['blockiness']:+.3f}), NIQE {m['niqe']:.2f} ({b['niqe']:.2f}), "
+                f"Y-PSNR {m['psnr']:.2f} dB ({m['psnr'] - b['psnr']:+.2f} bicubic)"
             )
         return "\n".join(lines)
 
