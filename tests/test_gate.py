@@ -20,9 +20,9 @@ def test_every_shipped_model_passes_the_gate(name: str) -> None:
     assert sum(c.kind == "flat colour" for c in report.checks) == 125  # the saturated corners included
 
 
-def _with_phase_offset(levels: float) -> torch.nn.Module:
-    """The x2 model with `levels` added to one pixel-shuffle phase of every colour: a sub-pixel grid."""
-    model = repsr.load_model("repsr-m4c16-x2")
+def _with_phase_offset(levels: float, name: str = "repsr-m4c16-x2") -> torch.nn.Module:
+    """An x2 model with `levels` added to one pixel-shuffle phase of every colour: a sub-pixel grid."""
+    model = repsr.load_model(name)
     last = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)][-1]
     with torch.no_grad():
         last.bias[0::4] += levels / 255.0  # channel c * 4 + 0: phase (0, 0) of colour c
@@ -36,6 +36,14 @@ def test_a_sub_pixel_grid_fails_flat_colours_and_phase_bias_naming_the_input() -
     assert not flat.passed and flat.figure > FLAT_MAX_LEVELS and flat.figure == pytest.approx(5.0, abs=1.0)
     assert not report.worst("phase bias").passed and report.worst("phase bias").figure > PHASE_BIAS_MAX_LEVELS
     assert "flat colour (" in report.summary() and "FAILED" in report.summary()
+
+
+def test_the_flat_fields_keep_a_core_for_a_deep_model() -> None:
+    """M10C32 sees 12 LR pixels of zero padding per border: the field grows with the model's margin, so
+    its checked core is never empty (an empty core passed any model)."""
+    report = run_gate(_with_phase_offset(5.0, "repsr-m10c32-x2"))
+    flat = report.worst("flat colour")
+    assert not flat.passed and flat.figure == pytest.approx(5.0, abs=1.0)
 
 
 def test_an_offset_below_the_limits_passes() -> None:

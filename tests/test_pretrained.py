@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -31,7 +33,10 @@ def test_load_by_name_gives_the_deployed_network(name: str) -> None:
     model = repsr.load_model(name)
     assert isinstance(model, PlainSR)
     assert model.spec.scale == PRETRAINED[name].scale
-    assert (model.spec.num_blocks, model.spec.channels, model.spec.in_channels) == (4, 16, 3)
+    size = re.search(r"-m(\d+)c(\d+)-", name)  # the name says the size: repsr-[style-]mMcC-xS
+    assert size is not None
+    blocks, channels = map(int, size.groups())
+    assert (model.spec.num_blocks, model.spec.channels, model.spec.in_channels) == (blocks, channels, 3)
 
 
 @pytest.mark.parametrize("name", NAMES)

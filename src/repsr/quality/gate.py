@@ -73,7 +73,7 @@ GATE_PHOTOS: tuple[str, ...] = (
 )
 
 _LEVELS = (0, 64, 128, 191, 255)
-_FLAT_SIDE = 24
+_FLAT_CORE = 12  # LR side of a flat field's checked core; the field adds the model's margin around it
 _RAMP_SIDE = 48
 _PHOTO_SIDE = 192  # HR crop side, a multiple of 2, 3 and 4
 
@@ -139,7 +139,8 @@ def flat_colour_checks(model: nn.Module) -> list[Check]:
     colours = list(itertools.product(_LEVELS, repeat=model.spec.in_channels))
     levels = torch.tensor(colours, dtype=torch.float64)
     channels = model.spec.in_channels
-    lr = (levels / 255.0).float().view(-1, channels, 1, 1).expand(-1, channels, _FLAT_SIDE, _FLAT_SIDE)
+    side = _FLAT_CORE + 2 * _margin(model)  # 24 for M4C16; deeper models see more padding
+    lr = (levels / 255.0).float().view(-1, channels, 1, 1).expand(-1, channels, side, side)
     out = _run(model, lr.contiguous())
     inner = _margin(model) * model.spec.scale
     core = out[:, :, inner:-inner, inner:-inner]
