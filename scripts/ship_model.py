@@ -2,6 +2,7 @@
 tool).
 
     python scripts/ship_model.py RUN_DIR NAME --holdout CORPUS/holdout [--reference RUN_DIR] [--note FILE]
+    python scripts/ship_model.py RUN_DIR NAME --holdout CORPUS/holdout --gan --checkpoint CKPT   # sharp
 
 Nothing is written unless the model passes the artifact gate (`repsr.quality.gate`: flat colours, ramps,
 saturated photographs). Then writes into src/repsr/models/pretrained/: NAME.safetensors (deployed, verified
@@ -9,7 +10,10 @@ against the training form), NAME.train.safetensors (training form, no optimizer 
 card: recipe, gate figures, held-out scores, the degraded benchmark) and NAME's entry in scores.json
 (held-out Y-PSNR/SSIM per image, model and bicubic, and the degraded benchmark's means). `--reference`
 adds another run's deployed model to the card's table; `--note` adds a Markdown file's text to the card
-(why the recipe is what it is).
+(why the recipe is what it is). A GAN-trained (sharp) model ships through the GAN gate instead
+(`--gan`: `repsr.quality.gan_gate`, which does not ask a sharp model to beat bicubic in PSNR), its card
+listing the loss terms, the discriminator and the gate's look figures; `--checkpoint` ships the EMA of a
+checkpoint of the run (the last one that passed the gate) instead of its final model.
 """
 
 from __future__ import annotations
@@ -28,9 +32,11 @@ import repsr
 from repsr.data.datasets import EvalSet
 from repsr.models.blend import blend_weights
 from repsr.models.files import load_model as load_torch_model
+from repsr.models.files import read_model_file
 from repsr.models.pretrained import FOLDER, resolve_model
 from repsr.quality.degraded import degraded_sets, format_gains, select_conditions
 from repsr.quality.evaluation import evaluate
+from repsr.quality.gan_gate import run_gan_gate
 from repsr.quality.gate import run_gate
 
 TOLERANCE = 1e-4  # float32 deviation allowed between the training form and the deployed network
@@ -74,6 +80,46 @@ def lr_making(config: dict) -> str:
     )
 
 
+def losses_text(config: dict) -> str:
+    """The loss of the recipe: `L1`, or the weighted terms and the discriminator of a GAN run."""
+    terms = config["train"].get("losses") or []
+    if not terms:
+        return str(config["train"].get("loss", "l1")).upper()
+    parts = []
+    for term in terms:
+        options = ", ".join(f"{k} {v}" for k, v in (term.get("options") or {}).items())
+        parts.append(f"{term['type']} {term.get('weight', 1.0):g}" + (f" ({options})" if options else ""))
+    text = "losses " + " + ".join(parts)
+    disc = config.get("discriminator") or {}
+    if disc.get("type", "none") != "none":
+        sn = ", spectral norm" if disc.get("spectral_norm") else ""
+        kind = f"{disc['type']} {disc.get('channels')}{sn}"
+        text += f"; discriminator {kind}, {disc.get('loss')}, LR {disc.get('lr'):g}"
+    if config["data"].get("smooth_share"):
+        text += f"; {config['data']['smooth_share']:g} of the patches synthetic flats and ramps"
+    return text
+
+
+def look_lines(gate) -> list[str]:
+    """The GAN gate's look figures per condition (model vs bicubic), for the card."""
+    lines = [
+        "Means over the gate photographs (`look_figures`): sharpness at true edges (1 = the original's), "
+        "flat noise (levels left on flat areas, minus the original's), JPEG block grid, NIQE fitted on the "
+        "corpus (lower is more natural), Y-PSNR:",
+        "",
+        "| condition | sharpness | flat noise | blockiness | NIQE | Y-PSNR (dB) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for f in gate.figures:
+        m, b = f.model, f.bicubic
+        lines.append(
+            f"| {f.condition} | {m['sharpness']:.3f} (bicubic {b['sharpness']:.3f}) | {m['flat noise']:+.2f} "
+            f"({b['flat noise']:+.2f}) | {m['blockiness']:+.3f} ({b['blockiness']:+.3f}) | {m['niqe']:.2f} "
+            f"({b['niqe']:.2f}) | {m['psnr']:.2f} ({m['psnr'] - b['psnr']:+.2f}) |"
+        )
+    return [*lines, ""]
+
+
 def max_deviation(training: torch.nn.Module, plain: torch.nn.Module) -> float:
     x = torch.rand(2, training.spec.in_channels, 37, 41, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -93,10 +139,20 @@ def main() -> None:
         help="ship the training form blended with this shipped model's training form (same network) ...",
     )
     parser.add_argument("--strength", type=float, default=1.0, help="... at this weight of the run's own")
+    parser.add_argument("--gan", action="store_true", help="a GAN-trained model: the GAN gate decides")
+    parser.add_argument("--checkpoint", type=Path, help="ship this checkpoint's EMA instead of final.pt")
     args = parser.parse_args()
 
     run_dir: Path = args.run_dir
-    training = load_torch_model(run_dir / "final.pt").eval()
+    stopped_at: tuple[int, float] | None = None  # (iteration, seconds) of a shipped checkpoint
+    if args.checkpoint is not None:
+        training, extras = read_model_file(args.checkpoint)
+        if extras.get("ema") is not None:
+            training.load_state_dict(extras["ema"])
+        training.eval()
+        stopped_at = (int(extras["iteration"]), float(extras["seconds"]))
+    else:
+        training = load_torch_model(run_dir / "final.pt").eval()
     if args.blend_with:
         partner = load_torch_model(resolve_model(args.blend_with, training_form=True)).eval()
         training = blend_weights(partner, training, args.strength)
@@ -104,10 +160,10 @@ def main() -> None:
     deviation = max_deviation(training, plain)
     if deviation > TOLERANCE:
         raise SystemExit(f"{run_dir}: deployed form deviates by {deviation:.2e} from the training form")
-    gate = run_gate(plain)
+    gate = run_gan_gate(plain) if args.gan else run_gate(plain)
     print(gate.summary())
     if not gate.passed:
-        raise SystemExit(f"{run_dir}: not shipped, the artifact gate failed")
+        raise SystemExit(f"{run_dir}: not shipped, the {'GAN' if args.gan else 'artifact'} gate failed")
     repsr.save_model(training, FOLDER / f"{args.name}.train.safetensors")
     repsr.save_model(plain, FOLDER / f"{args.name}.safetensors")
 
@@ -147,6 +203,9 @@ def main() -> None:
     curve = read_curve(run_dir)
     with open(run_dir / "metrics.csv") as handle:
         last_row = list(csv.DictReader(handle))[-1]
+    if stopped_at is not None:
+        last_row = {"iteration": str(stopped_at[0]), "seconds": str(stopped_at[1])}
+        curve = [(it, value) for it, value in curve if it <= stopped_at[0]]
     params = sum(p.numel() for p in plain.parameters())
     train_params = sum(p.numel() for p in training.parameters())
     t, b, m = config["train"], config["bn"], config["model"]
@@ -168,7 +227,8 @@ def main() -> None:
         f"MATLAB-bicubic x1/2), LR {lr_making(config)}, flips and 90-degree rotations"
         + (", random R/G/B channel order" if config["data"].get("channel_shuffle") else "")
         + ".",
-        f"- Recipe: L1, Adam (betas {t['betas']}), LR {t['lr']:g} with {t['scheduler']} decay to "
+        f"- Recipe: {losses_text(config)}, Adam (betas {t['betas']}), LR {t['lr']:g} with {t['scheduler']} "
+        "decay to "
         f"{t['min_lr']:g}, batch {t['batch_size']}, LR patch {config['data']['patch_size']}, "
         f"BN switch at {b['switch_at']:g} of training (precise statistics over {b['precise_batches']} "
         "batches), "
@@ -178,17 +238,22 @@ def main() -> None:
         f"- {int(last_row['iteration']):,} iterations in {float(last_row['seconds']) / 60:.0f} min "
         f"(validation included) on one thread of a {cpu_name()}, torch {torch.__version__}, "
         "while other runs shared the 2-core machine.",
-        f"- Held-out PSNR gained over the last fifth of the run: {flatness(curve):+.3f} dB "
-        "(the project stops a run once this is below 0.02 dB).",
+        (
+            f"- Held-out PSNR gained over the last fifth of the run: {flatness(curve):+.3f} dB "
+            "(the project stops a run once this is below 0.02 dB)."
+            if stopped_at is None
+            else "- Shipped at a checkpoint of the schedule (picked by the gate, not by the PSNR curve)."
+        ),
         f"- Merge check: deployed vs training form, max deviation {deviation:.1e} (float32).",
         "",
-        "## Artifact gate (`repsr.quality.gate`)",
+        "## GAN gate (`repsr.quality.gan_gate`)" if args.gan else "## Artifact gate (`repsr.quality.gate`)",
         "",
         "Worst input of each check (levels of 255 for flat colours, phase bias and ringing; dB over bicubic "
         "for the photographs):",
         "",
         *(f"- {gate.worst(kind).describe()}" for kind in dict.fromkeys(c.kind for c in gate.checks)),
         "",
+        *(look_lines(gate) if args.gan else []),
         "## Held-out scores",
         "",
         f"Y channel, border {scale} cropped, 8-bit output, LR by MATLAB bicubic. "
