@@ -14,18 +14,34 @@ from repsr.data.samples import sample_images
 from repsr.image.io import read_image, write_image
 from repsr.image.metrics import psnr
 from repsr.image.pixels import quantize
-from repsr.models.pretrained import DEFAULT_MODEL, PRETRAINED, resolve_model, shipped
+from repsr.models.pretrained import DEFAULT_MODEL, PRETRAINED, STYLES, resolve_model, shipped
 from repsr.quality.degraded import CONDITIONS, degrade_lr
 from repsr.util.errors import ConfigError, ModelFileError
 
 NAMES = sorted(PRETRAINED)
+FAITHFUL = [name for name in NAMES if PRETRAINED[name].style == "faithful"]
+SHARP = [name for name in NAMES if PRETRAINED[name].style == "sharp"]
 
 
 def test_every_registered_model_ships() -> None:
     assert [m.name for m in shipped()] == list(PRETRAINED)
     for model in shipped():
         assert model.training_form.is_file() and model.card.is_file()
-        assert model.scores()["psnr"] > model.scores()["bicubic_psnr"]
+        if model.style == "faithful":  # a sharp model trades PSNR for a look (its gate: the next test)
+            assert model.scores()["psnr"] > model.scores()["bicubic_psnr"]
+    assert set(STYLES.values()) <= set(PRETRAINED) and SHARP
+
+
+@pytest.mark.parametrize("name", SHARP)
+def test_a_sharp_model_passes_the_gan_gate_and_is_sharper_than_the_general_model(name: str) -> None:
+    from repsr.quality.gan_gate import run_gan_gate
+
+    report = run_gan_gate(repsr.load_model(name))
+    assert report.passed, report.summary()
+    general = run_gan_gate(repsr.load_model(DEFAULT_MODEL))
+    for mine, theirs in zip(report.figures, general.figures, strict=True):
+        assert mine.model["sharpness"] > theirs.model["sharpness"]  # crisper edges in every condition
+        assert mine.model["niqe"] < theirs.model["niqe"]  # and more natural by the corpus-fitted NIQE
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -51,7 +67,7 @@ def test_training_form_merges_into_the_shipped_network(name: str) -> None:
         assert (merged(x) - deployed(x)).abs().max().item() < 1e-5
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", FAITHFUL)
 def test_shipped_model_beats_bicubic_on_a_held_out_photograph(name: str) -> None:
     """A clean model on clean LR of chelsea; a general model on what it is for, a noisy photograph
     (rocket with colour noise), where it must also beat its clean partner (which loses to bicubic)."""
@@ -86,6 +102,37 @@ def test_upscale_without_model_uses_the_default(tmp_path, capsys) -> None:
     assert main(["upscale", str(tmp_path / "in.png"), "-o", str(tmp_path / "out"), "--no-progress"]) == 0
     out = read_image(tmp_path / "out" / "in.png").rgb
     assert out.shape == (3, 20 * PRETRAINED[DEFAULT_MODEL].scale, 24 * PRETRAINED[DEFAULT_MODEL].scale)
+
+
+def test_style_sharp_picks_the_sharp_model_and_refuses_a_model_too(tmp_path, capsys) -> None:
+    image = torch.rand(3, 20, 24, generator=torch.Generator().manual_seed(2))
+    write_image(tmp_path / "in.png", image)
+    by_style, by_name = tmp_path / "style", tmp_path / "name"
+    assert (
+        main(["upscale", str(tmp_path / "in.png"), "-o", str(by_style), "--style", "sharp", "--no-progress"])
+        == 0
+    )
+    assert (
+        main(
+            ["upscale", str(tmp_path / "in.png"), "-o", str(by_name), "-m", STYLES["sharp"], "--no-progress"]
+        )
+        == 0
+    )
+    assert torch.equal(read_image(by_style / "in.png").rgb, read_image(by_name / "in.png").rgb)
+    capsys.readouterr()
+    command = [
+        "upscale",
+        str(tmp_path / "in.png"),
+        "-o",
+        str(tmp_path / "x"),
+        "--style",
+        "sharp",
+        "-m",
+        "repsr-m4c16-x4",
+    ]
+    assert main(command) != 0
+    err = capsys.readouterr().err
+    assert "give -m or --style, not both" in err and "Traceback" not in err and not (tmp_path / "x").exists()
 
 
 def test_models_command_lists_scores(capsys) -> None:

@@ -19,6 +19,9 @@ from repsr.util.errors import ModelFileError
 
 FOLDER = Path(__file__).resolve().parent
 DEFAULT_MODEL = "repsr-general-m4c16-x4"  # real inputs are JPEGs and noisy photographs
+# `repsr upscale --style`: faithful restoration (PSNR-trained, what measurements want) or a crisp look
+# (GAN-tuned: sharper edges, cleaner flats, lower PSNR)
+STYLES = {"faithful": DEFAULT_MODEL, "sharp": "repsr-sharp-m4c16-x4"}
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,7 @@ class PretrainedModel:
     # and the strength `repsr upscale` uses when none is given
     denoise_partner: str | None = None
     denoise_default: float = 1.0
+    style: str = "faithful"  # "sharp": GAN-tuned, shipped through the GAN gate (`quality.gan_gate`)
 
     @property
     def deployed(self) -> Path:
@@ -76,6 +80,12 @@ PRETRAINED: dict[str, PretrainedModel] = {
             4,
             "RGB RepSR M4C16 x4 for real photographs: JPEG, noise (--denoise 0..1)",
             denoise_partner="repsr-m4c16-x4",
+        ),
+        PretrainedModel(
+            "repsr-sharp-m4c16-x4",
+            4,
+            "RGB RepSR M4C16 x4, GAN-tuned for a crisp look on real photographs (--style sharp)",
+            style="sharp",
         ),
     )
 }
