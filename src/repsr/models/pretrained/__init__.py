@@ -64,6 +64,7 @@ PRETRAINED: dict[str, PretrainedModel] = {
         PretrainedModel("repsr-m4c16-x3", 3, "RGB RepSR M4C16 x3 (13.7k parameters deployed)"),
         PretrainedModel("repsr-m4c16-x4", 4, "RGB RepSR M4C16 x4 (16.8k parameters deployed)"),
         PretrainedModel("repsr-m10c32-x2", 2, "RGB RepSR M10C32 x2 (97.2k parameters deployed)"),
+        PretrainedModel("repsr-m10c32-x4", 4, "RGB RepSR M10C32 x4 (108k parameters deployed)"),
         PretrainedModel(
             "repsr-general-m4c16-x2",
             2,
