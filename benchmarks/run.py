@@ -19,7 +19,15 @@ import torch  # noqa: E402
 
 from repsr.util.hardware import cpu_capabilities  # noqa: E402
 
-SECTIONS = ("bench_data", "bench_train", "bench_deploy", "bench_auto", "bench_precision", "bench_video")
+SECTIONS = (
+    "bench_data",
+    "bench_train",
+    "bench_deploy",
+    "bench_auto",
+    "bench_variants",
+    "bench_precision",
+    "bench_video",
+)
 NEEDS = {"bench_video": ("av", "pip install 'repsr[video]'")}  # optional extras a section needs
 
 
