@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import platform
 import subprocess
 from pathlib import Path
@@ -239,10 +240,12 @@ def main() -> None:
         f"(validation included) on one thread of a {cpu_name()}, torch {torch.__version__}, "
         "while other runs shared the 2-core machine.",
         (
-            f"- Held-out PSNR gained over the last fifth of the run: {flatness(curve):+.3f} dB "
+            "- Shipped at a checkpoint of the schedule (picked by the gate, not by the PSNR curve)."
+            if stopped_at is not None
+            else f"- Held-out PSNR gained over the last fifth of the run: {flatness(curve):+.3f} dB "
             "(the project stops a run once this is below 0.02 dB)."
-            if stopped_at is None
-            else "- Shipped at a checkpoint of the schedule (picked by the gate, not by the PSNR curve)."
+            if math.isfinite(flatness(curve))
+            else f"- Validated {len(curve)} time(s): too few points to judge the curve (a short fine-tune)."
         ),
         f"- Merge check: deployed vs training form, max deviation {deviation:.1e} (float32).",
         "",

@@ -72,6 +72,12 @@ PRETRAINED: dict[str, PretrainedModel] = {
             denoise_partner="repsr-m4c16-x2",
         ),
         PretrainedModel(
+            "repsr-general-m10c32-x2",
+            2,
+            "RGB RepSR M10C32 x2 for real photographs: JPEG, noise (--denoise 0..1)",
+            denoise_partner="repsr-m10c32-x2",
+        ),
+        PretrainedModel(
             "repsr-general-m4c16-x3",
             3,
             "RGB RepSR M4C16 x3 for real photographs: JPEG, noise (no --denoise partner: see its card)",
