@@ -427,23 +427,28 @@ static inline unsigned nonzero_lanes(const float *p) {
 }
 #endif
 
-/* Pixel (r, c), output group g, of a register tile with outliers: if it has some, its flag and residuals */
-static __attribute__((noinline)) void store_outliers(const RowCtx *cx, int r, int c, int g, int nb, vec a0,
-                                                     vec a1, vec a2, vec a3) {
+/* The outliers of a register tile (row r, columns c..c+PB-1, output group g) whose quantization found some:
+ * per pixel with any, its flag bit and residuals. The accumulators come through memory (`tile`, PB_MAX x
+ * MAXG vectors): a call while they are live in registers would make the compiler keep them in memory on
+ * the hot path too (every vector register is caller-saved). */
+static __attribute__((noinline)) void store_outliers(const RowCtx *cx, int r, int c, int g, int nb, int pb,
+                                                     const float *tile) {
     const Job *job = cx->job;
     const Layer *ly = cx->ly;
-    const vec acc[MAXG] = {a0, a1, a2, a3};
-    vec res[MAXG];
-    unsigned any = 0;
-    for (int b = 0; b < nb; b++) {
-        res[b] = residual_of(vprelu(acc[b], vload(ly->a + g * MAXG * VL + b * VL)), cx->next);
-        any |= nonzero_lanes((const float *)&res[b]);
+    for (int p = 0; p < pb; p++) {
+        vec res[MAXG];
+        unsigned any = 0;
+        for (int b = 0; b < nb; b++) {
+            const vec a = vload(tile + (p * MAXG + b) * VL);
+            res[b] = residual_of(vprelu(a, vload(ly->a + g * MAXG * VL + b * VL)), cx->next);
+            any |= nonzero_lanes((const float *)&res[b]);
+        }
+        if (!any) continue;
+        const size_t px = (size_t)r * job->fstride + c + p;
+        cx->oflag[px] = (uint8_t)(cx->oflag[px] | (1u << g));
+        float *out = cx->ores + px * job->rpix + g * MAXG * VL;
+        for (int b = 0; b < nb; b++) vstore(out + b * VL, res[b]);
     }
-    if (!any) return;
-    const size_t px = (size_t)r * job->fstride + c;
-    cx->oflag[px] = (uint8_t)(cx->oflag[px] | (1u << g));
-    float *out = cx->ores + px * job->rpix + g * MAXG * VL;
-    for (int b = 0; b < nb; b++) vstore(out + b * VL, res[b]);
 }
 
 /* The outliers' terms of a register tile (row r, columns c..c+PB-1, output group g): per output pixel p the
@@ -459,35 +464,32 @@ static inline unsigned nonzero_byte_bits(const uint8_t *p, int n) {
     return ~(unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(v, _mm_setzero_si128())) & ((1u << n) - 1u);
 }
 
-#if INT8 == 1
-#define vkeep(x, keep) _mm512_maskz_mov_ps((__mmask16)(0u - (unsigned)(keep)), x) /* x, or +0 */
-#else
-#define vkeep(x, keep) _mm256_and_ps(x, _mm256_castsi256_ps(_mm256_set1_epi32(-(int)(keep))))
-#endif
 
 static inline __attribute__((always_inline)) void outlier_sparse(const int NB, const int PB, const RowCtx *cx,
-                                                                 int r, int c, int g, float *extra) {
+                                                                 int r, int c, int g, int valid, float *extra) {
     /* the flagged window pixels (row dy, column j) in order, their nonzero residuals in channel order; each
-     * updates the PB pixel sums p = j - dx of taps dx 0..2, branch-free: a pixel out of the tap's reach adds
-     * +0 x a weight (no change), so every pixel's chain is the order (dy, dx, channel) */
+     * updates only the pixel sums it reaches, p = j - dx for taps dx 0..2 (at most 3 of the PB), kept in
+     * `extra` (L1): every pixel's chain is the order (dy, dx, channel), as the dense way's. A border row of
+     * flagged pixels (the zero padding puts values outside the ranges there) made the branch-free form,
+     * which ran every residual through all PB pixels, 60% of an x2 frame's time on a flat image. */
     const Job *job = cx->job;
     const Layer *ly = cx->ly;
     const int cin = ly->cin, cpad = ly->cpad;
     const size_t fs = job->fstride, rp = job->rpix;
-    vec sum[PB_MAX][MAXG];
 #pragma GCC unroll 14
     for (int p = 0; p < PB; p++)
 #pragma GCC unroll 4
-        for (int b = 0; b < NB; b++) sum[p][b] = vzero();
+        for (int b = 0; b < NB; b++) vstore(extra + (p * MAXG + b) * VL, vzero());
     for (int dy = 0; dy < 3; dy++) {
         const size_t row = (size_t)(r - 1 + dy) * fs + (size_t)(c - 1);
         const float *wrow = ly->wf + (size_t)(dy * 3) * cin * cpad + g * MAXG * VL; /* tap (dy, 0) */
-        unsigned cols = nonzero_byte_bits(cx->iflag + row, PB + 2);
+        unsigned cols = nonzero_byte_bits(cx->iflag + row, valid + 2); /* the valid pixels' inputs */
         while (cols) {
             const int j = __builtin_ctz(cols);
             cols &= cols - 1u;
             const unsigned flags = cx->iflag[row + j];
             const float *res = cx->ires + (row + j) * rp;
+            const int p0 = j - 2 > 0 ? j - 2 : 0, p1 = j < PB - 1 ? j : PB - 1; /* the pixels it reaches */
             for (int k = 0; k < cin; k += 32) { /* 32 channels per mask word */
                 uint32_t lanes = 0;
                 for (int kk = k; kk < k + 32 && kk < cin; kk += VL)
@@ -497,22 +499,17 @@ static inline __attribute__((always_inline)) void outlier_sparse(const int NB, c
                     const int ci = k + __builtin_ctz(lanes);
                     lanes &= lanes - 1u;
                     const vec x = vbcast(res + ci);
-#pragma GCC unroll 14
-                    for (int p = 0; p < PB; p++) {
-                        const int dx = j - p, d = dx < 0 ? 0 : dx > 2 ? 2 : dx;
-                        const vec xv = vkeep(x, dx == d);
-                        const float *wt = wrow + ((size_t)d * cin + ci) * cpad;
+                    for (int p = p1; p >= p0; p--) { /* tap dx = j - p ascending */
+                        const float *wt = wrow + ((size_t)(j - p) * cin + ci) * cpad;
+                        float *sum = extra + p * MAXG * VL;
 #pragma GCC unroll 4
-                        for (int b = 0; b < NB; b++) sum[p][b] = vfma(xv, vload(wt + b * VL), sum[p][b]);
+                        for (int b = 0; b < NB; b++)
+                            vstore(sum + b * VL, vfma(x, vload(wt + b * VL), vload(sum + b * VL)));
                     }
                 }
             }
         }
     }
-#pragma GCC unroll 14
-    for (int p = 0; p < PB; p++)
-#pragma GCC unroll 4
-        for (int b = 0; b < NB; b++) vstore(extra + (p * MAXG + b) * VL, sum[p][b]);
 }
 
 static const float ZEROS[MAXG * VL];
@@ -549,8 +546,8 @@ static inline __attribute__((always_inline)) void outlier_dense(const int NB, co
 /* out of line, one copy per block count and its register tile */
 #define DEFINE_OUTLIER_TERMS(NB, PB)                                                                      \
     static __attribute__((noinline)) void outlier_sparse_##NB(const RowCtx *cx, int r, int c, int g,      \
-                                                             float *extra) {                              \
-        outlier_sparse(NB, PB, cx, r, c, g, extra);                                                       \
+                                                             int valid, float *extra) {                   \
+        outlier_sparse(NB, PB, cx, r, c, g, valid, extra);                                                \
     }                                                                                                     \
     static __attribute__((noinline)) void outlier_dense_##NB(const RowCtx *cx, int r, int c, int g,       \
                                                             float *extra) {                               \
@@ -561,26 +558,32 @@ DEFINE_OUTLIER_TERMS(2, PBI2)
 DEFINE_OUTLIER_TERMS(3, PBI3)
 DEFINE_OUTLIER_TERMS(4, PBI4)
 
-/* How many pixels of a register tile's input window (rows r-1..r+1, columns c-1..c+PB) are flagged: PB + 2
- * <= 16 bytes per row, read as two words (a flag row has PB_MAX + 2 columns of room past the tile). */
+/* How many pixels of a register tile's input window (rows r-1..r+1, columns c-1..c+valid) are flagged: at most
+ * PB + 2 <= 16 bytes per row, read as two words (a flag row has PB_MAX + 2 columns of room past the tile).
+ * Only the columns of the tile's `valid` pixels count: past them, the previous layer's register tiles ran
+ * over the row's end on whatever the buffer held, and their flags (a row's last tile, on any input: 5% of
+ * all tiles at x2) would send this tile down the outlier path for outputs nobody keeps. */
 static inline uint64_t nonzero_bytes(uint64_t w) { /* bit 0 of each byte: the byte is not 0 */
     w |= w >> 4;
     w |= w >> 2;
     w |= w >> 1;
     return w & UINT64_C(0x0101010101010101);
 }
-static inline __attribute__((always_inline)) int window_flagged(const RowCtx *cx, const int PB, int r, int c) {
+static inline __attribute__((always_inline)) int window_flagged(const RowCtx *cx, const int PB, int r, int c,
+                                                                int valid) {
     const size_t fs = cx->job->fstride;
     const uint8_t *f = cx->iflag + (size_t)(r - 1) * fs + (c - 1);
-    const int n = PB + 2;
+    const int n = valid + 2;
+    const uint64_t m0 = n >= 8 ? ~UINT64_C(0) : (UINT64_C(1) << (8 * n)) - 1;
+    const uint64_t m1 = n >= 16 ? ~UINT64_C(0) : n <= 8 ? 0 : (UINT64_C(1) << (8 * (n - 8))) - 1;
     uint64_t any = 0, count = 0;
 #pragma GCC unroll 3
     for (int dy = 0; dy < 3; dy++) {
         uint64_t w0, w1 = 0;
         memcpy(&w0, f + dy * fs, 8);
-        if (n > 8) memcpy(&w1, f + dy * fs + 8, 8);
-        if (n < 8) w0 &= (UINT64_C(1) << (8 * n)) - 1;
-        if (n > 8 && n < 16) w1 &= (UINT64_C(1) << (8 * (n - 8))) - 1;
+        if (PB + 2 > 8) memcpy(&w1, f + dy * fs + 8, 8);
+        w0 &= m0;
+        w1 &= m1;
         any |= w0 | w1;
         count += nonzero_bytes(w0) + nonzero_bytes(w1); /* per byte at most 6: no carry */
     }
@@ -620,14 +623,14 @@ static inline __attribute__((always_inline)) void epilogue(const int Q8, const i
                     const vec v = vprelu(acc[p][b], alpha[b]);
 #if INT8 == 1
                     __m512i q = _mm512_cvtps_epi32(_mm512_fmadd_ps(v, qi, qz));
-                    high = _mm512_or_si512(high, q);
+                    if (p < valid) high = _mm512_or_si512(high, q); /* past them: nobody reads them */
                     q = _mm512_max_epi32(q, _mm512_setzero_si512());
                     _mm_storeu_si128((__m128i *)(ob + p * ostr + b * VL), _mm512_cvtusepi32_epi8(q));
 #else
                     /* signed saturation to int16, then unsigned to u8 (what max(q, 0) and vpmovusdb give on
                      * AVX-512), the 8 bytes stored at once */
                     __m256i q = _mm256_cvtps_epi32(_mm256_fmadd_ps(v, qi, qz));
-                    high = _mm256_or_si256(high, q);
+                    if (p < valid) high = _mm256_or_si256(high, q);
                     q = _mm256_packs_epi32(q, q);
                     q = _mm256_packus_epi16(q, q);
                     __m128i lo = _mm_unpacklo_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
@@ -643,11 +646,12 @@ static inline __attribute__((always_inline)) void epilogue(const int Q8, const i
             const int any = !_mm256_testz_si256(high, _mm256_set1_epi32(~0xFF));
 #endif
             if (any) {
-                const vec z = vzero();
+                float tile[PB_MAX * MAXG * VL] __attribute__((aligned(64)));
 #pragma GCC unroll 14
                 for (int p = 0; p < PB; p++)
-                    store_outliers(cx, r, c + p, g, NB, acc[p][0], NB > 1 ? acc[p][1] : z,
-                                   NB > 2 ? acc[p][2] : z, NB > 3 ? acc[p][3] : z);
+#pragma GCC unroll 4
+                    for (int b = 0; b < NB; b++) vstore(tile + (p * MAXG + b) * VL, acc[p][b]);
+                store_outliers(cx, r, c, g, NB, valid, tile);
             }
             return;
         }
@@ -846,6 +850,15 @@ DEFINE_ROW_BF16(4, PB4)
                                 (size_t)(c - 1) * ly->istr;                                               \
             const int8_t *wg = (const int8_t *)ly->w + g * MAXG * VL * 4;                                  \
             const int cin4 = (ly->cin + 3) / 4;                                                           \
+            /* the input's outliers, in float, before the accumulators exist: a call after would have    \
+             * them live across it, and the compiler then keeps them in memory on every tile */           \
+            const int valid = c1 - c < PB ? c1 - c : PB;                                                  \
+            float extra[PB * MAXG * VL] __attribute__((aligned(64)));                                     \
+            const int flagged = cx->iflag ? window_flagged(cx, PB, r, c, valid) : 0;                      \
+            if (flagged > OUTLIER_DENSE * (PB + 2))                                                       \
+                outlier_dense_##NB(cx, r, c, g, extra);                                                   \
+            else if (flagged)                                                                             \
+                outlier_sparse_##NB(cx, r, c, g, valid, extra);                                           \
             /* the common strides as constants: one base register addresses all PB pixels' broadcasts */   \
             if (ly->istr == 16 && cin4 == 4)                                                              \
                 conv_i8(NB, PB, ip, 16, job->rstride, 4, wg, ly->cpad, acci);                             \
@@ -861,18 +874,11 @@ DEFINE_ROW_BF16(4, PB4)
                 for (int b = 0; b < NB; b++)                                                              \
                     acc[p][b] = vfma(icvt(acci[p][b]), vload(ly->mul + g * MAXG * VL + b * VL),           \
                                      vload(ly->b + g * MAXG * VL + b * VL));                              \
-            const int flagged = cx->iflag ? window_flagged(cx, PB, r, c) : 0;                             \
-            if (flagged) { /* the input's outliers, in float */                                           \
-                float extra[PB * MAXG * VL] __attribute__((aligned(64)));                                 \
-                if (flagged > OUTLIER_DENSE * (PB + 2))                                                   \
-                    outlier_dense_##NB(cx, r, c, g, extra);                                               \
-                else                                                                                      \
-                    outlier_sparse_##NB(cx, r, c, g, extra);                                              \
+            if (flagged) {                                                                                \
                 for (int p = 0; p < PB; p++)                                                              \
                     for (int b = 0; b < NB; b++)                                                          \
                         acc[p][b] = vadd(acc[p][b], vload(extra + (p * MAXG + b) * VL));                  \
             }                                                                                             \
-            int valid = c1 - c < PB ? c1 - c : PB;                                                        \
             epilogue(1, NB, PB, cx, r, c, g, valid, acc);                                                 \
         }                                                                                                 \
     }
