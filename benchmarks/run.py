@@ -25,6 +25,7 @@ SECTIONS = (
     "bench_deploy",
     "bench_auto",
     "bench_variants",
+    "bench_models",
     "bench_precision",
     "bench_video",
 )
