@@ -272,3 +272,34 @@ def test_ten_bit_h264_stays_ten_bit(tmp_path):
     assert report.pix_fmt == "yuv420p10le"
     with av.open(str(target)) as container:
         assert container.streams.video[0].codec_context.format.name == "yuv420p10le"
+
+
+def test_without_a_model_images_and_videos_get_their_own_defaults(tmp_path, monkeypatch, capsys) -> None:
+    """No -m: an image gets the photo default, a video the fast video default, in one command; -m or
+    --style picks one model for both."""
+    import repsr.models.pretrained as pretrained
+    from repsr.cli import main
+    from repsr.image.io import read_image, write_image
+    from repsr.models.pretrained import DEFAULT_MODEL, DEFAULT_VIDEO_MODEL, PRETRAINED
+
+    assert PRETRAINED[DEFAULT_VIDEO_MODEL].scale == PRETRAINED[DEFAULT_MODEL].scale
+    video_model = "repsr-sharp-m4c16-x4"  # another x4 model than the default and its partner
+    assert video_model != DEFAULT_MODEL
+    monkeypatch.setattr(pretrained, "DEFAULT_VIDEO_MODEL", video_model)
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    make_clip(inputs / "clip.mkv", frames=3, size=(24, 16), codec="ffv1", pix_fmt="bgr0", audio=None)
+    write_image(inputs / "photo.png", torch.rand(3, 16, 20, generator=torch.Generator().manual_seed(3)))
+    assert main(["upscale", str(inputs), "-o", str(tmp_path / "auto"), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert f"videos: {video_model}" in out and f"images get {DEFAULT_MODEL}" in out
+    for model, folder in ((DEFAULT_MODEL, "photo"), (video_model, "video")):
+        assert main(["upscale", str(inputs), "-o", str(tmp_path / folder), "-m", model, "--no-progress"]) == 0
+    assert "videos:" not in capsys.readouterr().out  # -m: one model for both
+    auto_photo = read_image(tmp_path / "auto" / "photo.png").rgb
+    assert torch.equal(auto_photo, read_image(tmp_path / "photo" / "photo.png").rgb)
+    assert not torch.equal(auto_photo, read_image(tmp_path / "video" / "photo.png").rgb)
+    auto_frames, _ = decoded_frames(tmp_path / "auto" / "clip.mkv")
+    for model_frames, same in ((decoded_frames(tmp_path / "video" / "clip.mkv")[0], True),
+                               (decoded_frames(tmp_path / "photo" / "clip.mkv")[0], False)):  # fmt: skip
+        assert all(np.array_equal(a, b) for a, b in zip(auto_frames, model_frames, strict=True)) == same

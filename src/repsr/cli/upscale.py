@@ -141,14 +141,19 @@ def say(line: str, progress: bool) -> None:
         print(line, flush=True)
 
 
-def chosen_model(model: str | None, style: str | None) -> str:
-    """The model `-m` names, else the shipped model of `--style` (default: faithful); both is an error."""
-    from repsr.models.pretrained import STYLES
+def chosen_model(model: str | None, style: str | None) -> tuple[str, str]:
+    """(for images, for videos): the model `-m` names, else the shipped model of `--style`, for both; with
+    neither, the defaults: the photo-size general model for images and the fast one for videos (a photo
+    is upscaled once, a video's frames must keep up). Both `-m` and `--style` is an error."""
+    from repsr.models.pretrained import DEFAULT_VIDEO_MODEL, STYLES
     from repsr.util.errors import ConfigError
 
     if model is not None and style is not None:
         raise ConfigError(f"--style {style} picks {STYLES[style]}: give -m or --style, not both")
-    return model if model is not None else STYLES[style or "faithful"]
+    if model is None and style is None:
+        return STYLES["faithful"], DEFAULT_VIDEO_MODEL
+    chosen = model if model is not None else STYLES[style]
+    return chosen, chosen
 
 
 def run(args: argparse.Namespace) -> int:
@@ -175,7 +180,7 @@ def _run(args: argparse.Namespace) -> int:
     from repsr.inference.video import check_container, check_encoding, describe
 
     # Every option, output path and encoder setting is checked before the model loads and work starts.
-    model = chosen_model(args.model, args.style)
+    model, video_model = chosen_model(args.model, args.style)
     resolve_device(args.device)
     jobs, _missing = plan_outputs(args.inputs, args.output, fmt=args.fmt, overwrite=args.overwrite)
     videos = [job for job in jobs if job.video]
@@ -184,16 +189,16 @@ def _run(args: argparse.Namespace) -> int:
         for target in {job.target.suffix.lower(): job.target for job in videos}.values():
             check_container(target, args.codec)
     precision = "fp16" if args.half else args.precision
-    upscaler = announced_upscaler(
-        model,
-        args.denoise,
-        args.denoise_from,
-        device=args.device,
-        precision=precision,
-        tile=args.tile,
-        backend=args.backend,
-    )
-    print(f"precision {upscaler.precision}: {upscaler.precision_reason}")
+    options = {"device": args.device, "precision": precision, "tile": args.tile, "backend": args.backend}
+    upscaler = video_upscaler = None
+    if any(not job.video for job in jobs) or video_model == model:
+        upscaler = announced_upscaler(model, args.denoise, args.denoise_from, **options)
+        print(f"precision {upscaler.precision}: {upscaler.precision_reason}")
+    if videos and video_model != model:
+        print(f"videos: {video_model} (fast enough for video; images get {model}; -m picks one for both)")
+        video_upscaler = announced_upscaler(video_model, args.denoise, args.denoise_from, **options)
+        print(f"precision {video_upscaler.precision}: {video_upscaler.precision_reason}")
+    upscaler = upscaler or video_upscaler
     if upscaler.device.type == "cpu" and upscaler.backend != "fused":
         from repsr.kernels import availability
 
@@ -214,6 +219,7 @@ def _run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         video={"codec": args.codec, "crf": args.crf, "preset": args.preset},
         on_denoise=chosen,
+        video_upscaler=video_upscaler,
     )
     for video in report.videos:
         print(describe(video))

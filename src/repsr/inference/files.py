@@ -251,9 +251,11 @@ def upscale_files(
     on_frames: Callable[[int], None] | None = None,
     on_denoise: Callable[[Path, DenoiseChoice], None] | None = None,
     cancel: threading.Event | None = None,
+    video_upscaler: Upscaler | AutoDenoise | None = None,
 ) -> UpscaleReport:
     """Upscale every image and video named by `inputs` into `out_dir`, mirroring names; one bad file
-    spoils nothing.
+    spoils nothing. Videos go through `video_upscaler` where one is given (a faster model of the same
+    scale), else through `upscaler`.
 
     Every output path is planned first (`plan_outputs`: collisions, outputs that would replace inputs
     or, without `overwrite`, existing files are refused before any work). Problems with a single file
@@ -269,6 +271,11 @@ def upscale_files(
     done), no file is left under its name, and it and the files not started are listed in
     `report.cancelled`.
     """
+    if video_upscaler is not None and video_upscaler.scale != upscaler.scale:
+        raise ConfigError(
+            f"the video model upscales x{video_upscaler.scale} and the image model x{upscaler.scale}: "
+            "give models of one scale"
+        )
     jobs, missing = plan_outputs(inputs, out_dir, fmt=fmt, overwrite=overwrite)
     report = UpscaleReport(failed=[(path, reason) for path, reason in missing])
     if on_failed is not None:
@@ -300,9 +307,9 @@ def upscale_files(
             if job.video:
                 from repsr.inference.video import upscale_video
 
-                runner = upscaler
-                if isinstance(upscaler, AutoDenoise):
-                    runner, choice = upscaler.choose_video()
+                runner = video_upscaler or upscaler
+                if isinstance(runner, AutoDenoise):
+                    runner, choice = runner.choose_video()
                     chosen(choice)
                 result = upscale_video(
                     runner, job.source, job.target, **video, progress=frames_progress, overwrite=overwrite

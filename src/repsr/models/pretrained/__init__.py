@@ -19,6 +19,8 @@ from repsr.util.errors import ModelFileError
 
 FOLDER = Path(__file__).resolve().parent
 DEFAULT_MODEL = "repsr-general-m4c16-x4"  # real inputs are JPEGs and noisy photographs
+# `repsr upscale` without -m: a video's frames need a model fast enough for video; a photo is upscaled once
+DEFAULT_VIDEO_MODEL = "repsr-general-m4c16-x4"
 # `repsr upscale --style`: faithful restoration (PSNR-trained, what measurements want) or a crisp look
 # (GAN-tuned: sharper edges, cleaner flats, lower PSNR)
 STYLES = {"faithful": DEFAULT_MODEL, "sharp": "repsr-sharp-m4c16-x4"}
