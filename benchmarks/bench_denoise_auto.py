@@ -1,6 +1,7 @@
 """`repsr upscale`'s default (`--denoise auto`) against the clean and the general model, as files.
 
     PYTHONPATH=src python benchmarks/bench_denoise_auto.py --holdout corpus/holdout --out docs/results
+        [--size m10c32 --scales 2 4]   # the photo-size models
 
 The degraded benchmark's LR (`repsr eval --degrade`: the same pairs, conditions and seeds) is written as
 the file a user would have: a JPEG (Pillow, the condition's quality) where the condition ends in JPEG,
@@ -81,11 +82,12 @@ def main() -> None:
         "--precision", default="auto", help="the runners' precision (default: as repsr upscale)"
     )
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--size", default="m4c16", help="the general models' size: m4c16 or m10c32")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    results: dict = {"precision": args.precision, "scales": {}}
+    results: dict = {"precision": args.precision, "size": args.size, "scales": {}}
     for scale in args.scales:
-        general = f"repsr-general-m4c16-x{scale}"
+        general = f"repsr-general-{args.size}-x{scale}"
         options = {"precision": args.precision, "tile": "auto"}
         runners = {
             RUNNERS[0]: Upscaler(load_model(general, denoise=0.0), **options),
@@ -105,7 +107,8 @@ def main() -> None:
                 f"x{scale} {condition.name}: {means}  S {row['strengths']}  ({time.time() - started:.0f} s)"
             )
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "denoise-auto.json").write_text(json.dumps(results, indent=1))
+    name = "denoise-auto.json" if args.size == "m4c16" else f"denoise-auto-{args.size}.json"
+    (args.out / name).write_text(json.dumps(results, indent=1))
     print(table(results))
 
 
