@@ -198,7 +198,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"videos: {video_model} (fast enough for video; images get {model}; -m picks one for both)")
         video_upscaler = announced_upscaler(video_model, args.denoise, args.denoise_from, **options)
         print(f"precision {video_upscaler.precision}: {video_upscaler.precision_reason}")
-    upscaler = upscaler or video_upscaler
+    upscaler = upscaler if upscaler is not None else video_upscaler
     if upscaler.device.type == "cpu" and upscaler.backend != "fused":
         from repsr.kernels import availability
 

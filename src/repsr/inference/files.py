@@ -307,7 +307,7 @@ def upscale_files(
             if job.video:
                 from repsr.inference.video import upscale_video
 
-                runner = video_upscaler or upscaler
+                runner = video_upscaler if video_upscaler is not None else upscaler
                 if isinstance(runner, AutoDenoise):
                     runner, choice = runner.choose_video()
                     chosen(choice)
