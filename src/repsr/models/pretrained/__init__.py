@@ -91,6 +91,12 @@ PRETRAINED: dict[str, PretrainedModel] = {
             denoise_partner="repsr-m4c16-x4",
         ),
         PretrainedModel(
+            "repsr-sharp-m4c16-x2",
+            2,
+            "RGB RepSR M4C16 x2, GAN-tuned for a crisp look on real photographs",
+            style="sharp",
+        ),
+        PretrainedModel(
             "repsr-sharp-m4c16-x4",
             4,
             "RGB RepSR M4C16 x4, GAN-tuned for a crisp look on real photographs (--style sharp)",
