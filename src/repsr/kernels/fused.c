@@ -427,10 +427,9 @@ static inline unsigned nonzero_lanes(const float *p) {
 }
 #endif
 
-/* The outliers of a register tile (row r, columns c..c+PB-1, output group g) whose quantization found some:
- * per pixel with any, its flag bit and residuals. The accumulators come through memory (`tile`, PB_MAX x
- * MAXG vectors): a call while they are live in registers would make the compiler keep them in memory on
- * the hot path too (every vector register is caller-saved). */
+/* The outliers of a register tile (row r, its `pb` valid pixels from column c, output group g) whose
+ * quantization found some: per pixel with any, its flag bit and residuals. The accumulators come through
+ * memory (`tile`, PB_MAX x MAXG vectors), so the tile costs one call, not one per pixel. */
 static __attribute__((noinline)) void store_outliers(const RowCtx *cx, int r, int c, int g, int nb, int pb,
                                                      const float *tile) {
     const Job *job = cx->job;
@@ -464,14 +463,12 @@ static inline unsigned nonzero_byte_bits(const uint8_t *p, int n) {
     return ~(unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(v, _mm_setzero_si128())) & ((1u << n) - 1u);
 }
 
-
 static inline __attribute__((always_inline)) void outlier_sparse(const int NB, const int PB, const RowCtx *cx,
                                                                  int r, int c, int g, int valid, float *extra) {
     /* the flagged window pixels (row dy, column j) in order, their nonzero residuals in channel order; each
      * updates only the pixel sums it reaches, p = j - dx for taps dx 0..2 (at most 3 of the PB), kept in
-     * `extra` (L1): every pixel's chain is the order (dy, dx, channel), as the dense way's. A border row of
-     * flagged pixels (the zero padding puts values outside the ranges there) made the branch-free form,
-     * which ran every residual through all PB pixels, 60% of an x2 frame's time on a flat image. */
+     * `extra` (L1): every pixel's chain is the order (dy, dx, channel), as the dense way's. The branch-free
+     * form before ran every residual through all PB pixels (+0 x a weight for those out of reach). */
     const Job *job = cx->job;
     const Layer *ly = cx->ly;
     const int cin = ly->cin, cpad = ly->cpad;
@@ -850,8 +847,8 @@ DEFINE_ROW_BF16(4, PB4)
                                 (size_t)(c - 1) * ly->istr;                                               \
             const int8_t *wg = (const int8_t *)ly->w + g * MAXG * VL * 4;                                  \
             const int cin4 = (ly->cin + 3) / 4;                                                           \
-            /* the input's outliers, in float, before the accumulators exist: a call after would have    \
-             * them live across it, and the compiler then keeps them in memory on every tile */           \
+            /* the input's outliers, in float, into `extra` (added to the sums below); they depend on the \
+             * flags and residuals only, so they are computed before the convolution */                   \
             const int valid = c1 - c < PB ? c1 - c : PB;                                                  \
             float extra[PB * MAXG * VL] __attribute__((aligned(64)));                                     \
             const int flagged = cx->iflag ? window_flagged(cx, PB, r, c, valid) : 0;                      \
