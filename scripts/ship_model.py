@@ -207,6 +207,7 @@ def main() -> None:
     if stopped_at is not None:
         last_row = {"iteration": str(stopped_at[0]), "seconds": str(stopped_at[1])}
         curve = [(it, value) for it, value in curve if it <= stopped_at[0]]
+    gained = flatness(curve) if stopped_at is None else math.nan  # a checkpoint's curve may be empty
     params = sum(p.numel() for p in plain.parameters())
     train_params = sum(p.numel() for p in training.parameters())
     t, b, m = config["train"], config["bn"], config["model"]
@@ -242,9 +243,9 @@ def main() -> None:
         (
             "- Shipped at a checkpoint of the schedule (picked by the gate, not by the PSNR curve)."
             if stopped_at is not None
-            else f"- Held-out PSNR gained over the last fifth of the run: {flatness(curve):+.3f} dB "
+            else f"- Held-out PSNR gained over the last fifth of the run: {gained:+.3f} dB "
             "(the project stops a run once this is below 0.02 dB)."
-            if math.isfinite(flatness(curve))
+            if math.isfinite(gained)
             else f"- Validated {len(curve)} time(s): too few points to judge the curve (a short fine-tune)."
         ),
         f"- Merge check: deployed vs training form, max deviation {deviation:.1e} (float32).",
