@@ -170,11 +170,21 @@ def _channels(images: dict[str, Tensor], in_channels: int) -> dict[str, Tensor]:
     return {name: image[None].contiguous() for name, image in images.items()}
 
 
+def more_saturated(rgb: Tensor, factor: float = 1.5) -> Tensor:
+    """`rgb` (3, H, W) in [0, 1] with its chroma (Cb, Cr about their middle) times `factor`, clamped to
+    8-bit levels: the colours of a vivid photograph, where reduced precision clips first."""
+    from repsr.image.color import rgb_to_ycbcr, ycbcr_to_rgb
+    from repsr.image.pixels import quantize
+
+    ycc = rgb_to_ycbcr(rgb)
+    ycc[1:] = (ycc[1:] - 0.5) * factor + 0.5
+    return quantize(ycbcr_to_rgb(ycc))
+
+
 def harsh_photos(in_channels: int = 3, side: int = 128) -> dict[str, Tensor]:
     """Photographs (1, C, side, side) in [0, 1], as 8-bit files, where reduced precision shows first:
     centre crops of `HARSH_PHOTOS`, each also as a dark scene (x 0.15) and with more saturated colours
     (chroma x 1.5, clamped). Y for a 1-channel model."""
-    from repsr.image.color import rgb_to_ycbcr, ycbcr_to_rgb
     from repsr.image.io import read_image
     from repsr.image.pixels import quantize
 
@@ -187,9 +197,7 @@ def harsh_photos(in_channels: int = 3, side: int = 128) -> dict[str, Tensor]:
         stem = Path(name).stem
         images[stem] = crop
         images[f"{stem} dark"] = quantize(crop * 0.15)
-        ycc = rgb_to_ycbcr(crop)
-        ycc[1:] = (ycc[1:] - 0.5) * 1.5 + 0.5
-        images[f"{stem} saturated"] = quantize(ycbcr_to_rgb(ycc))
+        images[f"{stem} saturated"] = more_saturated(crop)
     return _channels(images, in_channels)
 
 
