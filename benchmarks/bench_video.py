@@ -4,7 +4,8 @@ the same frames.
 Run: ``python benchmarks/bench_video.py [--frames N] [--codec C] [--preset P]`` (needs
 ``pip install 'repsr[video]'``).
 
-Two cases, each with a deployed M4C16 (random weights: speed does not depend on them) on CPU, each run
+Two cases, each with a shipped M4C16 (`repsr-m4c16-x4`, `repsr-m4c16-x2`: int8 speed depends on the
+weights, through the outliers of each layer's range) on CPU, each run
 in fp32 on torch (`Upscaler`'s default) and with `precision="auto"` (what `repsr upscale` runs: the fused
 kernel in the precision its probe picks, see `repsr.kernels`):
 - 640x480 -> 2560x1920 (x4): the pipeline's overhead; goal: end to end >= 90% of the model-alone rate;
@@ -33,7 +34,7 @@ use_passive_omp_wait()  # as the `repsr` CLI does; must precede torch
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from repsr import build_model, reparameterize_model  # noqa: E402
+from repsr import load_model  # noqa: E402
 from repsr.inference import Upscaler  # noqa: E402
 from repsr.inference.video import require_av, upscale_video  # noqa: E402
 
@@ -104,7 +105,7 @@ def case(
     precision: str = "fp32",
 ) -> None:
     width, height = size
-    model = reparameterize_model(build_model("repsr", scale=scale, num_blocks=4, channels=16).eval())
+    model = load_model(f"repsr-m4c16-x{scale}")
     upscaler = Upscaler(model, device="cpu", precision=precision)
     how = f"{upscaler.precision} {upscaler.backend}"
     clip = workdir / f"in-{width}x{height}.mp4"
@@ -123,6 +124,8 @@ def case(
         f"{report.frames} frames: model alone {alone:.2f} / {alone_after:.2f} frames/s, "
         f"end to end {report.fps:.2f} frames/s = {100 * fraction:.0f}% of model alone"
     )
+    stages = ", ".join(f"{stage} {ms:.1f}" for stage, ms in report.stage_ms_per_frame().items())
+    print(f"  working ms per frame, each stage's thread(s): {stages}")
 
 
 def main(

@@ -77,6 +77,9 @@ def test_h264_clip_keeps_frames_time_stamps_and_audio(tmp_path):
     seen = []
     report = upscale_video(upscaler, source, target, crf=10, batch=3, progress=seen.append)
     assert report.frames == 7 and sum(seen) == 7 and report.output_size == (48, 32)
+    stages = report.stage_ms_per_frame()  # each stage's working time, for what caps the pipeline
+    assert list(stages) == ["decode", "model", "colour", "encode"] and all(ms > 0 for ms in stages.values())
+    assert sum(report.stage_seconds.values()) < 3 * report.seconds  # three threads at most, waits left out
     frames, times = decoded_frames(target)
     _, source_times = decoded_frames(source)
     assert len(frames) == 7 and frames[0].shape == (32, 48, 3)
@@ -239,7 +242,7 @@ def test_cli_upscales_a_clip(tmp_path, capsys):
     )
     assert code == 0
     out = capsys.readouterr().out
-    assert "3 frames 24x16 -> 48x32 (ffv1" in out and "frames/s" in out
+    assert "3 frames 24x16 -> 48x32 (ffv1" in out and "frames/s (ms per frame: decode " in out
     code = main(["upscale", model_file, "-m", model_file, "-o", str(tmp_path / "x.mp4")])
     assert code == 2 and "exactly one video" in capsys.readouterr().err
 

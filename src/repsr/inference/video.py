@@ -94,10 +94,18 @@ class VideoReport:
     copied_streams: list[str] = field(default_factory=list)
     seconds: float = 0.0
     copied_packets: int = 0  # audio/subtitle packets muxed (checked against the written file)
+    # seconds each stage's thread spent working, waits for the others left out: decode (demux, decode,
+    # RGB), model, colour (8-bit frames, RGB -> the encoder's YUV), encode (encoder and muxer)
+    stage_seconds: dict[str, float] = field(default_factory=dict)
 
     @property
     def fps(self) -> float:
         return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+    def stage_ms_per_frame(self) -> dict[str, float]:
+        """Each stage's working time per frame, in ms: which one caps the pipeline."""
+        frames = max(self.frames, 1)
+        return {stage: 1000 * seconds / frames for stage, seconds in self.stage_seconds.items()}
 
 
 @dataclass
@@ -611,10 +619,17 @@ def _run_pipeline(
 
         bar = tqdm(total=video.frames or None, desc="upscale", unit="frame", leave=False)
     on_frames = bar.update if bar is not None else (progress if callable(progress) else None)
+    busy = dict.fromkeys(("decode", "model", "colour", "encode"), 0.0)  # each written by one thread
 
     def decode() -> None:
         try:
-            for item in _decoded_batches(av, container, video, mapping, depth, batch):
+            batches = _decoded_batches(av, container, video, mapping, depth, batch)
+            while True:
+                started = time.perf_counter()
+                item = next(batches, None)
+                busy["decode"] += time.perf_counter() - started
+                if item is None:
+                    break
                 _put(decoded_q, item, stop)
             _put(decoded_q, None, stop)
         except _Stop:
@@ -636,12 +651,19 @@ def _run_pipeline(
                     report.copied_packets += 1
                 if result is None:
                     continue
+                started = time.perf_counter()
                 frames = result if isinstance(result, np.ndarray) else frame_pixels(result, depth)
+                busy["colour"] += time.perf_counter() - started
                 for pixels, pts in zip(frames, stamps, strict=True):
-                    frame = av.VideoFrame.from_ndarray(pixels, format=fmt)
+                    started = time.perf_counter()
+                    # converted here, as the encoder would, so that its cost is counted apart
+                    frame = av.VideoFrame.from_ndarray(pixels, format=fmt).reformat(format=out_video.pix_fmt)
                     frame.pts = pts
                     frame.time_base = out_video.codec_context.time_base
+                    encoding = time.perf_counter()
                     output.mux(out_video.encode(frame))
+                    busy["colour"] += encoding - started
+                    busy["encode"] += time.perf_counter() - encoding
                 report.frames += len(stamps)
                 if on_frames is not None:
                     on_frames(len(stamps))
@@ -662,11 +684,13 @@ def _run_pipeline(
                 _put(upscaled_q, None, stop)
                 break
             result = None
+            started = time.perf_counter()
             fused = item.pixels is not None and depth == 8 and hasattr(upscaler, "writes_pixels")
             if fused and upscaler.writes_pixels(*item.pixels.shape[1:3]):
                 result = upscaler.pixels(to_tensor(item.pixels)).numpy()  # the kernel rounds: no float frame
             elif item.pixels is not None:
                 result = upscale_rgb(upscaler, to_tensor(item.pixels)).cpu()
+            busy["model"] += time.perf_counter() - started
             _put(upscaled_q, (result, item.pts, item.packets), stop)
     except _Stop:
         pass
@@ -678,6 +702,7 @@ def _run_pipeline(
             thread.join()
         if bar is not None:
             bar.close()
+    report.stage_seconds = busy
     if errors:
         raise errors[0]
 
@@ -721,9 +746,11 @@ def describe(report: VideoReport) -> str:
     """One line for the CLI: what was written and how fast."""
     (w, h), (ow, oh) = report.input_size, report.output_size
     copied = f", copied {', '.join(report.copied_streams)}" if report.copied_streams else ""
+    stages = ", ".join(f"{stage} {ms:.1f}" for stage, ms in report.stage_ms_per_frame().items())
     return (
         f"{report.target}: {report.frames} frames {w}x{h} -> {ow}x{oh} "
         f"({report.codec}, {report.pix_fmt}{copied}) in {report.seconds:.1f} s, {report.fps:.2f} frames/s"
+        + (f" (ms per frame: {stages})" if stages else "")
     )
 
 
