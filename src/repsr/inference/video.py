@@ -639,6 +639,7 @@ def _run_pipeline(
             stop.set()
 
     def encode() -> None:
+        converter = av.video.reformatter.VideoReformatter()  # one for the clip: it keeps its context
         try:
             while True:
                 item = _get(upscaled_q, stop)
@@ -660,7 +661,7 @@ def _run_pipeline(
                     # is read in place (no copy: 2-8 ms a 1080p frame), as the conversion makes a new frame
                     in_place = fmt == "rgb24" and out_video.pix_fmt != fmt and pixels.flags.c_contiguous
                     wrap = av.VideoFrame.from_numpy_buffer if in_place else av.VideoFrame.from_ndarray
-                    frame = wrap(pixels, format=fmt).reformat(format=out_video.pix_fmt)
+                    frame = converter.reformat(wrap(pixels, format=fmt), format=out_video.pix_fmt)
                     frame.pts = pts
                     frame.time_base = out_video.codec_context.time_base
                     encoding = time.perf_counter()
