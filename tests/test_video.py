@@ -79,7 +79,6 @@ def test_h264_clip_keeps_frames_time_stamps_and_audio(tmp_path):
     assert report.frames == 7 and sum(seen) == 7 and report.output_size == (48, 32)
     stages = report.stage_ms_per_frame()  # each stage's working time, for what caps the pipeline
     assert list(stages) == ["decode", "model", "colour", "encode"] and all(ms > 0 for ms in stages.values())
-    assert sum(report.stage_seconds.values()) < 3 * report.seconds  # three threads at most, waits left out
     frames, times = decoded_frames(target)
     _, source_times = decoded_frames(source)
     assert len(frames) == 7 and frames[0].shape == (32, 48, 3)
@@ -306,3 +305,34 @@ def test_without_a_model_images_and_videos_get_their_own_defaults(tmp_path, monk
     for model_frames, same in ((decoded_frames(tmp_path / "video" / "clip.mkv")[0], True),
                                (decoded_frames(tmp_path / "photo" / "clip.mkv")[0], False)):  # fmt: skip
         assert all(np.array_equal(a, b) for a, b in zip(auto_frames, model_frames, strict=True)) == same
+
+
+# AVColorSpace 1 BT.709, 5 BT.601 (BT470BG); range 1 limited, 2 full
+@pytest.mark.parametrize(("colorspace", "color_range"), [(1, 1), (1, 2), (5, 2)])
+def test_the_output_is_converted_with_the_matrix_and_range_it_is_tagged(tmp_path, colorspace, color_range):
+    """Most HD clips are tagged BT.709: the frames are converted back to YUV with the tagged matrix and
+    range, so a player (which reads the tags) shows the upscaled colours (before: up to 40 levels off)."""
+    source, target = tmp_path / "in.mkv", tmp_path / "out.mkv"
+    rgb = np.zeros((16, 24, 3), np.uint8)
+    rgb[:, :8], rgb[:, 8:16], rgb[:, 16:] = (220, 30, 30), (30, 200, 40), (40, 40, 230)
+    with av.open(str(source), "w") as container:
+        stream = container.add_stream("ffv1", rate=RATE)
+        stream.width, stream.height, stream.pix_fmt = 24, 16, "yuv444p"
+        stream.codec_context.colorspace, stream.codec_context.color_range = colorspace, color_range
+        for index in range(2):
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(
+                format="yuv444p", dst_colorspace={1: 1, 5: 5}[colorspace], dst_color_range=color_range
+            )
+            frame.pts = index
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    upscaler = tiny_upscaler(scale=2)
+    upscale_video(upscaler, source, target, codec="ffv1")
+    with av.open(str(source)) as container:
+        decoded_in = next(container.decode(video=0)).to_ndarray(format="rgb24")
+    with av.open(str(target)) as container:
+        frame = next(container.decode(video=0))
+        assert (int(frame.colorspace), int(frame.color_range)) == (colorspace, color_range)
+        got = frame.to_ndarray(format="rgb24").astype(np.int64)
+    assert np.abs(decoded_in.astype(np.int64) - rgb).max() <= 2  # the source itself decodes by its tags
+    assert np.abs(got - expected_frame(upscaler, decoded_in, 255.0)).max() <= 3

@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 
 from repsr.cli.args import add_overwrite, add_size
-from repsr.util.errors import ConfigError
+from repsr.util.errors import ConfigError, ModelFileError
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -112,15 +112,34 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def fused_int8_here() -> bool:
+    """Whether `repsr upscale --precision int8` runs the fused kernel here (not ONNX Runtime)."""
+    import torch
+
+    from repsr.inference.backends import REGISTRY
+    from repsr.util.precision import Precision
+
+    return Precision.INT8 in REGISTRY["fused"].precisions(torch.device("cpu"))
+
+
 def run_int8(model, args: argparse.Namespace) -> int:
     from repsr.deploy.int8 import MAX_INT8_PIXEL_LEVELS, export_int8_onnx
 
-    report = export_int8_onnx(
-        model, args.onnx, args.calibration, method=args.calibration_method, overwrite=args.overwrite
-    )
+    try:
+        report = export_int8_onnx(
+            model, args.onnx, args.calibration, method=args.calibration_method, overwrite=args.overwrite
+        )
+    except ModelFileError as refusal:
+        if not fused_int8_here():
+            raise
+        raise ModelFileError(
+            f"{refusal}; this CPU's fused kernel has an int8 path that holds such ranges: "
+            "repsr upscale --precision int8 with the model itself"
+        ) from None
+    saturated = " (and as many with more saturated colours)" if report.saturated_crops else ""
     print(
         f"{model.spec.name}: int8 QDQ (per-channel weights), calibrated ({report.method}) on "
-        f"{report.calibration_crops} crops of {report.calibration}"
+        f"{report.calibration_crops} crops of {report.calibration}{saturated}"
     )
     kept = ", ".join(report.float_nodes) if report.float_nodes else "none"
     print(f"kept in float32: {kept}")
