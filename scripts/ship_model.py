@@ -56,11 +56,21 @@ def cpu_name() -> str:
 
 
 def read_curve(run_dir: Path) -> list[tuple[int, float]]:
-    """(iteration, held-out PSNR) of every validation in the run's metrics.csv."""
+    """(iteration, held-out PSNR) of every validation in the run's metrics.csv; [] for a run folder kept in
+    `training-runs/` (config and newest checkpoint only: the logs stayed on the machine that wrote them)."""
+    if not (run_dir / "metrics.csv").is_file():
+        return []
     with open(run_dir / "metrics.csv") as handle:
         rows = list(csv.DictReader(handle))
     column = next((k for k in rows[0] if k.endswith("/psnr")), None) if rows else None
     return [(int(r["iteration"]), float(r[column])) for r in rows if column and r.get(column)]
+
+
+def history_curve(extras: dict) -> list[tuple[int, float]]:
+    """The same from a checkpoint's own log (`history`), for a run whose metrics.csv was not kept."""
+    rows = extras.get("history") or []
+    key = next((k for row in rows for k in row if k.endswith("/psnr")), None)
+    return [(int(row["iteration"]), float(row[key])) for row in rows if key and key in row]
 
 
 def flatness(curve: list[tuple[int, float]]) -> float:
@@ -142,10 +152,14 @@ def main() -> None:
     parser.add_argument("--strength", type=float, default=1.0, help="... at this weight of the run's own")
     parser.add_argument("--gan", action="store_true", help="a GAN-trained model: the GAN gate decides")
     parser.add_argument("--checkpoint", type=Path, help="ship this checkpoint's EMA instead of final.pt")
+    parser.add_argument(
+        "--trained-on", help="the CPU the run trained on, for the card (default: this machine's, lscpu)"
+    )
     args = parser.parse_args()
 
     run_dir: Path = args.run_dir
     stopped_at: tuple[int, float] | None = None  # (iteration, seconds) of a shipped checkpoint
+    extras: dict = {}
     if args.checkpoint is not None:
         training, extras = read_model_file(args.checkpoint)
         if extras.get("ema") is not None:
@@ -201,9 +215,12 @@ def main() -> None:
     all_scores_path.write_text(json.dumps(all_scores, indent=2, sort_keys=True) + "\n")
 
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
-    curve = read_curve(run_dir)
-    with open(run_dir / "metrics.csv") as handle:
-        last_row = list(csv.DictReader(handle))[-1]
+    curve = read_curve(run_dir) or history_curve(extras)
+    if stopped_at is None and not curve:
+        raise SystemExit(f"{run_dir}: no metrics.csv; name the checkpoint to ship with --checkpoint")
+    if (run_dir / "metrics.csv").is_file():
+        with open(run_dir / "metrics.csv") as handle:
+            last_row = list(csv.DictReader(handle))[-1]
     if stopped_at is not None:
         last_row = {"iteration": str(stopped_at[0]), "seconds": str(stopped_at[1])}
         curve = [(it, value) for it, value in curve if it <= stopped_at[0]]
@@ -238,10 +255,12 @@ def main() -> None:
         + (f", fine-tuned from `{t['init']}`" if t.get("init") else "")
         + ".",
         f"- {int(last_row['iteration']):,} iterations in {float(last_row['seconds']) / 60:.0f} min "
-        f"(validation included) on one thread of a {cpu_name()}, torch {torch.__version__}, "
-        "while other runs shared the 2-core machine.",
+        f"(validation included) on one thread of a {args.trained_on or cpu_name()}, "
+        f"torch {torch.__version__}, while other runs shared the 2-core machine.",
         (
-            "- Shipped at a checkpoint of the schedule (picked by the gate, not by the PSNR curve)."
+            f"- Shipped at the end of its schedule, from its last checkpoint (iteration {stopped_at[0]:,})."
+            if stopped_at is not None and stopped_at[0] >= int(t["iterations"])
+            else "- Shipped at a checkpoint of the schedule (picked by the gate, not by the PSNR curve)."
             if stopped_at is not None
             else f"- Held-out PSNR gained over the last fifth of the run: {gained:+.3f} dB "
             "(the project stops a run once this is below 0.02 dB)."
@@ -295,8 +314,11 @@ def main() -> None:
     ]
     if args.note is not None:
         lines += [args.note.read_text().strip(), ""]
-    lines += ["Validation curve (iteration: held-out PSNR):", ""]
-    lines += ["    " + ", ".join(f"{it}: {psnr:.2f}" for it, psnr in curve), ""]
+    if curve:
+        lines += ["Validation curve (iteration: held-out PSNR):", ""]
+        lines += ["    " + ", ".join(f"{it}: {psnr:.2f}" for it, psnr in curve), ""]
+    else:
+        lines += ["Validation curve: not kept (no metrics.csv, and the checkpoint logged none).", ""]
     (FOLDER / f"{args.name}.md").write_text("\n".join(lines))
     print(f"shipped {args.name}: {entry['psnr']:.3f} dB (bicubic {entry['bicubic_psnr']:.3f})")
 
