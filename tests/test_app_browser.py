@@ -18,7 +18,8 @@ from PIL import Image
 from tests.helpers.app_server import running_app
 
 CHROMIUM = os.environ.get("REPSR_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-GENERAL_X2 = "repsr-general-m4c16-x2"
+GENERAL_X2 = "repsr-general-m4c16-x2"  # video x2
+PHOTO_X2 = "repsr-general-m10c32-x2"  # photograph x2: the photo-size general model
 
 
 def _browser_missing() -> str | None:
@@ -86,11 +87,11 @@ def test_page_loads_lists_every_model_and_asks_nothing_of_the_internet(tmp_path,
         assert page.title() == "repsr app"
         options = page.locator("#model option").evaluate_all("(os) => os.map((o) => o.value)")
         assert options == [entry.name for entry in shipped()] + ["__file__"]
-        assert page.input_value("#model") == "repsr-general-m4c16-x4"  # photograph, x4: the CLI's default
+        assert page.input_value("#model") == "repsr-general-m10c32-x4"  # photograph, x4: the CLI's default
         page.check("input[value=clean]")
         page.select_option("#scale", "2")
-        assert page.input_value("#model") == "repsr-m4c16-x2"
-        assert page.text_content("#model-name") == "repsr-m4c16-x2"
+        assert page.input_value("#model") == "repsr-m10c32-x2"  # clean, x2: the photo-size clean model
+        assert page.text_content("#model-name") == "repsr-m10c32-x2"
         assert page.is_disabled("#denoise")  # the clean model has no denoise partner
         page.check("input[value=video]")
         assert page.input_value("#model") == GENERAL_X2
@@ -108,8 +109,8 @@ def test_photo_denoise_preview_run_download_equals_repsr_upscale(tmp_path, page)
         page.set_input_files("#file-input", str(source))
         page.wait_for_selector("#sources li[data-id] >> text=cat.jpg")
         page.select_option("#scale", "2")  # photograph x2: the general x2 model
-        assert page.text_content("#model-name") == f"{GENERAL_X2}, denoise auto"
-        page.wait_for_selector(f"#after[data-model='{GENERAL_X2}'][data-denoise='auto']")
+        assert page.text_content("#model-name") == f"{PHOTO_X2}, denoise auto"
+        page.wait_for_selector(f"#after[data-model='{PHOTO_X2}'][data-denoise='auto']")
         before = page.locator("#after").screenshot()
         page.uncheck("#denoise-auto")
         started = time.monotonic()
@@ -118,7 +119,7 @@ def test_photo_denoise_preview_run_download_equals_repsr_upscale(tmp_path, page)
         seconds = time.monotonic() - started
         after = page.locator("#after").screenshot()
         assert after != before  # the preview shows the new strength
-        assert page.text_content("#model-name") == f"{GENERAL_X2}, denoise 0"
+        assert page.text_content("#model-name") == f"{PHOTO_X2}, denoise 0"
         millis = int(page.get_attribute("#after", "data-millis"))
         print(f"preview after the slider moved: {seconds * 1000:.0f} ms (page's own measure {millis} ms)")
         assert seconds < 5  # "about a second" is the goal on an idle machine; this bounds a shared one
@@ -143,7 +144,7 @@ def test_photo_denoise_preview_run_download_equals_repsr_upscale(tmp_path, page)
         downloaded = Path(download.value.path()).read_bytes()
         assert download.value.suggested_filename == "cat.jpg"
         assert page.is_visible("#download-zip")
-    assert main(["upscale", str(source), "-o", str(tmp_path / "cli"), "-m", GENERAL_X2, "--denoise", "0",
+    assert main(["upscale", str(source), "-o", str(tmp_path / "cli"), "-m", PHOTO_X2, "--denoise", "0",
                  "--precision", "fp32", "--no-progress"]) == 0  # fmt: skip
     assert downloaded == (tmp_path / "cli" / "cat.jpg").read_bytes()  # byte-equal
     assert downloaded == (tmp_path / "out" / "cat.jpg").read_bytes()
@@ -228,7 +229,7 @@ def test_drop_a_file_compare_two_models_use_a_model_file_and_cancel(tmp_path, pa
         page.evaluate(DROP, ["dropped.png", base64.b64encode(source.read_bytes()).decode()])
         page.wait_for_selector("#sources li >> text=dropped.png")
         page.select_option("#scale", "2")
-        page.wait_for_selector(f"#after[data-model='{GENERAL_X2}']")
+        page.wait_for_selector(f"#after[data-model='{PHOTO_X2}']")
         bicubic = page.locator("#before").screenshot()
         page.select_option("#compare-mode", "repsr-m4c16-x2")  # model B on the left
         page.wait_for_selector("#before-label >> text=repsr-m4c16-x2")

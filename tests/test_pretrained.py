@@ -143,14 +143,17 @@ def test_models_command_lists_scores(capsys) -> None:
     assert f"{DEFAULT_MODEL} (default)" in listing
 
 
+M4C16_X4 = "repsr-general-m4c16-x4"  # a shipped model small enough to train in a test
+
+
 def test_init_starts_training_from_the_shipped_training_form(tmp_path) -> None:
     from tests.helpers.train import SyntheticPatches, make_trainer, tiny_config
 
     config = tiny_config(
-        **{"model.scale": 4, "model.num_blocks": 4, "model.channels": 16, "train.init": DEFAULT_MODEL}
+        **{"model.scale": 4, "model.num_blocks": 4, "model.channels": 16, "train.init": M4C16_X4}
     )
     trainer = make_trainer(tmp_path, config)
-    shipped_form = repsr.load_model(resolve_model(DEFAULT_MODEL, training_form=True))
+    shipped_form = repsr.load_model(resolve_model(M4C16_X4, training_form=True))
     got = trainer.model.state_dict()
     for key, value in shipped_form.state_dict().items():
         if value.is_floating_point():
@@ -162,9 +165,9 @@ def test_init_refuses_another_spec_or_a_deployed_network(tmp_path) -> None:
     from tests.helpers.train import make_trainer, tiny_config
 
     with pytest.raises(ConfigError, match="train.init .*config describes"):
-        make_trainer(tmp_path, tiny_config(**{"model.scale": 4, "train.init": DEFAULT_MODEL}))
+        make_trainer(tmp_path, tiny_config(**{"model.scale": 4, "train.init": M4C16_X4}))
     plain = tmp_path / "plain.safetensors"
-    repsr.save_model(repsr.load_model(DEFAULT_MODEL), plain)
+    repsr.save_model(repsr.load_model(M4C16_X4), plain)
     config = tiny_config(**{"model.scale": 4, "model.num_blocks": 4, "model.channels": 16})
     with pytest.raises(ConfigError, match="deployed plain network cannot start training"):
         make_trainer(tmp_path, config.with_overrides([f"train.init={plain}"]))

@@ -1,25 +1,26 @@
 """Which model the page's choices pick: what is upscaled (photograph, clean render, video) and the scale.
 
 The same rule as the README's "Which model": the general models for anything that was ever a JPEG or
-came from a camera (photographs and video frames), the clean `repsr-m4c16-*` models for clean renders.
-`repsr upscale` uses `DEFAULT_MODEL` (the general x4) when no `-m` is given; the page's default
-(photograph, x4) is that model.
+came from a camera (photographs and video frames), the clean models for clean renders; photographs and
+clean renders get the photo-size M10C32 where one ships at that scale (x2, x4), video the M4C16 (real
+time on two cores). `repsr upscale` uses `DEFAULT_MODEL` (the general x4) when no `-m` is given; the
+page's default (photograph, x4) is that model.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from repsr.models.pretrained import DEFAULT_MODEL, PRETRAINED, shipped
+from repsr.models.pretrained import DEFAULT_MODEL, DEFAULT_VIDEO_MODEL, PRETRAINED, shipped
 from repsr.util.errors import ConfigError
 
 KINDS = ("photo", "clean", "video")
 SCALES = (2, 3, 4)
-# kind -> the shipped model family; the scale completes the name
-FAMILY = {
-    "photo": "repsr-general-m4c16-x{scale}",
-    "video": "repsr-general-m4c16-x{scale}",
-    "clean": "repsr-m4c16-x{scale}",
+# kind -> scale -> the shipped model
+PICKS = {
+    "photo": {2: "repsr-general-m10c32-x2", 3: "repsr-general-m4c16-x3", 4: DEFAULT_MODEL},
+    "video": {2: "repsr-general-m4c16-x2", 3: "repsr-general-m4c16-x3", 4: DEFAULT_VIDEO_MODEL},
+    "clean": {2: "repsr-m10c32-x2", 3: "repsr-m4c16-x3", 4: "repsr-m10c32-x4"},
 }
 
 
@@ -29,7 +30,7 @@ def pick_model(kind: str, scale: int) -> str:
         raise ConfigError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
     if int(scale) not in SCALES:
         raise ConfigError(f"scale must be one of {', '.join(map(str, SCALES))}, got {scale!r}")
-    return FAMILY[kind].format(scale=int(scale))
+    return PICKS[kind][int(scale)]
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 
-from repsr.apps.app.choices import FAMILY, KINDS, SCALES, has_denoise, model_choices
+from repsr.apps.app.choices import KINDS, PICKS, SCALES, has_denoise, model_choices
 from repsr.apps.app.jobs import JobQueue, JobRequest
 from repsr.apps.app.library import UPLOAD_SUFFIXES, Folders, Library, PathError, UploadError, thumbnail_png
 from repsr.apps.app.preview import BICUBIC, DEFAULT_CROP, PreviewAbandoned, Previewer
@@ -106,7 +106,7 @@ class App:
             "models": [vars(choice) for choice in model_choices()],
             "kinds": list(KINDS),
             "scales": list(SCALES),
-            "picks": {kind: {str(s): FAMILY[kind].format(scale=s) for s in SCALES} for kind in KINDS},
+            "picks": {kind: {str(s): PICKS[kind][s] for s in SCALES} for kind in KINDS},
             "default_model": DEFAULT_MODEL,
             "formats": list(OUTPUT_FORMATS),
             "max_upload_bytes": self.library.max_upload_bytes,
