@@ -108,6 +108,11 @@ def test_shipped_configs_load_and_build(path):
         assert model.spec.name == path.stem.replace("clean-", "repsr-")
         assert config.degradation.is_clean and config.data.channel_shuffle
         assert config.checkpoint.keep == 1  # the folder keeps one checkpoint in the repository
+    elif path.stem.startswith("claim-"):  # the paper's claim at the photo size: a clean recipe, another block
+        clean = load_config(CONFIGS / f"clean-{path.stem.split('-', 2)[2]}.yaml")  # claim-BLOCK-SIZE
+        assert model.spec.name == path.stem.replace("claim-", "")
+        assert (config.train, config.data, config.seed) == (clean.train, clean.data, clean.seed)
+        assert config.model.block != clean.model.block and config.checkpoint.keep == 1
     elif path.stem.startswith("sharp-"):  # GAN fine-tunes of a general model (docs/results/gan-losses.md)
         assert model.spec.name == path.stem.replace("sharp-", "repsr-")
         assert config.train.init == model.spec.name.lower().replace("repsr-", "repsr-general-")
