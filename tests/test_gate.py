@@ -52,9 +52,8 @@ def test_an_offset_below_the_limits_passes() -> None:
     assert all(c.passed for c in report.checks if c.kind in ("flat colour", "phase bias"))
 
 
-@pytest.mark.parametrize("name", ["repsr-m4c16-x2", "repsr-m4c16-x4"])
-def test_a_model_worse_than_bicubic_fails_the_photographs(name: str) -> None:
-    model = repsr.load_model(name)
+def test_a_model_worse_than_bicubic_fails_the_photographs() -> None:
+    model = repsr.load_model("repsr-m4c16-x2")
     last = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)][-1]
     with torch.no_grad():  # the network's output becomes nearest-neighbour upscaling (the skip alone)
         last.weight.zero_()
@@ -63,14 +62,3 @@ def test_a_model_worse_than_bicubic_fails_the_photographs(name: str) -> None:
     photos = [c for c in report.checks if c.kind == "photo"]
     assert photos and not any(c.passed for c in photos)
     assert all(c.figure < 0 for c in photos)
-
-
-@pytest.mark.parametrize("scale", [2, 3, 4])
-def test_the_photographs_give_every_scale_the_same_lr_crop(scale: int) -> None:
-    """96 LR pixels square at x2, x3 and x4 (fewer only where the photograph is smaller), so an x4 model
-    is judged on as much picture as an x2 one."""
-    from repsr.quality.gate import _photo_pairs
-
-    for name, lr, hr in _photo_pairs(scale):
-        assert hr.shape[-1] == hr.shape[-2] == lr.shape[-1] * scale == lr.shape[-2] * scale
-        assert lr.shape[-1] == (75 if (name, scale) == ("chelsea", 4) else 96)  # chelsea is 300 px high

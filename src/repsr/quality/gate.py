@@ -75,10 +75,7 @@ GATE_PHOTOS: tuple[str, ...] = (
 _LEVELS = (0, 64, 128, 191, 255)
 _FLAT_CORE = 12  # LR side of a flat field's checked core; the field adds the model's margin around it
 _RAMP_SIDE = 48
-# LR side of each photograph's centre crop, the same at every scale (x2: 192 HR pixels): with a fixed HR
-# side instead, an x4 model saw 48 LR pixels, and on rocket's (the thin gantry) every x4 model measured
-# lay within 0.11 dB of bicubic either way, where 96 LR pixels separate them by 0.10-0.30 dB.
-_PHOTO_LR_SIDE = 96
+_PHOTO_SIDE = 192  # HR crop side, a multiple of 2, 3 and 4
 
 
 class Check(NamedTuple):
@@ -205,16 +202,14 @@ def ramp_checks(model: nn.Module) -> list[Check]:
 
 
 def _photo_pairs(scale: int) -> list[tuple[str, Tensor, Tensor]]:
-    """(name, LR, HR) centre crops of the gate photographs, `_PHOTO_LR_SIDE` LR pixels square (less where
-    the photograph is smaller: chelsea at x4), LR by MATLAB bicubic, 8-bit rounded."""
+    """(name, LR, HR) centre crops of the gate photographs, LR by MATLAB bicubic, 8-bit rounded."""
     folder = sample_images()["val"][0].parent  # scikit-image's data folder: all its photographs
     pairs = []
     for file in GATE_PHOTOS:
         rgb = rio.read_image(folder / file).rgb.double()
         h, w = rgb.shape[-2:]
-        side = min(_PHOTO_LR_SIDE * scale, min(h, w) // scale * scale)
-        top, left = (h - side) // 2, (w - side) // 2
-        hr = rgb[:, top : top + side, left : left + side]
+        top, left = (h - _PHOTO_SIDE) // 2, (w - _PHOTO_SIDE) // 2
+        hr = rgb[:, top : top + _PHOTO_SIDE, left : left + _PHOTO_SIDE]
         lr = bicubic_lr(hr, scale, 8)
         pairs.append((Path(file).stem, lr.float(), hr.float()))
     return pairs

@@ -18,10 +18,8 @@ from typing import Any
 from repsr.util.errors import ModelFileError
 
 FOLDER = Path(__file__).resolve().parent
-# real inputs are JPEGs and noisy photographs, upscaled once: the photo-size general model
-DEFAULT_MODEL = "repsr-general-m10c32-x4"
-# `repsr upscale` without -m: a video's frames need a model fast enough for video (M4C16: real time on two
-# cores, where an M10C32 takes about 4x longer per pixel)
+DEFAULT_MODEL = "repsr-general-m4c16-x4"  # real inputs are JPEGs and noisy photographs
+# `repsr upscale` without -m: a video's frames need a model fast enough for video; a photo is upscaled once
 DEFAULT_VIDEO_MODEL = "repsr-general-m4c16-x4"
 # `repsr upscale --style`: faithful restoration (PSNR-trained, what measurements want) or a crisp look
 # (GAN-tuned: sharper edges, cleaner flats, lower PSNR)
@@ -80,12 +78,6 @@ PRETRAINED: dict[str, PretrainedModel] = {
             2,
             "RGB RepSR M10C32 x2 for real photographs: JPEG, noise (--denoise 0..1)",
             denoise_partner="repsr-m10c32-x2",
-        ),
-        PretrainedModel(
-            "repsr-general-m10c32-x4",
-            4,
-            "RGB RepSR M10C32 x4 for real photographs: JPEG, noise (--denoise 0..1)",
-            denoise_partner="repsr-m10c32-x4",
         ),
         PretrainedModel(
             "repsr-general-m4c16-x3",
