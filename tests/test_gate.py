@@ -52,8 +52,9 @@ def test_an_offset_below_the_limits_passes() -> None:
     assert all(c.passed for c in report.checks if c.kind in ("flat colour", "phase bias"))
 
 
-def test_a_model_worse_than_bicubic_fails_the_photographs() -> None:
-    model = repsr.load_model("repsr-m4c16-x2")
+@pytest.mark.parametrize("name", ["repsr-m4c16-x2", "repsr-m4c16-x4"])
+def test_a_model_worse_than_bicubic_fails_the_photographs(name: str) -> None:
+    model = repsr.load_model(name)
     last = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)][-1]
     with torch.no_grad():  # the network's output becomes nearest-neighbour upscaling (the skip alone)
         last.weight.zero_()
@@ -62,3 +63,17 @@ def test_a_model_worse_than_bicubic_fails_the_photographs() -> None:
     photos = [c for c in report.checks if c.kind == "photo"]
     assert photos and not any(c.passed for c in photos)
     assert all(c.figure < 0 for c in photos)
+
+
+@pytest.mark.parametrize("name", ["repsr-m4c16-x4", "repsr-m10c32-x4"])
+def test_an_x4_model_with_a_quarter_less_detail_fails_a_photograph(name: str) -> None:
+    """Near the threshold: the residual the network adds to its nearest-neighbour skip scaled by 0.75
+    loses to bicubic on at least one photograph (measured -0.10 to -0.21 dB on the worst one), where the
+    shipped model passes. A crop that dilutes thin structure with easy sky would let it pass."""
+    model = repsr.load_model(name)
+    assert run_gate(model).passed
+    last = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+    with torch.no_grad():
+        last.weight.mul_(0.75)
+        last.bias.mul_(0.75)
+    assert not run_gate(model).worst("photo").passed
