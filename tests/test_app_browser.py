@@ -87,7 +87,7 @@ def test_page_loads_lists_every_model_and_asks_nothing_of_the_internet(tmp_path,
         assert page.title() == "repsr app"
         options = page.locator("#model option").evaluate_all("(os) => os.map((o) => o.value)")
         assert options == [entry.name for entry in shipped()] + ["__file__"]
-        assert page.input_value("#model") == "repsr-general-m10c32-x4"  # photograph, x4: the CLI's default
+        assert page.input_value("#model") == "repsr-general-m4c16-x4"  # photograph, x4: the CLI's default
         page.check("input[value=clean]")
         page.select_option("#scale", "2")
         assert page.input_value("#model") == "repsr-m10c32-x2"  # clean, x2: the photo-size clean model

@@ -61,7 +61,7 @@ def cli_upscale(inputs: list[Path], out: Path, *options: str, status: int = 0) -
 
 
 def test_kind_and_scale_pick_the_readme_models():
-    assert pick_model("photo", 4) == "repsr-general-m10c32-x4" == DEFAULT_MODEL  # the CLI's default
+    assert pick_model("photo", 4) == "repsr-general-m4c16-x4" == DEFAULT_MODEL  # the CLI's default
     assert pick_model("photo", 2) == "repsr-general-m10c32-x2"
     assert pick_model("video", 4) == "repsr-general-m4c16-x4" == DEFAULT_VIDEO_MODEL  # fast enough for video
     assert pick_model("video", 2) == "repsr-general-m4c16-x2"
@@ -152,7 +152,7 @@ def test_state_lists_every_shipped_model_and_the_limits(tmp_path):
         status, state = request_json(f"{base}/api/state")
     assert status == 200
     assert [m["name"] for m in state["models"]] == [entry.name for entry in shipped()]
-    assert state["picks"]["photo"]["4"] == state["default_model"] == "repsr-general-m10c32-x4"
+    assert state["picks"]["photo"]["4"] == state["default_model"] == "repsr-general-m4c16-x4"
     assert state["max_upload_bytes"] == 2 * 2**20 and state["allowed"] == [str(tmp_path.resolve())]
     assert {".png", ".jpg", ".tiff", ".mp4", ".mkv"} <= set(state["suffixes"])  # the page checks names first
     general = next(m for m in state["models"] if m["name"] == GENERAL_X2)

@@ -2,8 +2,8 @@
 
 The same rule as the README's "Which model": the general models for anything that was ever a JPEG or
 came from a camera (photographs and video frames), the clean models for clean renders; photographs and
-clean renders get the photo-size M10C32 where one ships at that scale (x2, x4), video the M4C16 (real
-time on two cores). `repsr upscale` uses `DEFAULT_MODEL` (the general x4) when no `-m` is given; the
+clean renders get the photo-size M10C32 where it ships (general x2; clean x2 and x4), video the M4C16
+(real time on two cores). `repsr upscale` uses `DEFAULT_MODEL` (the general x4) when no `-m` is given; the
 page's default (photograph, x4) is that model.
 """
 
