@@ -124,8 +124,7 @@ def case(
         f"{report.frames} frames: model alone {alone:.2f} / {alone_after:.2f} frames/s, "
         f"end to end {report.fps:.2f} frames/s = {100 * fraction:.0f}% of model alone"
     )
-    stages = ", ".join(f"{stage} {ms:.1f}" for stage, ms in report.stage_ms_per_frame().items())
-    print(f"  working ms per frame, each stage's thread(s): {stages}")
+    print(f"  working ms per frame, each stage's thread(s): {report.stage_summary()}")
 
 
 def main(

@@ -171,7 +171,8 @@ def main() -> None:
     if args.blend_with:
         partner = load_torch_model(resolve_model(args.blend_with, training_form=True)).eval()
         training = blend_weights(partner, training, args.strength)
-    if stopped_at is None and not (run_dir / "metrics.csv").is_file():  # before anything is written
+    has_metrics = (run_dir / "metrics.csv").is_file()
+    if stopped_at is None and not has_metrics:  # before anything is written
         raise SystemExit(f"{run_dir}: no metrics.csv; name the checkpoint to ship with --checkpoint")
     plain = repsr.reparameterize_model(training)
     deviation = max_deviation(training, plain)
@@ -218,7 +219,7 @@ def main() -> None:
 
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     curve = read_curve(run_dir) or history_curve(extras)
-    if (run_dir / "metrics.csv").is_file():
+    if has_metrics:
         with open(run_dir / "metrics.csv") as handle:
             last_row = list(csv.DictReader(handle))[-1]
     if stopped_at is not None:
